@@ -1,0 +1,152 @@
+//! The objects compile reads: the four Switchboard kinds plus Secrets, whether they come
+//! from the Kubernetes API (operator) or from YAML files on disk (standalone proxy).
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::Resource;
+use serde::{Deserialize, Serialize};
+
+use crate::v1alpha1::{AIConsumer, AIProvider, AIQuota, AIRoute};
+
+/// Namespace used for objects that do not name one (files on disk).
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// Every object compile reads, keyed by namespace and name. Keyed maps make duplicates
+/// impossible and iteration order independent of arrival order.
+#[derive(Clone, Debug, Default)]
+pub struct Inputs {
+    pub providers: BTreeMap<ObjectKey, AIProvider>,
+    pub routes: BTreeMap<ObjectKey, AIRoute>,
+    pub consumers: BTreeMap<ObjectKey, AIConsumer>,
+    pub quotas: BTreeMap<ObjectKey, AIQuota>,
+    pub secrets: BTreeMap<ObjectKey, Secret>,
+}
+
+/// One object of a kind compile reads.
+#[derive(Clone, Debug)]
+pub enum Object {
+    Provider(AIProvider),
+    Route(AIRoute),
+    Consumer(AIConsumer),
+    Quota(AIQuota),
+    Secret(Secret),
+}
+
+/// The kinds compile reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum ObjectKind {
+    AIProvider,
+    AIRoute,
+    AIConsumer,
+    AIQuota,
+    Secret,
+}
+
+/// Kind, namespace and name of an object.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ObjectKey {
+    pub kind: ObjectKind,
+    pub namespace: String,
+    pub name: String,
+}
+
+// === impl Inputs ===
+
+impl Inputs {
+    /// Adds an object; returns the key of an object it replaced (a duplicate), if any.
+    pub fn insert(&mut self, object: Object) -> Option<ObjectKey> {
+        let key = object.key();
+        let replaced = match object {
+            Object::Provider(o) => self.providers.insert(key.clone(), o).is_some(),
+            Object::Route(o) => self.routes.insert(key.clone(), o).is_some(),
+            Object::Consumer(o) => self.consumers.insert(key.clone(), o).is_some(),
+            Object::Quota(o) => self.quotas.insert(key.clone(), o).is_some(),
+            Object::Secret(o) => self.secrets.insert(key.clone(), o).is_some(),
+        };
+        replaced.then_some(key)
+    }
+
+    /// Builds inputs from objects; a later duplicate replaces an earlier one.
+    pub fn from_objects(objects: impl IntoIterator<Item = Object>) -> Self {
+        let mut inputs = Self::default();
+        for object in objects {
+            inputs.insert(object);
+        }
+        inputs
+    }
+}
+
+// === impl Object ===
+
+impl Object {
+    pub fn kind(&self) -> ObjectKind {
+        match self {
+            Object::Provider(_) => ObjectKind::AIProvider,
+            Object::Route(_) => ObjectKind::AIRoute,
+            Object::Consumer(_) => ObjectKind::AIConsumer,
+            Object::Quota(_) => ObjectKind::AIQuota,
+            Object::Secret(_) => ObjectKind::Secret,
+        }
+    }
+
+    pub fn key(&self) -> ObjectKey {
+        let meta = match self {
+            Object::Provider(o) => o.meta(),
+            Object::Route(o) => o.meta(),
+            Object::Consumer(o) => o.meta(),
+            Object::Quota(o) => o.meta(),
+            Object::Secret(o) => o.meta(),
+        };
+        ObjectKey::new(
+            self.kind(),
+            meta.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE),
+            meta.name.as_deref().unwrap_or_default(),
+        )
+    }
+}
+
+// === impl ObjectKey ===
+
+impl ObjectKey {
+    pub fn new(kind: ObjectKind, namespace: &str, name: &str) -> Self {
+        Self {
+            kind,
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        }
+    }
+
+    /// The key of an object of `kind` with `meta`'s namespace and name.
+    pub fn of<K: Resource>(kind: ObjectKind, object: &K) -> Self {
+        let meta = object.meta();
+        Self::new(
+            kind,
+            meta.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE),
+            meta.name.as_deref().unwrap_or_default(),
+        )
+    }
+
+    /// `namespace/name`, the form used as a Snapshot key.
+    pub fn id(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// Another object with the same namespace.
+    pub fn sibling(&self, kind: ObjectKind, name: &str) -> Self {
+        Self::new(kind, &self.namespace, name)
+    }
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+    }
+}
+
+impl fmt::Display for ObjectKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}

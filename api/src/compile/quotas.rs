@@ -1,0 +1,114 @@
+//! AIQuota pass: limits and resolved targets.
+//!
+//! A quota that names a missing consumer or route stays in force for the targets that
+//! do exist (`ResolvedRefs=False`): dropping it would lift limits someone relies on.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use kube::core::{Selector, SelectorExt};
+
+use super::inputs::{Inputs, ObjectKey, ObjectKind};
+use super::refs::cel_rules;
+use super::status::{Problem, Verdict};
+use crate::snapshot::{Quota, QuotaLimit};
+use crate::v1alpha1::ObjectStatus;
+use crate::v1alpha1::condition::reasons;
+
+/// Compiles every AIQuota; returns the accepted ones by `namespace/name`.
+pub(super) fn compile(
+    inputs: &Inputs,
+    statuses: &mut BTreeMap<ObjectKey, ObjectStatus>,
+) -> BTreeMap<String, Quota> {
+    let mut quotas = BTreeMap::new();
+    for (key, object) in &inputs.quotas {
+        let spec = &object.spec;
+        let mut verdict = Verdict::new(object.metadata.generation);
+        if let Err(problem) = cel_rules(object) {
+            verdict.reject(problem);
+        }
+        let target = &spec.target;
+
+        let mut consumers = BTreeSet::new();
+        for (i, name) in target.consumers.iter().enumerate() {
+            let consumer = key.sibling(ObjectKind::AIConsumer, name);
+            if !inputs.consumers.contains_key(&consumer) {
+                verdict.unresolved(Problem::new(
+                    reasons::CONSUMER_NOT_FOUND,
+                    format!(
+                        "spec.target.consumers[{i}]: AIConsumer {name:?} not found in namespace {:?}",
+                        key.namespace
+                    ),
+                ));
+            }
+            consumers.insert(consumer.id());
+        }
+        if let Some(selector) = &target.consumer_selector {
+            match Selector::try_from(selector.clone()) {
+                Ok(selector) => {
+                    let matching = inputs.consumers.iter().filter(|(k, c)| {
+                        k.namespace == key.namespace
+                            && selector.matches(&c.metadata.labels.clone().unwrap_or_default())
+                    });
+                    consumers.extend(matching.map(|(k, _)| k.id()));
+                }
+                Err(e) => verdict.reject(Problem::new(
+                    reasons::INVALID,
+                    format!("spec.target.consumerSelector: {e}"),
+                )),
+            }
+        }
+
+        let mut routes = BTreeSet::new();
+        for (i, name) in target.routes.iter().enumerate() {
+            let route = key.sibling(ObjectKind::AIRoute, name);
+            if !inputs.routes.contains_key(&route) {
+                verdict.unresolved(Problem::new(
+                    reasons::ROUTE_NOT_FOUND,
+                    format!(
+                        "spec.target.routes[{i}]: AIRoute {name:?} not found in namespace {:?}",
+                        key.namespace
+                    ),
+                ));
+            }
+            routes.insert(route.id());
+        }
+
+        for (i, limit) in spec.limits.iter().enumerate() {
+            if !limit.max.is_finite() || limit.max < 0.0 {
+                verdict.reject(Problem::new(
+                    reasons::INVALID,
+                    format!("spec.limits[{i}].max: must be zero or a positive number"),
+                ));
+            }
+        }
+        if spec.limits.is_empty() {
+            verdict.reject(Problem::new(reasons::INVALID, "spec.limits: list at least one limit"));
+        }
+
+        if verdict.is_accepted() {
+            let targets_consumers =
+                !target.consumers.is_empty() || target.consumer_selector.is_some();
+            quotas.insert(
+                key.id(),
+                Quota {
+                    consumers: targets_consumers.then_some(consumers),
+                    routes: (!target.routes.is_empty()).then_some(routes),
+                    models: (!target.models.is_empty())
+                        .then(|| target.models.iter().cloned().collect()),
+                    limits: spec
+                        .limits
+                        .iter()
+                        .map(|l| QuotaLimit {
+                            metric: l.metric,
+                            max: l.max,
+                            window: l.window,
+                        })
+                        .collect(),
+                    failure_policy: spec.failure_policy,
+                },
+            );
+        }
+        statuses.insert(key.clone(), verdict.into_status());
+    }
+    quotas
+}

@@ -1,0 +1,11 @@
+//! Switchboard's API: the Kubernetes types (`v1alpha1`), the compiled `Snapshot` the
+//! proxies serve from, and `compile()`, the one function that turns objects into a
+//! Snapshot. Pure: no I/O, no clock, no Kubernetes client.
+
+pub mod compile;
+pub mod crds;
+pub mod snapshot;
+pub mod v1alpha1;
+
+pub use compile::{Compiled, Inputs, ObjectKey, ObjectKind, compile};
+pub use snapshot::Snapshot;

@@ -1,0 +1,192 @@
+//! The compiled, immutable configuration a proxy serves from.
+//!
+//! A Snapshot holds everything a proxy needs and nothing it does not: providers with
+//! their resolved credentials, routes in match order, consumers by key hash (never the
+//! raw key), and quotas with resolved targets. Its `version` is a hash of its content,
+//! so every replica that compiles the same objects publishes the same version.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+pub use crate::v1alpha1::{FailurePolicy, HeaderMatchType, ProviderType, QuotaMetric, QuotaWindow};
+
+/// The compiled configuration.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct Snapshot {
+    /// `sha256:` and the hex digest of every other field.
+    pub version: String,
+    /// Providers by `namespace/name`.
+    pub providers: BTreeMap<String, Provider>,
+    /// Routes by `namespace/name`.
+    pub routes: BTreeMap<String, Route>,
+    /// For each model name clients may send, the routes that serve it, most specific
+    /// first. The first whose header matches hold wins.
+    pub models: BTreeMap<String, Vec<String>>,
+    /// Consumers by `namespace/name`.
+    pub consumers: BTreeMap<String, Consumer>,
+    /// Quotas by `namespace/name`.
+    pub quotas: BTreeMap<String, Quota>,
+}
+
+/// A provider account with resolved credentials.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Provider {
+    pub kind: ProviderType,
+    /// Base URL without a trailing slash.
+    pub endpoint: String,
+    pub api_key: Option<ApiKey>,
+    /// Azure's `api-version` query parameter.
+    pub azure_api_version: Option<String>,
+    /// Models by the name routes use.
+    pub models: BTreeMap<String, Model>,
+    pub connect_timeout_ms: u64,
+    pub request_timeout_ms: u64,
+    pub tls: Tls,
+    pub echo: Echo,
+}
+
+/// A model a provider serves.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Model {
+    /// Name sent upstream (the Azure deployment name for azure-openai).
+    pub upstream_name: String,
+    pub pricing: Option<Pricing>,
+}
+
+/// USD per million tokens.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq)]
+pub struct Pricing {
+    pub input_per_million: f64,
+    pub output_per_million: f64,
+    pub cached_input_per_million: f64,
+}
+
+/// TLS settings towards a provider.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Tls {
+    pub ca_bundle_pem: Option<String>,
+    pub insecure_skip_verify: bool,
+}
+
+/// Echo provider behaviour.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Echo {
+    pub latency_ms: u64,
+    pub chunk_interval_ms: u64,
+}
+
+/// A route: its match and its backends.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Route {
+    pub models: BTreeSet<String>,
+    pub headers: Vec<HeaderMatch>,
+    /// Valid backends, in the order the AIRoute lists them.
+    pub backends: Vec<Backend>,
+    /// Overrides the provider's request timeout.
+    pub request_timeout_ms: Option<u64>,
+}
+
+/// A header condition. For `RegularExpression`, `value` is a valid, anchored pattern.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct HeaderMatch {
+    /// Lower-cased header name.
+    pub name: String,
+    pub value: String,
+    pub kind: HeaderMatchType,
+}
+
+/// A provider model that serves a route.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Backend {
+    /// `namespace/name` of the provider, a key of `Snapshot::providers`.
+    pub provider: String,
+    /// Model name on that provider, a key of `Provider::models`.
+    pub model: String,
+    pub weight: u32,
+    pub priority: u32,
+}
+
+/// A consumer: hashes of its keys and what it may use.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Consumer {
+    /// `hash_key()` of each valid gateway key.
+    pub key_hashes: BTreeSet<String>,
+    /// Model names it may request; `None` means any.
+    pub allowed_models: Option<BTreeSet<String>>,
+    /// Routes (`namespace/name`) it may use; `None` means any.
+    pub allowed_routes: Option<BTreeSet<String>>,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A quota with its targets resolved.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Quota {
+    /// Consumers (`namespace/name`) it applies to; `None` means any.
+    pub consumers: Option<BTreeSet<String>>,
+    /// Routes (`namespace/name`) it applies to; `None` means any.
+    pub routes: Option<BTreeSet<String>>,
+    /// Model names it applies to; `None` means any.
+    pub models: Option<BTreeSet<String>>,
+    pub limits: Vec<QuotaLimit>,
+    pub failure_policy: FailurePolicy,
+}
+
+/// At most `max` of `metric` per `window`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq)]
+pub struct QuotaLimit {
+    pub metric: QuotaMetric,
+    pub max: f64,
+    pub window: QuotaWindow,
+}
+
+/// A provider API key. Its `Debug` is redacted; it serializes in full because the
+/// Snapshot carries it to proxies (over TLS), and is read only where a header is written.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct ApiKey(String);
+
+// === impl Snapshot ===
+
+impl Snapshot {
+    /// Sets `version` to the hash of every other field.
+    pub fn seal(mut self) -> Self {
+        self.version = String::new();
+        // Serializing plain data (maps with string keys, numbers, strings) cannot fail.
+        let bytes = serde_json::to_vec(&self).unwrap_or_default();
+        self.version = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
+        self
+    }
+
+    /// True when `version` matches the content: the Snapshot was not altered.
+    pub fn is_sealed(&self) -> bool {
+        self.clone().seal().version == self.version
+    }
+}
+
+// === impl ApiKey ===
+
+impl ApiKey {
+    pub fn new(key: impl Into<String>) -> Self {
+        Self(key.into())
+    }
+
+    /// The key itself. Call only where the upstream auth header is written.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ApiKey(<redacted>)")
+    }
+}
+
+/// The hash under which a gateway key is stored: `sha256:` and the hex digest.
+/// Proxies hash the presented key the same way and look it up.
+pub fn hash_key(key: &str) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(key.as_bytes())))
+}

@@ -1,0 +1,126 @@
+//! `AIRoute`: which model names clients may ask for, and which provider models serve them.
+
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{DURATION_PATTERN, ObjectStatus};
+
+/// Maps model names that clients send to backends (provider + model).
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "switchboard.dev",
+    version = "v1alpha1",
+    kind = "AIRoute",
+    plural = "airoutes",
+    shortname = "air",
+    category = "switchboard",
+    namespaced,
+    status = "ObjectStatus",
+    doc = "Routes requests for one or more model names to weighted, prioritised provider backends.",
+    printcolumn(name = "Models", type_ = "string", json_path = ".spec.models"),
+    printcolumn(
+        name = "Accepted",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Accepted\")].status"
+    ),
+    printcolumn(
+        name = "Refs",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"ResolvedRefs\")].status"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Accepted\")].reason",
+        priority = 1
+    ),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[x_kube(validation = Rule::new("self.backends.exists(b, b.weight > 0)")
+    .message("at least one backend needs a weight above 0"))]
+#[serde(rename_all = "camelCase")]
+pub struct AIRouteSpec {
+    /// Model names this route answers, as clients send them in the request's `model`
+    /// field. Aliases such as `fast` or `smart` are just more names.
+    #[schemars(length(min = 1, max = 64), inner(length(min = 1, max = 256)))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub models: Vec<String>,
+
+    /// Request headers that must all match for this route to apply. A route with header
+    /// matches takes precedence over one without for the same model name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub headers: Vec<HeaderMatch>,
+
+    /// Where matching requests go. Requests go to the lowest `priority` tier, spread by
+    /// `weight`; higher tiers are fallbacks.
+    #[schemars(length(min = 1, max = 32))]
+    pub backends: Vec<RouteBackend>,
+
+    /// Timeouts for requests on this route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeouts: Option<RouteTimeouts>,
+}
+
+/// A request header condition.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct HeaderMatch {
+    /// Header name, case-insensitive.
+    #[schemars(length(min = 1, max = 256), regex(pattern = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"))]
+    pub name: String,
+    /// Value to compare with.
+    #[schemars(length(min = 1, max = 4096))]
+    pub value: String,
+    /// `Exact` (default) or `RegularExpression` (RE2-like syntax, anchored at both ends).
+    #[serde(default, rename = "type")]
+    pub type_: HeaderMatchType,
+}
+
+/// How a header value is compared.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, JsonSchema,
+)]
+pub enum HeaderMatchType {
+    /// The value equals `value`.
+    #[default]
+    Exact,
+    /// The whole value matches the regular expression `value`.
+    RegularExpression,
+}
+
+/// A provider model that serves a route.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteBackend {
+    /// Name of an AIProvider in the route's namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub provider: String,
+    /// A model `name` listed by that provider.
+    #[schemars(length(min = 1, max = 256))]
+    pub model: String,
+    /// Share of traffic within its priority tier. Default 1; 0 takes the backend out.
+    #[serde(default = "default_weight")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub weight: u32,
+    /// Tier: 0 is tried first; higher tiers are fallbacks. Default 0.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 10))]
+    pub priority: u32,
+}
+
+/// Timeouts for requests on a route.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteTimeouts {
+    /// Time for a whole non-streaming request, or until a stream's response headers
+    /// arrive. Overrides the provider's `timeouts.request`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub request: Option<String>,
+}
+
+fn default_weight() -> u32 {
+    1
+}
