@@ -32,3 +32,87 @@ pub fn all_yaml() -> Result<String, serde_yaml_ng::Error> {
     }
     Ok(out)
 }
+
+/// Fields in `object` that the CRD schema of `kind` does not define, as paths such as
+/// `spec.models[0].upstreamname`. The API server refuses these under kubectl's default
+/// strict validation; the standalone proxy does the same so a typo is never ignored.
+pub fn unknown_fields(kind: &str, object: &serde_json::Value) -> Vec<String> {
+    let Some((_, crd)) = all().into_iter().find(|(_, crd)| crd.spec.names.kind == kind) else {
+        return Vec::new();
+    };
+    let schema = crd
+        .spec
+        .versions
+        .first()
+        .and_then(|v| v.schema.as_ref())
+        .and_then(|s| s.open_api_v3_schema.as_ref())
+        .and_then(|s| serde_json::to_value(s).ok());
+    let mut unknown = Vec::new();
+    if let Some(schema) = schema {
+        walk(&schema, object, String::new(), &mut unknown);
+    }
+    unknown
+}
+
+fn walk(schema: &serde_json::Value, value: &serde_json::Value, path: String, out: &mut Vec<String>) {
+    use serde_json::Value;
+    match value {
+        Value::Object(fields) => {
+            let Some(properties) = schema.get("properties").and_then(Value::as_object) else {
+                // Free-form object (metadata, label maps): nothing to check.
+                return;
+            };
+            for (name, field) in fields {
+                let child = if path.is_empty() {
+                    name.clone()
+                } else {
+                    format!("{path}.{name}")
+                };
+                match properties.get(name) {
+                    Some(field_schema) => walk(field_schema, field, child, out),
+                    None if path.is_empty() && matches!(name.as_str(), "apiVersion" | "kind" | "metadata") => {}
+                    None => out.push(child),
+                }
+            }
+        }
+        Value::Array(items) => {
+            if let Some(item_schema) = schema.get("items") {
+                for (i, item) in items.iter().enumerate() {
+                    walk(item_schema, item, format!("{path}[{i}]"), out);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_unknown_fields_at_any_depth() {
+        let object = serde_json::json!({
+            "apiVersion": "switchboard.dev/v1alpha1",
+            "kind": "AIProvider",
+            "metadata": {"name": "p", "labels": {"any": "thing"}},
+            "spec": {
+                "type": "echo",
+                "modles": [],
+                "models": [{"name": "m", "upstreamname": "x"}],
+            }
+        });
+        assert_eq!(
+            unknown_fields("AIProvider", &object),
+            vec!["spec.models[0].upstreamname".to_string(), "spec.modles".to_string()]
+        );
+    }
+
+    #[test]
+    fn accepts_known_fields() {
+        let object = serde_json::json!({
+            "spec": {"models": ["a"], "backends": [{"provider": "p", "model": "m", "weight": 2}]}
+        });
+        assert!(unknown_fields("AIRoute", &object).is_empty());
+    }
+}

@@ -15,11 +15,13 @@ mod routes;
 mod status;
 
 #[cfg(test)]
+mod fixtures;
+#[cfg(test)]
 mod tests;
 
 use std::collections::BTreeMap;
 
-pub use inputs::{Inputs, Object, ObjectKey, ObjectKind};
+pub use inputs::{DEFAULT_NAMESPACE, Inputs, Object, ObjectKey, ObjectKind};
 
 use crate::snapshot::Snapshot;
 use crate::v1alpha1::ObjectStatus;

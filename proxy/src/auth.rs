@@ -1,0 +1,52 @@
+//! Authenticates the caller: gateway key from the request headers to an AIConsumer.
+
+use http::HeaderMap;
+use switchboard_api::snapshot::{Consumer, hash_key};
+
+use crate::error::ProxyError;
+use crate::runtime::Runtime;
+
+/// The key from `Authorization: Bearer <key>` or `x-api-key: <key>`.
+fn presented_key(headers: &HeaderMap) -> Option<&str> {
+    if let Some(value) = headers.get(http::header::AUTHORIZATION) {
+        let value = value.to_str().ok()?;
+        let (scheme, key) = value.split_once(' ')?;
+        return scheme.eq_ignore_ascii_case("bearer").then(|| key.trim());
+    }
+    headers.get("x-api-key")?.to_str().ok().map(str::trim)
+}
+
+/// The consumer id and consumer for the request's key. Keys are compared by hash, as
+/// the Snapshot holds nothing else.
+pub fn authenticate<'r>(
+    runtime: &'r Runtime,
+    headers: &HeaderMap,
+) -> Result<(&'r str, &'r Consumer), ProxyError> {
+    let key = presented_key(headers).ok_or(ProxyError::MissingKey)?;
+    if key.is_empty() {
+        return Err(ProxyError::MissingKey);
+    }
+    runtime
+        .consumer_by_key_hash(&hash_key(key))
+        .ok_or(ProxyError::InvalidKey)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_bearer_and_x_api_key() {
+        let mut headers = HeaderMap::new();
+        headers.insert("authorization", "Bearer abc".parse().unwrap());
+        assert_eq!(presented_key(&headers), Some("abc"));
+        headers.insert("authorization", "bearer  xyz ".parse().unwrap());
+        assert_eq!(presented_key(&headers), Some("xyz"));
+        headers.insert("authorization", "Basic abc".parse().unwrap());
+        assert_eq!(presented_key(&headers), None);
+        let mut headers = HeaderMap::new();
+        headers.insert("x-api-key", "k1".parse().unwrap());
+        assert_eq!(presented_key(&headers), Some("k1"));
+        assert_eq!(presented_key(&HeaderMap::new()), None);
+    }
+}

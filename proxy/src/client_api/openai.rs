@@ -1,0 +1,183 @@
+//! OpenAI's API as clients see it: request parsing and validation, error bodies, and the
+//! model list.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use indexmap::IndexMap;
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use crate::body::{Body, full};
+use crate::error::ProxyError;
+use crate::ir::{Operation, Request};
+
+/// Parses and validates a request body for `operation`.
+pub fn parse_request(operation: Operation, body: Bytes) -> Result<Request, ProxyError> {
+    if body.is_empty() {
+        return Err(bad("request body is empty; send a JSON object"));
+    }
+    let fields: IndexMap<String, Box<RawValue>> = serde_json::from_slice(&body)
+        .map_err(|e| bad(&format!("request body is not a valid JSON object: {e}")))?;
+
+    let model = match fields.get("model") {
+        None => return Err(bad("missing required field 'model'")),
+        Some(raw) => match serde_json::from_str::<String>(raw.get()) {
+            Ok(model) if !model.is_empty() => model,
+            _ => return Err(bad("'model' must be a non-empty string")),
+        },
+    };
+    let stream = match fields.get("stream") {
+        None => false,
+        Some(raw) => match serde_json::from_str::<Option<bool>>(raw.get()) {
+            Ok(stream) => stream.unwrap_or(false),
+            Err(_) => return Err(bad("'stream' must be a boolean")),
+        },
+    };
+    let client_wants_usage = match fields.get("stream_options") {
+        None => false,
+        Some(raw) => match serde_json::from_str::<Option<StreamOptions>>(raw.get()) {
+            Ok(options) => options.and_then(|o| o.include_usage).unwrap_or(false),
+            Err(_) => return Err(bad("'stream_options' must be an object")),
+        },
+    };
+
+    match operation {
+        Operation::ChatCompletions => {
+            let Some(messages) = fields.get("messages") else {
+                return Err(bad("missing required field 'messages'"));
+            };
+            match serde_json::from_str::<Vec<&RawValue>>(messages.get()) {
+                Ok(list) if !list.is_empty() => {}
+                Ok(_) => return Err(bad("'messages' must contain at least one message")),
+                Err(_) => return Err(bad("'messages' must be an array of message objects")),
+            }
+        }
+        Operation::Embeddings => {
+            if stream {
+                return Err(bad("embeddings do not support 'stream'"));
+            }
+            if !fields.contains_key("input") {
+                return Err(bad("missing required field 'input'"));
+            }
+        }
+    }
+
+    Ok(Request {
+        operation,
+        model,
+        stream,
+        client_wants_usage,
+        body,
+        fields,
+    })
+}
+
+#[derive(serde::Deserialize)]
+struct StreamOptions {
+    include_usage: Option<bool>,
+}
+
+fn bad(message: &str) -> ProxyError {
+    ProxyError::BadRequest(message.to_string())
+}
+
+/// The error as OpenAI's `{"error":{"message","type","param","code"}}`.
+pub fn error_response(error: &ProxyError) -> Response<Body> {
+    let class = error.class();
+    if let ProxyError::UpstreamRefused {
+        retry_after, body, ..
+    } = error
+    {
+        // The provider's own OpenAI-shaped error is the most useful thing to return.
+        let mut response = match body {
+            Some(body) => json_response(class.status, body.clone()),
+            None => json_response(class.status, error_json(error)),
+        };
+        if let Some(value) = retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, value.clone());
+        }
+        return response;
+    }
+    json_response(class.status, error_json(error))
+}
+
+/// OpenAI's error body for `error`.
+fn error_json(error: &ProxyError) -> Vec<u8> {
+    let class = error.class();
+    let body = ErrorBody {
+        error: ErrorDetail {
+            message: error.to_string(),
+            type_: class.type_,
+            param: None,
+            code: class.code,
+        },
+    };
+    serde_json::to_vec(&body).unwrap_or_default()
+}
+
+#[derive(Serialize)]
+struct ErrorBody {
+    error: ErrorDetail,
+}
+
+#[derive(Serialize)]
+struct ErrorDetail {
+    message: String,
+    #[serde(rename = "type")]
+    type_: &'static str,
+    param: Option<&'static str>,
+    code: &'static str,
+}
+
+/// `GET /v1/models`: the given model names in OpenAI's list format.
+pub fn models_response<'a>(models: impl Iterator<Item = &'a str>) -> Response<Body> {
+    let data: Vec<ModelEntry<'_>> = models
+        .map(|id| ModelEntry {
+            id,
+            object: "model",
+            created: 0,
+            owned_by: "switchboard",
+        })
+        .collect();
+    let list = ModelList {
+        object: "list",
+        data,
+    };
+    json_response(StatusCode::OK, serde_json::to_vec(&list).unwrap_or_default())
+}
+
+#[derive(Serialize)]
+struct ModelList<'a> {
+    object: &'static str,
+    data: Vec<ModelEntry<'a>>,
+}
+
+#[derive(Serialize)]
+struct ModelEntry<'a> {
+    id: &'a str,
+    object: &'static str,
+    created: u64,
+    owned_by: &'static str,
+}
+
+/// A JSON response with `status`.
+pub fn json_response(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut response = Response::new(full(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// `GET /v1/models/{id}`: one model in OpenAI's format.
+pub fn model_response(id: &str) -> Response<Body> {
+    let entry = ModelEntry {
+        id,
+        object: "model",
+        created: 0,
+        owned_by: "switchboard",
+    };
+    json_response(StatusCode::OK, serde_json::to_vec(&entry).unwrap_or_default())
+}

@@ -1,0 +1,102 @@
+//! `ProxyError`: everything that can go wrong with a request, and the single place
+//! where an error becomes a response in the client API's format.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::StatusCode;
+
+/// A request failure. Messages never contain keys or upstream internals.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("missing API key: send it as 'Authorization: Bearer <key>' or 'x-api-key: <key>'")]
+    MissingKey,
+    #[error("invalid API key")]
+    InvalidKey,
+    #[error("the model '{0}' does not exist or you do not have access to it")]
+    UnknownModel(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("request body is larger than the limit of {limit} bytes")]
+    BodyTooLarge { limit: usize },
+    #[error("unknown path {0}")]
+    NotFound(String),
+    #[error("method {method} is not allowed on {path}")]
+    MethodNotAllowed { method: String, path: String },
+    #[error("the gateway is not ready to serve yet")]
+    NotReady,
+    #[error("upstream provider could not be reached")]
+    UpstreamConnect,
+    #[error("upstream provider did not answer within {0:?}")]
+    UpstreamTimeout(Duration),
+    #[error("upstream provider rejected the gateway's credentials (status {0}); check the AIProvider's Secret")]
+    UpstreamAuth(u16),
+    #[error("upstream provider failed with status {0}")]
+    UpstreamStatus(u16),
+    #[error("upstream provider sent an invalid response")]
+    UpstreamProtocol,
+    /// The provider refused the request with a client error (4xx other than 401/403).
+    /// Its OpenAI-shaped error body, when it sent one, is passed through as is.
+    #[error("upstream provider refused the request (status {status})")]
+    UpstreamRefused {
+        status: StatusCode,
+        retry_after: Option<http::HeaderValue>,
+        body: Option<Bytes>,
+    },
+}
+
+/// OpenAI's error `type` and `code` for an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ErrorClass {
+    pub status: StatusCode,
+    pub type_: &'static str,
+    pub code: &'static str,
+}
+
+// === impl ProxyError ===
+
+impl ProxyError {
+    /// Status, OpenAI error type and code. Exhaustive on purpose: a new variant must say
+    /// how it looks to clients.
+    pub fn class(&self) -> ErrorClass {
+        use ProxyError::*;
+        let (status, type_, code) = match self {
+            MissingKey => (StatusCode::UNAUTHORIZED, "invalid_request_error", "missing_api_key"),
+            InvalidKey => (StatusCode::UNAUTHORIZED, "invalid_request_error", "invalid_api_key"),
+            UnknownModel(_) => (StatusCode::NOT_FOUND, "invalid_request_error", "model_not_found"),
+            BadRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_request"),
+            BodyTooLarge { .. } => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "invalid_request_error",
+                "request_too_large",
+            ),
+            NotFound(_) => (StatusCode::NOT_FOUND, "invalid_request_error", "unknown_url"),
+            MethodNotAllowed { .. } => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "invalid_request_error",
+                "method_not_allowed",
+            ),
+            NotReady => (StatusCode::SERVICE_UNAVAILABLE, "server_error", "not_ready"),
+            UpstreamConnect => (StatusCode::BAD_GATEWAY, "upstream_error", "upstream_unreachable"),
+            UpstreamTimeout(_) => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream_error",
+                "upstream_timeout",
+            ),
+            UpstreamAuth(_) => (StatusCode::BAD_GATEWAY, "upstream_error", "upstream_auth_failed"),
+            UpstreamStatus(_) => (StatusCode::BAD_GATEWAY, "upstream_error", "upstream_error"),
+            UpstreamProtocol => (StatusCode::BAD_GATEWAY, "upstream_error", "upstream_bad_response"),
+            UpstreamRefused { status, .. } => (*status, "invalid_request_error", "upstream_refused"),
+        };
+        ErrorClass {
+            status,
+            type_,
+            code,
+        }
+    }
+
+    /// A short label for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        self.class().code
+    }
+}

@@ -1,0 +1,73 @@
+//! The internal request: what the pipeline, routing and provider adapters work on.
+//!
+//! Requests arrive in OpenAI's shape. Only the fields the gateway acts on are typed;
+//! every other top-level field is kept as raw JSON so it reaches the provider unchanged
+//! and new OpenAI fields pass through without a gateway release.
+
+use bytes::Bytes;
+use indexmap::IndexMap;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// The API operation a request asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    ChatCompletions,
+    Embeddings,
+}
+
+/// A parsed client request.
+#[derive(Debug)]
+pub struct Request {
+    pub operation: Operation,
+    /// The model name the client asked for (a route's model name or alias).
+    pub model: String,
+    /// Whether the client asked for a server-sent-event stream.
+    pub stream: bool,
+    /// Whether the client itself asked for a final usage chunk in the stream.
+    pub client_wants_usage: bool,
+    /// The body as received; forwarded as is when nothing needs rewriting.
+    pub body: Bytes,
+    /// Top-level fields of the body, in their original order, values untouched.
+    pub fields: IndexMap<String, Box<RawValue>>,
+}
+
+/// Token counts reported by a provider.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub struct Usage {
+    #[serde(default)]
+    pub prompt_tokens: u64,
+    #[serde(default)]
+    pub completion_tokens: u64,
+    #[serde(default)]
+    pub total_tokens: u64,
+    #[serde(default)]
+    pub prompt_tokens_details: Option<PromptTokensDetails>,
+}
+
+/// Breakdown of prompt tokens.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub struct PromptTokensDetails {
+    #[serde(default)]
+    pub cached_tokens: u64,
+}
+
+// === impl Operation ===
+
+impl Operation {
+    /// The path suffix of this operation in OpenAI-shaped APIs.
+    pub fn path(self) -> &'static str {
+        match self {
+            Operation::ChatCompletions => "/chat/completions",
+            Operation::Embeddings => "/embeddings",
+        }
+    }
+}
+
+// === impl Usage ===
+
+impl Usage {
+    pub fn cached_tokens(&self) -> u64 {
+        self.prompt_tokens_details.map_or(0, |d| d.cached_tokens)
+    }
+}

@@ -1,0 +1,87 @@
+//! `switchboard-proxy`: flags, logging, signals. The work happens in the library.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use switchboard_proxy::Settings;
+use switchboard_proxy::settings::LogFormat;
+use switchboard_proxy::sync::manifests;
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let settings = Settings::parse();
+    init_logging(settings.log_format);
+    if settings.check {
+        return check(&settings);
+    }
+    let proxy = match switchboard_proxy::start(settings).await {
+        Ok(proxy) => proxy,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    shutdown_signal().await;
+    tracing::info!("shutdown signal received");
+    proxy.shutdown().await;
+    ExitCode::SUCCESS
+}
+
+/// `--check`: print each object's conditions; fail if anything is wrong.
+fn check(settings: &Settings) -> ExitCode {
+    let compiled = match manifests::load_and_compile(&settings.manifests) {
+        Ok(compiled) => compiled,
+        Err(errors) => {
+            for error in errors {
+                eprintln!("error: {error}");
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    for (key, status) in &compiled.statuses {
+        let problems: Vec<_> = status.problems().collect();
+        if problems.is_empty() {
+            println!("ok     {key}");
+        }
+        for condition in problems {
+            println!("error  {key}: {}: {}", condition.reason, condition.message);
+        }
+    }
+    println!("config version {}", compiled.snapshot.version);
+    if compiled.problems().next().is_some() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+/// SIGTERM (Kubernetes) or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,227 @@
+//! The request path, as one readable script:
+//! authenticate -> read and parse the body -> pick a route and backend -> call the
+//! provider -> respond, then log. Each step is a call into the module that owns it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+
+use crate::access_log::{RequestLog, StreamLog};
+use crate::body::{Body, full};
+use crate::client_api::openai;
+use crate::error::ProxyError;
+use crate::ir::Operation;
+use crate::providers::{self, Call, Reply};
+use crate::runtime::{Runtime, RuntimeHandle};
+use crate::settings::Settings;
+use crate::{auth, routing};
+
+/// Header carrying the request id, both ways.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// State shared by every request.
+#[derive(Debug)]
+pub struct Gateway {
+    pub runtime: RuntimeHandle,
+    pub settings: Settings,
+    /// Set once shutdown begins; `/readyz` then fails.
+    pub draining: AtomicBool,
+}
+
+/// Serves one request. Never fails: errors become responses in the client's format.
+pub async fn handle(gateway: Arc<Gateway>, request: Request<Incoming>) -> Response<Body> {
+    let started = Instant::now();
+    let request_id = request_id(request.headers());
+    let mut log = RequestLog {
+        request_id: request_id.clone(),
+        method: request.method().to_string(),
+        path: request.uri().path().to_string(),
+        ..RequestLog::default()
+    };
+    let stream_log = StreamLog::new(started);
+
+    let result = dispatch(&gateway, request, &request_id, &mut log, &stream_log).await;
+    let mut response = result.unwrap_or_else(|error| {
+        log.error = Some(error.kind());
+        openai::error_response(&error)
+    });
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
+
+    log.status = response.status().as_u16();
+    log.headers_after = Some(started.elapsed());
+    if is_probe(&log.path) {
+        // Health probes arrive every few seconds; keep them out of the access log.
+    } else if log.stream && response.status() == StatusCode::OK {
+        stream_log.log(log);
+    } else {
+        log.emit(started);
+    }
+    response
+}
+
+async fn dispatch(
+    gateway: &Gateway,
+    request: Request<Incoming>,
+    request_id: &str,
+    log: &mut RequestLog,
+    stream_log: &StreamLog,
+) -> Result<Response<Body>, ProxyError> {
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let runtime = gateway.runtime.current();
+    match (method, path.as_str()) {
+        (Method::GET, "/healthz") => Ok(text(StatusCode::OK, "ok\n")),
+        (Method::GET, "/readyz") => match runtime {
+            Some(runtime) if !gateway.draining.load(Ordering::Relaxed) => Ok(text(
+                StatusCode::OK,
+                format!("ready: config {}\n", runtime.version()),
+            )),
+            _ => Ok(text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")),
+        },
+        (Method::POST, "/v1/chat/completions") => {
+            let runtime = runtime.ok_or(ProxyError::NotReady)?;
+            let op = Operation::ChatCompletions;
+            proxy(gateway, &runtime, request, op, request_id, log, stream_log).await
+        }
+        (Method::POST, "/v1/embeddings") => {
+            let runtime = runtime.ok_or(ProxyError::NotReady)?;
+            let op = Operation::Embeddings;
+            proxy(gateway, &runtime, request, op, request_id, log, stream_log).await
+        }
+        (Method::GET, "/v1/models") => {
+            let runtime = runtime.ok_or(ProxyError::NotReady)?;
+            let (consumer_id, consumer) = auth::authenticate(&runtime, request.headers())?;
+            log.consumer = Some(consumer_id.to_string());
+            Ok(openai::models_response(routing::visible_models(&runtime, consumer)))
+        }
+        (Method::GET, model_path) if model_path.starts_with("/v1/models/") => {
+            let runtime = runtime.ok_or(ProxyError::NotReady)?;
+            let (consumer_id, consumer) = auth::authenticate(&runtime, request.headers())?;
+            log.consumer = Some(consumer_id.to_string());
+            let wanted = &model_path["/v1/models/".len()..];
+            let model = routing::visible_models(&runtime, consumer)
+                .find(|m| *m == wanted)
+                .ok_or_else(|| ProxyError::UnknownModel(wanted.to_string()))?;
+            Ok(openai::model_response(model))
+        }
+        (method, "/healthz" | "/readyz" | "/v1/chat/completions" | "/v1/embeddings" | "/v1/models") => {
+            Err(ProxyError::MethodNotAllowed {
+                method: method.to_string(),
+                path,
+            })
+        }
+        _ => Err(ProxyError::NotFound(path)),
+    }
+}
+
+/// Chat completions and embeddings: the gateway's main path.
+async fn proxy(
+    gateway: &Gateway,
+    runtime: &Runtime,
+    request: Request<Incoming>,
+    operation: Operation,
+    request_id: &str,
+    log: &mut RequestLog,
+    stream_log: &StreamLog,
+) -> Result<Response<Body>, ProxyError> {
+    let (consumer_id, consumer) = auth::authenticate(runtime, request.headers())?;
+    log.consumer = Some(consumer_id.to_string());
+
+    let (parts, body) = request.into_parts();
+    let body = read_body(&parts.headers, body, gateway.settings.max_body_bytes).await?;
+    let request = openai::parse_request(operation, body)?;
+    log.model = Some(request.model.clone());
+    log.stream = request.stream;
+
+    let (route_id, route) = routing::select(runtime, consumer, &request.model, &parts.headers)?;
+    log.route = Some(route_id.to_string());
+    let unknown = || ProxyError::UnknownModel(request.model.clone());
+    let backend = routing::pick_backend(route).ok_or_else(unknown)?;
+    let provider = runtime.provider(&backend.provider).ok_or_else(unknown)?;
+    let model = provider.config.models.get(&backend.model).ok_or_else(unknown)?;
+    log.provider = Some(backend.provider.clone());
+    log.upstream_model = Some(model.upstream_name.clone());
+
+    let timeout_ms = route
+        .request_timeout_ms
+        .unwrap_or(provider.config.request_timeout_ms);
+    let stream_log = stream_log.clone();
+    let reply = providers::call(Call {
+        request: &request,
+        provider,
+        upstream_model: &model.upstream_name,
+        timeout: Duration::from_millis(timeout_ms),
+        request_id,
+        on_stream_end: Box::new(move |end| stream_log.end(end)),
+    })
+    .await?;
+
+    Ok(match reply {
+        Reply::Complete { body, usage } => {
+            log.usage = usage;
+            openai::json_response(StatusCode::OK, body)
+        }
+        Reply::Stream(body) => event_stream(body),
+    })
+}
+
+/// Reads the whole body, refusing more than `limit` bytes.
+async fn read_body(headers: &HeaderMap, body: Incoming, limit: usize) -> Result<Bytes, ProxyError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(ProxyError::BodyTooLarge { limit });
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.is::<http_body_util::LengthLimitError>() => {
+            Err(ProxyError::BodyTooLarge { limit })
+        }
+        Err(_) => Err(ProxyError::BadRequest(
+            "the request body could not be read".to_string(),
+        )),
+    }
+}
+
+fn event_stream(body: Body) -> Response<Body> {
+    let mut response = Response::new(body);
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // Tell buffering reverse proxies in front of us to pass events on at once.
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut response = Response::new(full(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+fn is_probe(path: &str) -> bool {
+    matches!(path, "/healthz" | "/readyz")
+}
+
+/// The client's request id if it is short and printable, otherwise a new one.
+fn request_id(headers: &HeaderMap) -> String {
+    headers
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|id| !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string())
+}

@@ -1,0 +1,290 @@
+//! OpenAI-shaped providers: `openai`, `openai-compatible` and `azure-openai`.
+//!
+//! Requests pass through with only what must change rewritten: the model name, the
+//! credentials, and (for streams) `stream_options.include_usage`, so usage can be
+//! metered. Responses and stream events are forwarded byte for byte, except the final
+//! usage-only chunk when the gateway, not the client, asked for it.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http::{HeaderValue, StatusCode, header};
+use serde::Deserialize;
+use serde::ser::{Serialize, SerializeMap, Serializer};
+use switchboard_api::snapshot::ProviderType;
+
+use super::{Call, Reply, StreamEnd, StreamOutcome, stream_channel};
+use crate::error::ProxyError;
+use crate::ir::{Request, Usage};
+use crate::sse::{self, EventSplitter};
+
+pub(super) async fn call(call: Call<'_>) -> Result<Reply, ProxyError> {
+    let request = call.request;
+    let inject_usage = request.stream && !request.client_wants_usage;
+    let body = if call.upstream_model == request.model && !inject_usage {
+        request.body.clone()
+    } else {
+        rewrite(request, call.upstream_model, inject_usage)?
+    };
+
+    let provider = &call.provider.config;
+    let mut builder = call
+        .provider
+        .client
+        .post(url(call.provider, request, call.upstream_model))
+        .header(header::CONTENT_TYPE, "application/json")
+        .header("x-request-id", call.request_id)
+        .body(body);
+    if let Some(key) = &provider.api_key {
+        builder = match provider.kind {
+            ProviderType::AzureOpenAI => builder.header("api-key", key.expose()),
+            _ => builder.bearer_auth(key.expose()),
+        };
+    }
+    if request.stream {
+        builder = builder.header(header::ACCEPT, "text/event-stream");
+    } else {
+        builder = builder.timeout(call.timeout);
+    }
+
+    let response = tokio::time::timeout(call.timeout, builder.send())
+        .await
+        .map_err(|_| ProxyError::UpstreamTimeout(call.timeout))?
+        .map_err(|e| classify(&e, call.timeout))?;
+    let response = check_status(response).await?;
+
+    if !request.stream {
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| classify(&e, call.timeout))?;
+        let usage = serde_json::from_slice::<UsageOnly>(&body)
+            .ok()
+            .and_then(|u| u.usage);
+        return Ok(Reply::Complete { body, usage });
+    }
+
+    let (tx, body) = stream_channel();
+    let on_end = call.on_stream_end;
+    tokio::spawn(async move {
+        let mut upstream = response.bytes_stream();
+        let mut splitter = EventSplitter::default();
+        let mut usage = None;
+        let outcome = 'stream: loop {
+            let chunk = tokio::select! {
+                chunk = upstream.next() => chunk,
+                () = tx.closed() => break StreamOutcome::ClientGone,
+            };
+            match chunk {
+                Some(Ok(chunk)) => {
+                    for event in splitter.push(&chunk) {
+                        if let Some(event) = stream_event(event, inject_usage, &mut usage)
+                            && tx.send(Ok(event)).await.is_err()
+                        {
+                            break 'stream StreamOutcome::ClientGone;
+                        }
+                    }
+                }
+                Some(Err(_)) => {
+                    let error = r#"{"error":{"message":"upstream provider failed mid-stream","type":"upstream_error","param":null,"code":"upstream_stream_error"}}"#;
+                    let _ = tx.send(Ok(sse::event(error))).await;
+                    break StreamOutcome::UpstreamError;
+                }
+                None => {
+                    if let Some(rest) = splitter.remainder() {
+                        let _ = tx.send(Ok(rest)).await;
+                    }
+                    break StreamOutcome::Complete;
+                }
+            }
+        };
+        on_end(StreamEnd { usage, outcome });
+    });
+    Ok(Reply::Stream(body))
+}
+
+/// Reads usage from a stream event; returns the event to forward, or `None` to drop
+/// the usage-only chunk the gateway asked for on the client's behalf.
+fn stream_event(event: Bytes, injected_usage: bool, usage: &mut Option<Usage>) -> Option<Bytes> {
+    // Cheap test first: most chunks carry no usage (or `"usage":null`).
+    if !contains(&event, b"\"usage\":{") && !contains(&event, b"\"usage\": {") {
+        return Some(event);
+    }
+    let chunk = sse::data(&event).and_then(|d| serde_json::from_str::<UsageChunk>(&d).ok());
+    let Some(chunk) = chunk else {
+        return Some(event);
+    };
+    if chunk.usage.is_some() {
+        *usage = chunk.usage;
+    }
+    let usage_only = chunk.choices.is_none_or(|c| c.is_empty());
+    (!(injected_usage && usage_only)).then_some(event)
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[derive(Deserialize)]
+struct UsageOnly {
+    usage: Option<Usage>,
+}
+
+#[derive(Deserialize)]
+struct UsageChunk {
+    usage: Option<Usage>,
+    choices: Option<Vec<serde::de::IgnoredAny>>,
+}
+
+/// The upstream URL for this request.
+fn url(provider: &crate::runtime::ProviderRuntime, request: &Request, model: &str) -> String {
+    let config = &provider.config;
+    let path = request.operation.path();
+    match config.kind {
+        ProviderType::AzureOpenAI => format!(
+            "{}/openai/deployments/{}{}?api-version={}",
+            config.endpoint,
+            ::url::form_urlencoded::byte_serialize(model.as_bytes()).collect::<String>(),
+            path,
+            config.azure_api_version.as_deref().unwrap_or_default()
+        ),
+        _ => format!("{}{}", config.endpoint, path),
+    }
+}
+
+/// Passes a success through; maps any other status to the client's error. A 4xx other
+/// than 401/403 is the client's to fix, so the provider's own error body is returned.
+async fn check_status(response: reqwest::Response) -> Result<reqwest::Response, ProxyError> {
+    let status = response.status();
+    if status.is_success() {
+        return Ok(response);
+    }
+    Err(match status.as_u16() {
+        401 | 403 => ProxyError::UpstreamAuth(status.as_u16()),
+        400..=499 => {
+            let retry_after = response
+                .headers()
+                .get(header::RETRY_AFTER)
+                .and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok());
+            let body = response.bytes().await.ok().filter(|b| is_openai_error(b));
+            ProxyError::UpstreamRefused {
+                status: StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_REQUEST),
+                retry_after,
+                body,
+            }
+        }
+        code => ProxyError::UpstreamStatus(code),
+    })
+}
+
+/// Whether `body` is an OpenAI-style error object, safe to hand to the client as is.
+fn is_openai_error(body: &[u8]) -> bool {
+    #[derive(Deserialize)]
+    struct ErrorEnvelope {
+        #[serde(rename = "error")]
+        _error: serde::de::IgnoredAny,
+    }
+    serde_json::from_slice::<ErrorEnvelope>(body).is_ok()
+}
+
+fn classify(error: &reqwest::Error, timeout: Duration) -> ProxyError {
+    if error.is_timeout() {
+        ProxyError::UpstreamTimeout(timeout)
+    } else if error.is_connect() {
+        ProxyError::UpstreamConnect
+    } else {
+        ProxyError::UpstreamProtocol
+    }
+}
+
+/// Re-serializes the request with the upstream model name and, if `inject_usage`,
+/// `stream_options.include_usage: true`. Other fields are written back verbatim.
+fn rewrite(request: &Request, model: &str, inject_usage: bool) -> Result<Bytes, ProxyError> {
+    let body = Rewritten {
+        request,
+        model,
+        inject_usage,
+    };
+    serde_json::to_vec(&body)
+        .map(Bytes::from)
+        .map_err(|e| ProxyError::BadRequest(format!("cannot forward the request: {e}")))
+}
+
+struct Rewritten<'a> {
+    request: &'a Request,
+    model: &'a str,
+    inject_usage: bool,
+}
+
+impl Serialize for Rewritten<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let fields = &self.request.fields;
+        let mut map = serializer.serialize_map(None)?;
+        for (name, value) in fields {
+            match name.as_str() {
+                "model" => map.serialize_entry(name, self.model)?,
+                "stream_options" if self.inject_usage => {
+                    let mut options: serde_json::Map<String, serde_json::Value> =
+                        serde_json::from_str(value.get()).unwrap_or_default();
+                    options.insert("include_usage".into(), true.into());
+                    map.serialize_entry(name, &options)?;
+                }
+                _ => map.serialize_entry(name, value)?,
+            }
+        }
+        if self.inject_usage && !fields.contains_key("stream_options") {
+            map.serialize_entry("stream_options", &serde_json::json!({"include_usage": true}))?;
+        }
+        map.end()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client_api::openai::parse_request;
+    use crate::ir::Operation;
+
+    #[test]
+    fn rewrite_changes_only_model_and_stream_options() {
+        let body = Bytes::from_static(
+            br#"{"model":"smart","messages":[{"role":"user","content":"hi"}],"temperature":0.25,"stream":true,"x_custom":{"keep":[1,2]}}"#,
+        );
+        let request = parse_request(Operation::ChatCompletions, body).unwrap();
+        let out = rewrite(&request, "gpt-4o-2024-08-06", true).unwrap();
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            r#"{"model":"gpt-4o-2024-08-06","messages":[{"role":"user","content":"hi"}],"temperature":0.25,"stream":true,"x_custom":{"keep":[1,2]},"stream_options":{"include_usage":true}}"#
+        );
+    }
+
+    #[test]
+    fn rewrite_merges_existing_stream_options() {
+        let body = Bytes::from_static(
+            br#"{"model":"m","messages":[{"role":"user","content":"hi"}],"stream":true,"stream_options":{"include_usage":false,"other":1}}"#,
+        );
+        let request = parse_request(Operation::ChatCompletions, body).unwrap();
+        let out: serde_json::Value =
+            serde_json::from_slice(&rewrite(&request, "m", true).unwrap()).unwrap();
+        assert_eq!(out["stream_options"], serde_json::json!({"include_usage": true, "other": 1}));
+    }
+
+    #[test]
+    fn drops_only_the_injected_usage_chunk() {
+        let content = Bytes::from_static(
+            b"data: {\"choices\":[{\"delta\":{\"content\":\"x\"}}],\"usage\":null}\n\n",
+        );
+        let usage_chunk = Bytes::from_static(
+            b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":5,\"total_tokens\":8}}\n\n",
+        );
+        let mut usage = None;
+        assert_eq!(stream_event(content.clone(), true, &mut usage), Some(content));
+        assert_eq!(usage, None);
+        assert_eq!(stream_event(usage_chunk.clone(), true, &mut usage), None);
+        assert_eq!(usage.unwrap().total_tokens, 8);
+        let mut usage = None;
+        assert_eq!(stream_event(usage_chunk.clone(), false, &mut usage), Some(usage_chunk));
+        assert_eq!(usage.unwrap().completion_tokens, 5);
+    }
+}

@@ -1,0 +1,141 @@
+//! The immutable runtime a proxy serves from, built from a Snapshot, and the handle
+//! through which it is swapped atomically.
+//!
+//! A request loads the current runtime once and keeps that `Arc` to its end, so a swap
+//! never changes the config under an in-flight request and never waits for one.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arc_swap::ArcSwapOption;
+use regex::Regex;
+use switchboard_api::snapshot::{Consumer, HeaderMatchType, Provider, Route};
+use switchboard_api::Snapshot;
+
+use crate::upstream::{self, ClientError};
+
+/// Everything needed to serve requests under one Snapshot.
+#[derive(Debug)]
+pub struct Runtime {
+    pub snapshot: Arc<Snapshot>,
+    /// Consumer id by key hash.
+    consumers_by_key: HashMap<String, String>,
+    /// Compiled regular expressions by route id, index-aligned with `Route::headers`.
+    header_regexes: HashMap<String, Vec<Option<Regex>>>,
+    providers: HashMap<String, Arc<ProviderRuntime>>,
+}
+
+/// A provider's config with its pooled client.
+#[derive(Debug)]
+pub struct ProviderRuntime {
+    pub id: String,
+    pub config: Provider,
+    pub client: reqwest::Client,
+}
+
+/// Shared handle to the current runtime; empty until the first config loads.
+#[derive(Debug, Default)]
+pub struct RuntimeHandle(ArcSwapOption<Runtime>);
+
+// === impl Runtime ===
+
+impl Runtime {
+    /// Builds a runtime. Clients of providers whose config is unchanged are taken from
+    /// `previous`, so a reload keeps their warm connection pools.
+    pub fn build(snapshot: Snapshot, previous: Option<&Runtime>) -> Result<Self, ClientError> {
+        let mut providers = HashMap::new();
+        for (id, config) in &snapshot.providers {
+            let reused = previous
+                .and_then(|p| p.providers.get(id))
+                .filter(|p| p.config == *config)
+                .cloned();
+            let provider = match reused {
+                Some(provider) => provider,
+                None => Arc::new(ProviderRuntime {
+                    id: id.clone(),
+                    config: config.clone(),
+                    client: upstream::client(id, config)?,
+                }),
+            };
+            providers.insert(id.clone(), provider);
+        }
+
+        let mut consumers_by_key = HashMap::new();
+        for (id, consumer) in &snapshot.consumers {
+            for hash in &consumer.key_hashes {
+                consumers_by_key.insert(hash.clone(), id.clone());
+            }
+        }
+
+        let mut header_regexes = HashMap::new();
+        for (id, route) in &snapshot.routes {
+            let regexes = route
+                .headers
+                .iter()
+                .map(|h| match h.kind {
+                    HeaderMatchType::Exact => None,
+                    // Compile validated the pattern; an error here leaves the match unmatched.
+                    HeaderMatchType::RegularExpression => Regex::new(&h.value).ok(),
+                })
+                .collect();
+            header_regexes.insert(id.clone(), regexes);
+        }
+
+        Ok(Self {
+            snapshot: Arc::new(snapshot),
+            consumers_by_key,
+            header_regexes,
+            providers,
+        })
+    }
+
+    pub fn version(&self) -> &str {
+        &self.snapshot.version
+    }
+
+    /// The consumer holding the key with this hash.
+    pub fn consumer_by_key_hash(&self, hash: &str) -> Option<(&str, &Consumer)> {
+        let id = self.consumers_by_key.get(hash)?;
+        let consumer = self.snapshot.consumers.get(id)?;
+        Some((id.as_str(), consumer))
+    }
+
+    pub fn route(&self, id: &str) -> Option<&Route> {
+        self.snapshot.routes.get(id)
+    }
+
+    /// Whether every header match of route `id` holds for `headers`.
+    pub fn headers_match(&self, id: &str, route: &Route, headers: &http::HeaderMap) -> bool {
+        let regexes = self.header_regexes.get(id);
+        route.headers.iter().enumerate().all(|(i, m)| {
+            let Some(value) = headers.get(&m.name).and_then(|v| v.to_str().ok()) else {
+                return false;
+            };
+            match m.kind {
+                HeaderMatchType::Exact => value == m.value,
+                HeaderMatchType::RegularExpression => regexes
+                    .and_then(|r| r.get(i))
+                    .and_then(Option::as_ref)
+                    .is_some_and(|re| re.is_match(value)),
+            }
+        })
+    }
+
+    pub fn provider(&self, id: &str) -> Option<&Arc<ProviderRuntime>> {
+        self.providers.get(id)
+    }
+}
+
+// === impl RuntimeHandle ===
+
+impl RuntimeHandle {
+    /// The current runtime, if one has loaded.
+    pub fn current(&self) -> Option<Arc<Runtime>> {
+        self.0.load_full()
+    }
+
+    /// Replaces the runtime; in-flight requests keep the one they loaded.
+    pub fn swap(&self, runtime: Runtime) {
+        self.0.store(Some(Arc::new(runtime)));
+    }
+}

@@ -1,0 +1,109 @@
+//! Server-sent events: splitting a byte stream into whole events without altering
+//! their bytes, and reading an event's data.
+
+use bytes::{Bytes, BytesMut};
+
+/// Splits a byte stream into events. Each event is returned with its raw bytes, blank
+/// line included, so it can be forwarded exactly as received.
+#[derive(Debug, Default)]
+pub struct EventSplitter {
+    buffer: BytesMut,
+}
+
+// === impl EventSplitter ===
+
+impl EventSplitter {
+    /// Adds received bytes; returns the events they complete.
+    pub fn push(&mut self, chunk: &[u8]) -> Vec<Bytes> {
+        let searched = self.buffer.len().saturating_sub(3);
+        self.buffer.extend_from_slice(chunk);
+        let mut events = Vec::new();
+        let mut from = searched;
+        while let Some(end) = event_end(&self.buffer, from) {
+            events.push(self.buffer.split_to(end).freeze());
+            from = 0;
+        }
+        events
+    }
+
+    /// Bytes left after the last complete event (a stream cut off mid-event).
+    pub fn remainder(&mut self) -> Option<Bytes> {
+        (!self.buffer.is_empty()).then(|| self.buffer.split().freeze())
+    }
+}
+
+/// The end (exclusive) of the first event in `buf`, searching from `from`: the first
+/// blank line, in any of the three line-ending styles SSE allows.
+fn event_end(buf: &[u8], from: usize) -> Option<usize> {
+    let mut i = from;
+    while i < buf.len() {
+        match buf[i] {
+            b'\n' if buf.get(i + 1) == Some(&b'\n') => return Some(i + 2),
+            b'\n' if buf.get(i + 1) == Some(&b'\r') && buf.get(i + 2) == Some(&b'\n') => {
+                return Some(i + 3);
+            }
+            b'\r' if buf.get(i + 1) == Some(&b'\r') => return Some(i + 2),
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+/// The event's data: its `data:` lines joined by newlines, or `None` if it has none.
+pub fn data(event: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(event).ok()?;
+    let mut data: Option<String> = None;
+    for line in text.lines() {
+        let Some(value) = line.strip_prefix("data:") else {
+            continue;
+        };
+        let value = value.strip_prefix(' ').unwrap_or(value);
+        match &mut data {
+            Some(existing) => {
+                existing.push('\n');
+                existing.push_str(value);
+            }
+            None => data = Some(value.to_string()),
+        }
+    }
+    data
+}
+
+/// One event carrying `data`.
+pub fn event(data: &str) -> Bytes {
+    Bytes::from(format!("data: {data}\n\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_events_across_chunk_boundaries() {
+        let stream = b"data: {\"a\":1}\n\ndata: {\"b\":2}\r\n\r\n: comment\n\ndata: [DONE]\n\n";
+        for split in 1..stream.len() {
+            let mut splitter = EventSplitter::default();
+            let mut events = splitter.push(&stream[..split]);
+            events.extend(splitter.push(&stream[split..]));
+            let joined: Vec<u8> = events.iter().flat_map(|e| e.iter().copied()).collect();
+            assert_eq!(joined, stream.to_vec(), "split at {split}");
+            assert_eq!(events.len(), 4, "split at {split}");
+            assert!(splitter.remainder().is_none());
+        }
+    }
+
+    #[test]
+    fn keeps_an_unfinished_event_as_remainder() {
+        let mut splitter = EventSplitter::default();
+        assert!(splitter.push(b"data: {\"a\"").is_empty());
+        assert_eq!(splitter.remainder().unwrap(), Bytes::from_static(b"data: {\"a\""));
+    }
+
+    #[test]
+    fn reads_data_lines() {
+        assert_eq!(data(b"data: [DONE]\n\n").as_deref(), Some("[DONE]"));
+        assert_eq!(data(b"event: x\ndata:a\ndata: b\n\n").as_deref(), Some("a\nb"));
+        assert_eq!(data(b": keep-alive\n\n"), None);
+    }
+}

@@ -1,0 +1,338 @@
+//! Standalone mode: YAML files in a directory -> `api::compile` -> Runtime, reloaded
+//! when the files change.
+//!
+//! Every `*.yaml`/`*.yml` file directly in the directory is read (hidden files are
+//! skipped, symlinks followed, so a mounted ConfigMap works). Files may hold several
+//! documents; Switchboard kinds and Secrets (`data` or `stringData`) are used, other
+//! kinds are ignored.
+//!
+//! A reload is refused, and the serving config kept, when a file does not parse or when
+//! it would reject an object the serving config accepts. Objects that were never
+//! accepted are left out with a logged error, as the operator does with statuses.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use notify_debouncer_mini::{DebounceEventResult, new_debouncer, notify::RecursiveMode};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::Value;
+use switchboard_api::compile::{Inputs, Object, ObjectKey};
+use switchboard_api::v1alpha1::{AIConsumer, AIProvider, AIQuota, AIRoute, GROUP, VERSION};
+use switchboard_api::{Compiled, compile};
+use tokio::sync::mpsc;
+
+use crate::pipeline::Gateway;
+use crate::runtime::Runtime;
+
+/// A problem in one document of one file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestError {
+    pub file: PathBuf,
+    /// 1-based document number within the file.
+    pub document: usize,
+    /// `Kind namespace/name`, when known.
+    pub object: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for ManifestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (document {})", self.file.display(), self.document)?;
+        if let Some(object) = &self.object {
+            write!(f, ", {object}")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// Reads every manifest in `dir`. All problems are reported, not just the first.
+pub fn load(dir: &Path) -> Result<Inputs, Vec<ManifestError>> {
+    let mut inputs = Inputs::default();
+    let mut errors = Vec::new();
+    let mut origins: std::collections::BTreeMap<ObjectKey, (PathBuf, usize)> = Default::default();
+    for file in manifest_files(dir).map_err(|message| {
+        vec![ManifestError {
+            file: dir.to_path_buf(),
+            document: 0,
+            object: None,
+            message,
+        }]
+    })? {
+        let text = match std::fs::read_to_string(&file) {
+            Ok(text) => text,
+            Err(e) => {
+                errors.push(ManifestError {
+                    file: file.clone(),
+                    document: 0,
+                    object: None,
+                    message: format!("cannot read: {e}"),
+                });
+                continue;
+            }
+        };
+        for (index, document) in serde_yaml_ng::Deserializer::from_str(&text).enumerate() {
+            let number = index + 1;
+            let error = |object: Option<String>, message: String| ManifestError {
+                file: file.clone(),
+                document: number,
+                object,
+                message,
+            };
+            let value = match Value::deserialize(document) {
+                Ok(Value::Null) => continue,
+                Ok(value) => value,
+                Err(e) => {
+                    errors.push(error(None, format!("not valid YAML: {e}")));
+                    continue;
+                }
+            };
+            match parse_object(value) {
+                Ok(None) => {}
+                Ok(Some(object)) => {
+                    let key = object.key();
+                    if let Some((first_file, first_doc)) = origins.get(&key) {
+                        errors.push(error(
+                            Some(key.to_string()),
+                            format!(
+                                "defined twice; first in {} (document {first_doc})",
+                                first_file.display()
+                            ),
+                        ));
+                        continue;
+                    }
+                    origins.insert(key, (file.clone(), number));
+                    inputs.insert(object);
+                }
+                Err((object, message)) => errors.push(error(object, message)),
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(inputs)
+    } else {
+        Err(errors)
+    }
+}
+
+/// The manifest files in `dir`, sorted by name.
+fn manifest_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("cannot read directory: {e}"))?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .filter(|path| {
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            !name.starts_with('.')
+                && (name.ends_with(".yaml") || name.ends_with(".yml"))
+                && path.is_file()
+        })
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// One document as an object compile reads; `Ok(None)` for kinds it does not read.
+fn parse_object(value: Value) -> Result<Option<Object>, (Option<String>, String)> {
+    let api_version = value.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
+    let kind = value.get("kind").and_then(Value::as_str).unwrap_or_default();
+    let name = value
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let namespace = value
+        .pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .unwrap_or(switchboard_api::compile::DEFAULT_NAMESPACE)
+        .to_string();
+    let label = Some(format!("{kind} {namespace}/{name}"));
+    if api_version.is_empty() || kind.is_empty() {
+        return Err((None, "missing apiVersion or kind".to_string()));
+    }
+    if name.is_empty() {
+        return Err((label, "metadata.name: required".to_string()));
+    }
+
+    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+    if group == GROUP {
+        if version != VERSION {
+            return Err((label, format!("apiVersion: use {GROUP}/{VERSION}")));
+        }
+        let unknown = switchboard_api::crds::unknown_fields(kind, &value);
+        if !unknown.is_empty() {
+            return Err((label, format!("unknown field(s): {}", unknown.join(", "))));
+        }
+        let object = match kind {
+            "AIProvider" => typed::<AIProvider>(value).map(Object::Provider),
+            "AIRoute" => typed::<AIRoute>(value).map(Object::Route),
+            "AIConsumer" => typed::<AIConsumer>(value).map(Object::Consumer),
+            "AIQuota" => typed::<AIQuota>(value).map(Object::Quota),
+            _ => Err(format!(
+                "kind: unknown kind {kind:?}; use AIProvider, AIRoute, AIConsumer or AIQuota"
+            )),
+        };
+        return object.map(Some).map_err(|message| (label, message));
+    }
+    if api_version == "v1" && kind == "Secret" {
+        // Never echo Secret values: the error names the field only.
+        return typed::<Secret>(value)
+            .map(|secret| Some(Object::Secret(secret)))
+            .map_err(|message| (label, message));
+    }
+    Ok(None)
+}
+
+/// Deserializes with the failing field's path in the error.
+fn typed<T: DeserializeOwned>(value: Value) -> Result<T, String> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        // serde's messages quote the offending value; drop it so a Secret's content or a
+        // pasted key never reaches the logs.
+        let message = inner.to_string();
+        let message = message.split(", expected").nth(1).map_or(message.clone(), |expected| {
+            format!("wrong type or value, expected{expected}")
+        });
+        if path == "." {
+            message
+        } else {
+            format!("{path}: {message}")
+        }
+    })
+}
+
+/// Reads and compiles `dir`.
+pub fn load_and_compile(dir: &Path) -> Result<Compiled, Vec<ManifestError>> {
+    load(dir).map(|inputs| compile(&inputs))
+}
+
+/// Logs every object that is not fully healthy.
+pub fn log_problems(compiled: &Compiled) {
+    for (key, status) in compiled.problems() {
+        for condition in status.problems() {
+            tracing::error!(
+                object = %key,
+                condition = %condition.type_,
+                reason = %condition.reason,
+                "{key}: {}: {}",
+                condition.reason,
+                condition.message
+            );
+        }
+    }
+}
+
+/// Keys of the objects a compile accepted.
+pub fn accepted(compiled: &Compiled) -> BTreeSet<ObjectKey> {
+    compiled
+        .statuses
+        .iter()
+        .filter(|(_, status)| status.is_accepted())
+        .map(|(key, _)| key.clone())
+        .collect()
+}
+
+/// Watches `dir` and applies changes until the returned guard is dropped.
+pub fn watch(
+    dir: PathBuf,
+    gateway: Arc<Gateway>,
+    mut serving: BTreeSet<ObjectKey>,
+) -> anyhow::Result<WatchGuard> {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut debouncer = new_debouncer(Duration::from_millis(200), move |result: DebounceEventResult| {
+        if result.is_ok() {
+            let _ = tx.send(());
+        }
+    })?;
+    debouncer.watcher().watch(&dir, RecursiveMode::NonRecursive)?;
+    let task = tokio::spawn(async move {
+        while rx.recv().await.is_some() {
+            // Coalesce a burst of changes into one reload.
+            while rx.try_recv().is_ok() {}
+            let load_dir = dir.clone();
+            let result = tokio::task::spawn_blocking(move || load_and_compile(&load_dir)).await;
+            match result {
+                Ok(result) => reload(&gateway, result, &mut serving),
+                Err(e) => tracing::error!(error = %e, "manifest reload task failed"),
+            }
+        }
+    });
+    Ok(WatchGuard {
+        _debouncer: Box::new(debouncer),
+        task,
+    })
+}
+
+/// Stops watching when dropped.
+pub struct WatchGuard {
+    _debouncer: Box<dyn std::any::Any + Send>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl fmt::Debug for WatchGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("WatchGuard")
+    }
+}
+
+impl Drop for WatchGuard {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Applies a reload result, or keeps the serving config and says why.
+fn reload(
+    gateway: &Gateway,
+    result: Result<Compiled, Vec<ManifestError>>,
+    serving: &mut BTreeSet<ObjectKey>,
+) {
+    let current = gateway.runtime.current();
+    let current_version = current.as_ref().map(|r| r.version().to_string()).unwrap_or_default();
+    let compiled = match result {
+        Ok(compiled) => compiled,
+        Err(errors) => {
+            for error in &errors {
+                tracing::error!(%error, "reload refused; still serving config {current_version}");
+            }
+            return;
+        }
+    };
+    log_problems(&compiled);
+    let regressions: Vec<&ObjectKey> = serving
+        .iter()
+        .filter(|key| compiled.statuses.get(*key).is_some_and(|s| !s.is_accepted()))
+        .collect();
+    if !regressions.is_empty() {
+        for key in regressions {
+            tracing::error!(
+                object = %key,
+                "reload refused: {key} is accepted now but would be rejected (see the error above); \
+                 still serving config {current_version}"
+            );
+        }
+        return;
+    }
+    if compiled.snapshot.version == current_version {
+        tracing::debug!("manifests changed but the compiled config did not");
+        *serving = accepted(&compiled);
+        return;
+    }
+    let accepted_now = accepted(&compiled);
+    match Runtime::build(compiled.snapshot, current.as_deref()) {
+        Ok(runtime) => {
+            let version = runtime.version().to_string();
+            gateway.runtime.swap(runtime);
+            *serving = accepted_now;
+            tracing::info!(%version, previous = %current_version, "config reloaded");
+        }
+        Err(error) => {
+            tracing::error!(%error, "reload refused; still serving config {current_version}");
+        }
+    }
+}

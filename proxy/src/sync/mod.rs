@@ -1,0 +1,3 @@
+//! Where config comes from. Standalone: YAML files on disk (`manifests`).
+
+pub mod manifests;
