@@ -37,7 +37,10 @@ pub fn all_yaml() -> Result<String, serde_yaml_ng::Error> {
 /// `spec.models[0].upstreamname`. The API server refuses these under kubectl's default
 /// strict validation; the standalone proxy does the same so a typo is never ignored.
 pub fn unknown_fields(kind: &str, object: &serde_json::Value) -> Vec<String> {
-    let Some((_, crd)) = all().into_iter().find(|(_, crd)| crd.spec.names.kind == kind) else {
+    let Some((_, crd)) = all()
+        .into_iter()
+        .find(|(_, crd)| crd.spec.names.kind == kind)
+    else {
         return Vec::new();
     };
     let schema = crd
@@ -51,10 +54,16 @@ pub fn unknown_fields(kind: &str, object: &serde_json::Value) -> Vec<String> {
     if let Some(schema) = schema {
         walk(&schema, object, String::new(), &mut unknown);
     }
+    unknown.sort();
     unknown
 }
 
-fn walk(schema: &serde_json::Value, value: &serde_json::Value, path: String, out: &mut Vec<String>) {
+fn walk(
+    schema: &serde_json::Value,
+    value: &serde_json::Value,
+    path: String,
+    out: &mut Vec<String>,
+) {
     use serde_json::Value;
     match value {
         Value::Object(fields) => {
@@ -70,7 +79,8 @@ fn walk(schema: &serde_json::Value, value: &serde_json::Value, path: String, out
                 };
                 match properties.get(name) {
                     Some(field_schema) => walk(field_schema, field, child, out),
-                    None if path.is_empty() && matches!(name.as_str(), "apiVersion" | "kind" | "metadata") => {}
+                    None if path.is_empty()
+                        && matches!(name.as_str(), "apiVersion" | "kind" | "metadata") => {}
                     None => out.push(child),
                 }
             }
@@ -104,7 +114,10 @@ mod tests {
         });
         assert_eq!(
             unknown_fields("AIProvider", &object),
-            vec!["spec.models[0].upstreamname".to_string(), "spec.modles".to_string()]
+            vec![
+                "spec.models[0].upstreamname".to_string(),
+                "spec.modles".to_string()
+            ]
         );
     }
 

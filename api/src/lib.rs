@@ -2,6 +2,9 @@
 //! proxies serve from, and `compile()`, the one function that turns objects into a
 //! Snapshot. Pure: no I/O, no clock, no Kubernetes client.
 
+// Library code handles every error; tests may unwrap (see .clippy.toml).
+#![warn(clippy::unwrap_used, clippy::expect_used)]
+
 pub mod compile;
 pub mod crds;
 pub mod snapshot;

@@ -23,7 +23,10 @@ fn checked_in_crds_match_the_types() {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|name| !switchboard_api::crds::all().iter().any(|(f, _)| f == name))
         .collect();
-    assert!(extra.is_empty(), "crds/ holds files no type generates: {extra:?}");
+    assert!(
+        extra.is_empty(),
+        "crds/ holds files no type generates: {extra:?}"
+    );
 }
 
 #[test]

@@ -68,7 +68,7 @@ pub struct StreamLog {
 enum Pending {
     #[default]
     Waiting,
-    Log(RequestLog),
+    Log(Box<RequestLog>),
     End(StreamEnd),
     Done,
 }
@@ -85,7 +85,7 @@ impl StreamLog {
 
     /// The request's log, once its response headers are out.
     pub fn log(&self, log: RequestLog) {
-        self.arrive(Pending::Log(log));
+        self.arrive(Pending::Log(Box::new(log)));
     }
 
     /// The stream's end.

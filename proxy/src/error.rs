@@ -29,7 +29,9 @@ pub enum ProxyError {
     UpstreamConnect,
     #[error("upstream provider did not answer within {0:?}")]
     UpstreamTimeout(Duration),
-    #[error("upstream provider rejected the gateway's credentials (status {0}); check the AIProvider's Secret")]
+    #[error(
+        "upstream provider rejected the gateway's credentials (status {0}); check the AIProvider's Secret"
+    )]
     UpstreamAuth(u16),
     #[error("upstream provider failed with status {0}")]
     UpstreamStatus(u16),
@@ -61,32 +63,66 @@ impl ProxyError {
     pub fn class(&self) -> ErrorClass {
         use ProxyError::*;
         let (status, type_, code) = match self {
-            MissingKey => (StatusCode::UNAUTHORIZED, "invalid_request_error", "missing_api_key"),
-            InvalidKey => (StatusCode::UNAUTHORIZED, "invalid_request_error", "invalid_api_key"),
-            UnknownModel(_) => (StatusCode::NOT_FOUND, "invalid_request_error", "model_not_found"),
-            BadRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_request"),
+            MissingKey => (
+                StatusCode::UNAUTHORIZED,
+                "invalid_request_error",
+                "missing_api_key",
+            ),
+            InvalidKey => (
+                StatusCode::UNAUTHORIZED,
+                "invalid_request_error",
+                "invalid_api_key",
+            ),
+            UnknownModel(_) => (
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                "model_not_found",
+            ),
+            BadRequest(_) => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "invalid_request",
+            ),
             BodyTooLarge { .. } => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "invalid_request_error",
                 "request_too_large",
             ),
-            NotFound(_) => (StatusCode::NOT_FOUND, "invalid_request_error", "unknown_url"),
+            NotFound(_) => (
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                "unknown_url",
+            ),
             MethodNotAllowed { .. } => (
                 StatusCode::METHOD_NOT_ALLOWED,
                 "invalid_request_error",
                 "method_not_allowed",
             ),
             NotReady => (StatusCode::SERVICE_UNAVAILABLE, "server_error", "not_ready"),
-            UpstreamConnect => (StatusCode::BAD_GATEWAY, "upstream_error", "upstream_unreachable"),
+            UpstreamConnect => (
+                StatusCode::BAD_GATEWAY,
+                "upstream_error",
+                "upstream_unreachable",
+            ),
             UpstreamTimeout(_) => (
                 StatusCode::GATEWAY_TIMEOUT,
                 "upstream_error",
                 "upstream_timeout",
             ),
-            UpstreamAuth(_) => (StatusCode::BAD_GATEWAY, "upstream_error", "upstream_auth_failed"),
+            UpstreamAuth(_) => (
+                StatusCode::BAD_GATEWAY,
+                "upstream_error",
+                "upstream_auth_failed",
+            ),
             UpstreamStatus(_) => (StatusCode::BAD_GATEWAY, "upstream_error", "upstream_error"),
-            UpstreamProtocol => (StatusCode::BAD_GATEWAY, "upstream_error", "upstream_bad_response"),
-            UpstreamRefused { status, .. } => (*status, "invalid_request_error", "upstream_refused"),
+            UpstreamProtocol => (
+                StatusCode::BAD_GATEWAY,
+                "upstream_error",
+                "upstream_bad_response",
+            ),
+            UpstreamRefused { status, .. } => {
+                (*status, "invalid_request_error", "upstream_refused")
+            }
         };
         ErrorClass {
             status,

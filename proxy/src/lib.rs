@@ -4,6 +4,9 @@
 //! Follow a request: `server` -> `pipeline` -> `client_api` -> `auth` -> `routing` ->
 //! `providers` -> `upstream` -> back through `providers` and `client_api` -> `access_log`.
 
+// Library code handles every error; tests may unwrap (see .clippy.toml).
+#![warn(clippy::unwrap_used, clippy::expect_used)]
+
 pub mod access_log;
 pub mod auth;
 pub mod body;

@@ -99,7 +99,9 @@ async fn dispatch(
             let runtime = runtime.ok_or(ProxyError::NotReady)?;
             let (consumer_id, consumer) = auth::authenticate(&runtime, request.headers())?;
             log.consumer = Some(consumer_id.to_string());
-            Ok(openai::models_response(routing::visible_models(&runtime, consumer)))
+            Ok(openai::models_response(routing::visible_models(
+                &runtime, consumer,
+            )))
         }
         (Method::GET, model_path) if model_path.starts_with("/v1/models/") => {
             let runtime = runtime.ok_or(ProxyError::NotReady)?;
@@ -111,12 +113,13 @@ async fn dispatch(
                 .ok_or_else(|| ProxyError::UnknownModel(wanted.to_string()))?;
             Ok(openai::model_response(model))
         }
-        (method, "/healthz" | "/readyz" | "/v1/chat/completions" | "/v1/embeddings" | "/v1/models") => {
-            Err(ProxyError::MethodNotAllowed {
-                method: method.to_string(),
-                path,
-            })
-        }
+        (
+            method,
+            "/healthz" | "/readyz" | "/v1/chat/completions" | "/v1/embeddings" | "/v1/models",
+        ) => Err(ProxyError::MethodNotAllowed {
+            method: method.to_string(),
+            path,
+        }),
         _ => Err(ProxyError::NotFound(path)),
     }
 }
@@ -145,7 +148,11 @@ async fn proxy(
     let unknown = || ProxyError::UnknownModel(request.model.clone());
     let backend = routing::pick_backend(route).ok_or_else(unknown)?;
     let provider = runtime.provider(&backend.provider).ok_or_else(unknown)?;
-    let model = provider.config.models.get(&backend.model).ok_or_else(unknown)?;
+    let model = provider
+        .config
+        .models
+        .get(&backend.model)
+        .ok_or_else(unknown)?;
     log.provider = Some(backend.provider.clone());
     log.upstream_model = Some(model.upstream_name.clone());
 
@@ -195,7 +202,10 @@ async fn read_body(headers: &HeaderMap, body: Incoming, limit: usize) -> Result<
 fn event_stream(body: Body) -> Response<Body> {
     let mut response = Response::new(body);
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     // Tell buffering reverse proxies in front of us to pass events on at once.
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));

@@ -50,7 +50,12 @@ pub fn pick_backend(route: &Route) -> Option<&Backend> {
         .filter(|b| b.weight > 0)
         .map(|b| b.priority)
         .min()?;
-    let in_tier = || route.backends.iter().filter(move |b| b.priority == tier && b.weight > 0);
+    let in_tier = || {
+        route
+            .backends
+            .iter()
+            .filter(move |b| b.priority == tier && b.weight > 0)
+    };
     let total: u64 = in_tier().map(|b| u64::from(b.weight)).sum();
     let mut ticket = fastrand::u64(0..total);
     in_tier().find(|b| {

@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
 use regex::Regex;
-use switchboard_api::snapshot::{Consumer, HeaderMatchType, Provider, Route};
 use switchboard_api::Snapshot;
+use switchboard_api::snapshot::{Consumer, HeaderMatchType, Provider, Route};
 
 use crate::upstream::{self, ClientError};
 

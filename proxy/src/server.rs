@@ -20,7 +20,11 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Serves connections from `listener` until `shutdown` resolves, then stops accepting
 /// and waits up to the shutdown timeout for in-flight requests and streams.
-pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl Future<Output = ()>) {
+pub async fn serve(
+    listener: TcpListener,
+    gateway: Arc<Gateway>,
+    shutdown: impl Future<Output = ()>,
+) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -68,7 +72,10 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl 
     drop(listener);
     gateway.draining.store(true, Ordering::Relaxed);
     let timeout = gateway.settings.shutdown_timeout;
-    tracing::info!(?timeout, "shutting down: no new connections; finishing in-flight requests");
+    tracing::info!(
+        ?timeout,
+        "shutting down: no new connections; finishing in-flight requests"
+    );
     tokio::select! {
         () = graceful.shutdown() => tracing::info!("all requests finished"),
         () = tokio::time::sleep(timeout) => {

@@ -20,7 +20,12 @@ pub struct Settings {
     pub listen: SocketAddr,
 
     /// Log format: `text` for people, `json` for log pipelines. Levels via RUST_LOG.
-    #[arg(long, env = "SWITCHBOARD_LOG_FORMAT", value_enum, default_value = "text")]
+    #[arg(
+        long,
+        env = "SWITCHBOARD_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
     pub log_format: LogFormat,
 
     /// Largest request body accepted, in bytes; larger bodies get 413.

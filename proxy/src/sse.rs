@@ -97,13 +97,19 @@ mod tests {
     fn keeps_an_unfinished_event_as_remainder() {
         let mut splitter = EventSplitter::default();
         assert!(splitter.push(b"data: {\"a\"").is_empty());
-        assert_eq!(splitter.remainder().unwrap(), Bytes::from_static(b"data: {\"a\""));
+        assert_eq!(
+            splitter.remainder().unwrap(),
+            Bytes::from_static(b"data: {\"a\"")
+        );
     }
 
     #[test]
     fn reads_data_lines() {
         assert_eq!(data(b"data: [DONE]\n\n").as_deref(), Some("[DONE]"));
-        assert_eq!(data(b"event: x\ndata:a\ndata: b\n\n").as_deref(), Some("a\nb"));
+        assert_eq!(
+            data(b"event: x\ndata:a\ndata: b\n\n").as_deref(),
+            Some("a\nb")
+        );
         assert_eq!(data(b": keep-alive\n\n"), None);
     }
 }

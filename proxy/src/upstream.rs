@@ -23,10 +23,11 @@ pub fn client(id: &str, provider: &Provider) -> Result<reqwest::Client, ClientEr
         .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("switchboard/", env!("CARGO_PKG_VERSION")));
     if let Some(pem) = &provider.tls.ca_bundle_pem {
-        let certs = reqwest::Certificate::from_pem_bundle(pem.as_bytes()).map_err(|e| ClientError {
-            provider: id.to_string(),
-            message: format!("spec.tls.caBundle is not valid PEM: {e}"),
-        })?;
+        let certs =
+            reqwest::Certificate::from_pem_bundle(pem.as_bytes()).map_err(|e| ClientError {
+                provider: id.to_string(),
+                message: format!("spec.tls.caBundle is not valid PEM: {e}"),
+            })?;
         builder = builder.tls_certs_merge(certs);
     }
     if provider.tls.insecure_skip_verify {

@@ -167,8 +167,10 @@ impl ProviderBuilder {
         self
     }
 
-    pub fn models<const N: usize>(self, names: [&str; N]) -> Self {
-        names.into_iter().fold(self, Self::model)
+    pub fn models<S: AsRef<str>>(self, names: impl IntoIterator<Item = S>) -> Self {
+        names
+            .into_iter()
+            .fold(self, |builder, name| builder.model(name.as_ref()))
     }
 
     /// A model sent upstream under another name (an Azure deployment, say).
@@ -280,11 +282,8 @@ pub fn route(name: &str) -> RouteBuilder {
 metadata_methods!(RouteBuilder);
 
 impl RouteBuilder {
-    pub fn models<const N: usize>(mut self, names: [&str; N]) -> Self {
-        self.0
-            .spec
-            .models
-            .extend(names.iter().map(ToString::to_string));
+    pub fn models<S: Into<String>>(mut self, names: impl IntoIterator<Item = S>) -> Self {
+        self.0.spec.models.extend(names.into_iter().map(Into::into));
         self
     }
 
@@ -376,11 +375,11 @@ impl ConsumerBuilder {
         self
     }
 
-    pub fn allowed_models<const N: usize>(mut self, names: [&str; N]) -> Self {
+    pub fn allowed_models<S: Into<String>>(mut self, names: impl IntoIterator<Item = S>) -> Self {
         self.0
             .spec
             .allowed_models
-            .extend(names.iter().map(ToString::to_string));
+            .extend(names.into_iter().map(Into::into));
         self
     }
 
@@ -449,30 +448,30 @@ impl QuotaBuilder {
         self.limit(QuotaMetric::Requests, max, QuotaWindow::Minute)
     }
 
-    pub fn consumers<const N: usize>(mut self, names: [&str; N]) -> Self {
+    pub fn consumers<S: Into<String>>(mut self, names: impl IntoIterator<Item = S>) -> Self {
         self.0
             .spec
             .target
             .consumers
-            .extend(names.iter().map(ToString::to_string));
+            .extend(names.into_iter().map(Into::into));
         self
     }
 
-    pub fn routes<const N: usize>(mut self, names: [&str; N]) -> Self {
+    pub fn routes<S: Into<String>>(mut self, names: impl IntoIterator<Item = S>) -> Self {
         self.0
             .spec
             .target
             .routes
-            .extend(names.iter().map(ToString::to_string));
+            .extend(names.into_iter().map(Into::into));
         self
     }
 
-    pub fn models<const N: usize>(mut self, names: [&str; N]) -> Self {
+    pub fn models<S: Into<String>>(mut self, names: impl IntoIterator<Item = S>) -> Self {
         self.0
             .spec
             .target
             .models
-            .extend(names.iter().map(ToString::to_string));
+            .extend(names.into_iter().map(Into::into));
         self
     }
 

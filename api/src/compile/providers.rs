@@ -78,7 +78,10 @@ fn compile_one(
     for (i, model) in spec.models.iter().enumerate() {
         let field = format!("spec.models[{i}]");
         if model.name.is_empty() {
-            verdict.reject(Problem::new(reasons::INVALID, format!("{field}.name: must not be empty")));
+            verdict.reject(Problem::new(
+                reasons::INVALID,
+                format!("{field}.name: must not be empty"),
+            ));
             continue;
         }
         let pricing = model.pricing.as_ref().map(|p| Pricing {
@@ -87,7 +90,11 @@ fn compile_one(
             cached_input_per_million: p.cached_input_per_million.unwrap_or(p.input_per_million),
         });
         if let Some(p) = &pricing {
-            let prices = [p.input_per_million, p.output_per_million, p.cached_input_per_million];
+            let prices = [
+                p.input_per_million,
+                p.output_per_million,
+                p.cached_input_per_million,
+            ];
             if prices.iter().any(|v| !v.is_finite() || *v < 0.0) {
                 verdict.reject(Problem::new(
                     reasons::INVALID,
@@ -96,18 +103,27 @@ fn compile_one(
             }
         }
         let compiled = Model {
-            upstream_name: model.upstream_name.clone().unwrap_or_else(|| model.name.clone()),
+            upstream_name: model
+                .upstream_name
+                .clone()
+                .unwrap_or_else(|| model.name.clone()),
             pricing,
         };
         if models.insert(model.name.clone(), compiled).is_some() {
             verdict.reject(Problem::new(
                 reasons::DUPLICATE_MODEL,
-                format!("{field}.name: model {:?} is listed twice; remove one", model.name),
+                format!(
+                    "{field}.name: model {:?} is listed twice; remove one",
+                    model.name
+                ),
             ));
         }
     }
     if spec.models.is_empty() {
-        verdict.reject(Problem::new(reasons::INVALID, "spec.models: list at least one model"));
+        verdict.reject(Problem::new(
+            reasons::INVALID,
+            "spec.models: list at least one model",
+        ));
     }
 
     let timeouts = spec.timeouts.clone().unwrap_or_default();
@@ -171,7 +187,9 @@ fn endpoint(kind: ProviderType, endpoint: Option<&str>) -> Result<String, Proble
     let url = Url::parse(raw).map_err(|e| {
         Problem::new(
             reasons::INVALID,
-            format!("spec.endpoint: not a valid URL ({e}); write one like https://api.example.com/v1"),
+            format!(
+                "spec.endpoint: not a valid URL ({e}); write one like https://api.example.com/v1"
+            ),
         )
     })?;
     if !url.username().is_empty() || url.password().is_some() {

@@ -82,7 +82,10 @@ pub(super) fn compile(
             }
         }
         if spec.limits.is_empty() {
-            verdict.reject(Problem::new(reasons::INVALID, "spec.limits: list at least one limit"));
+            verdict.reject(Problem::new(
+                reasons::INVALID,
+                "spec.limits: list at least one limit",
+            ));
         }
 
         if verdict.is_accepted() {

@@ -2,19 +2,21 @@
 //! rules. Each failure becomes a `Problem` whose message names the field and the fix.
 
 use std::str::FromStr;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::core::Duration as KubeDuration;
 use kube::Resource;
+use kube::core::Duration as KubeDuration;
 use kube::core::crd::CustomResourceExt;
+use regex::Regex;
 use serde::Serialize;
 
 use super::inputs::{Inputs, ObjectKey, ObjectKind};
 use super::status::Problem;
-use crate::v1alpha1::SecretKeyRef;
 use crate::v1alpha1::condition::reasons;
+use crate::v1alpha1::{DURATION_PATTERN, SecretKeyRef};
 
 /// The value at `reference`, a Secret in `owner`'s namespace, trimmed of surrounding
 /// whitespace (files made with `echo` end in a newline; no key contains whitespace).
@@ -68,12 +70,22 @@ pub(super) fn duration_ms(value: Option<&str>, field: &str) -> Result<Option<u64
             format!("{field}: {value:?} is not a duration; write it like 30s, 1m30s or 500ms"),
         )
     };
+    // The CRD's pattern bounds the numbers, so parsing cannot overflow. Objects from a
+    // cluster already passed it; objects from disk are checked here.
+    static PATTERN: LazyLock<Regex> = LazyLock::new(|| {
+        Regex::new(DURATION_PATTERN).unwrap_or_else(|_| unreachable!("the pattern is valid"))
+    });
+    if !PATTERN.is_match(value) {
+        return Err(invalid());
+    }
     let parsed = KubeDuration::from_str(value).map_err(|_| invalid())?;
     if parsed.is_negative() {
         return Err(invalid());
     }
     let duration: Duration = parsed.into();
-    Ok(Some(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)))
+    Ok(Some(
+        u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
+    ))
 }
 
 /// Evaluates the CRD's CEL rules, as the API server does at `kubectl apply`, so objects

@@ -40,7 +40,10 @@ pub(super) fn compile(
     for (age, key, route, mut verdict) in candidates {
         if let Some(route) = route.filter(|_| verdict.is_accepted()) {
             let keys = match_keys(&route);
-            match keys.iter().find_map(|k| claimed.get(k).map(|owner| (k, *owner))) {
+            match keys
+                .iter()
+                .find_map(|k| claimed.get(k).map(|owner| (k, *owner)))
+            {
                 Some(((model, _), owner)) => verdict.reject(Problem::new(
                     reasons::MODEL_CONFLICT,
                     format!(
@@ -94,8 +97,10 @@ fn compile_one(
         let value = match header.type_ {
             HeaderMatchType::Exact => header.value.clone(),
             HeaderMatchType::RegularExpression => {
+                // Checked on its own first: a value such as `a)|(b` would otherwise
+                // close the anchoring group and match more than it says.
                 let anchored = format!("^(?:{})$", header.value);
-                if let Err(e) = regex::Regex::new(&anchored) {
+                if let Err(e) = regex::Regex::new(&header.value).and(regex::Regex::new(&anchored)) {
                     verdict.reject(Problem::new(
                         reasons::INVALID,
                         format!("spec.headers[{i}].value: not a valid regular expression: {e}"),
@@ -115,8 +120,11 @@ fn compile_one(
         spec.timeouts.as_ref().and_then(|t| t.request.as_deref()),
         "spec.timeouts.request",
     )
-    .map_err(|problem| verdict.reject(problem))
-    .ok()?;
+    .unwrap_or_else(|problem| {
+        // Keep going: the backends' references are still worth reporting.
+        verdict.reject(problem);
+        None
+    });
 
     let mut backends = Vec::new();
     for (i, backend) in spec.backends.iter().enumerate() {
@@ -147,7 +155,12 @@ fn compile_one(
                              provider's spec.models or pick one of: {}",
                             backend.provider,
                             backend.model,
-                            provider.models.keys().cloned().collect::<Vec<_>>().join(", ")
+                            provider
+                                .models
+                                .keys()
+                                .cloned()
+                                .collect::<Vec<_>>()
+                                .join(", ")
                         ),
                     ))
                 }

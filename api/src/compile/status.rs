@@ -91,7 +91,13 @@ fn condition(
                 .map(|p| p.message.as_str())
                 .collect::<Vec<_>>()
                 .join("; ");
-            Condition::new(type_, ConditionStatus::False, first.reason, message, generation)
+            Condition::new(
+                type_,
+                ConditionStatus::False,
+                first.reason,
+                message,
+                generation,
+            )
         }
     }
 }

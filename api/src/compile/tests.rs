@@ -7,7 +7,7 @@ use proptest::prelude::*;
 
 use super::fixtures::*;
 use super::{Compiled, Inputs, Object, ObjectKey, ObjectKind, compile};
-use crate::snapshot::hash_key;
+use crate::snapshot::{Snapshot, hash_key};
 use crate::v1alpha1::condition::{reasons, types};
 use crate::v1alpha1::{
     Condition, ConditionStatus, FailurePolicy, ObjectStatus, ProviderType, QuotaMetric, QuotaWindow,
@@ -869,14 +869,10 @@ fn consumer_not_found_in_quota_target_keeps_quota() {
 
 // === ModelConflict ===
 
-fn conflict_world() -> InputsBuilder {
-    openai_world()
-}
-
 #[test]
 fn model_conflict_older_route_by_creation_timestamp_wins() {
     // "zeta" sorts after "alpha" by name but is older, so it keeps the model name.
-    let compiled = conflict_world()
+    let compiled = openai_world()
         .with(
             route("alpha")
                 .models(["gpt-4o"])
@@ -916,7 +912,7 @@ fn model_conflict_with_equal_or_no_timestamps_namespace_then_name_decides() {
             Some(t) => r.created(t),
             None => r,
         };
-        let compiled = conflict_world()
+        let compiled = openai_world()
             .with(stamp(
                 route("zeta").models(["gpt-4o"]).backend("openai", "gpt-4o"),
             ))
@@ -969,7 +965,7 @@ fn model_conflict_with_equal_or_no_timestamps_namespace_then_name_decides() {
 #[test]
 fn model_conflict_route_without_timestamp_sorts_first() {
     // Objects without a creation time (files on disk) count as oldest.
-    let compiled = conflict_world()
+    let compiled = openai_world()
         .with(
             route("alpha")
                 .models(["gpt-4o"])
@@ -989,7 +985,7 @@ fn model_conflict_route_without_timestamp_sorts_first() {
 
 #[test]
 fn model_conflict_rejects_the_whole_route_even_for_partial_overlap() {
-    let compiled = conflict_world()
+    let compiled = openai_world()
         .with(
             route("old")
                 .models(["gpt-4o"])
@@ -1015,7 +1011,7 @@ fn model_conflict_rejects_the_whole_route_even_for_partial_overlap() {
 
 #[test]
 fn model_conflict_same_headers_in_another_order_or_case_still_conflict() {
-    let compiled = conflict_world()
+    let compiled = openai_world()
         .with(
             route("old")
                 .models(["gpt-4o"])
@@ -1045,7 +1041,7 @@ fn model_conflict_same_headers_in_another_order_or_case_still_conflict() {
 #[test]
 fn rejected_route_does_not_claim_its_model_names() {
     // The older route is rejected for another reason, so the newer one gets the name.
-    let compiled = conflict_world()
+    let compiled = openai_world()
         .with(
             route("old")
                 .models(["gpt-4o"])
@@ -1066,7 +1062,7 @@ fn rejected_route_does_not_claim_its_model_names() {
 
 #[test]
 fn differing_header_matches_do_not_conflict_and_more_specific_sorts_first() {
-    let compiled = conflict_world()
+    let compiled = openai_world()
         .with(
             route("catch-all")
                 .models(["gpt-4o"])
@@ -1736,6 +1732,9 @@ fn provider_api_keys_are_redacted_in_debug() {
 
 // === sealing ===
 
+/// A named change to a compiled Snapshot.
+type Mutation = (&'static str, fn(&mut Snapshot));
+
 #[test]
 fn snapshot_is_sealed_after_compile_and_not_after_mutation() {
     let world = openai_world()
@@ -1756,9 +1755,9 @@ fn snapshot_is_sealed_after_compile_and_not_after_mutation() {
         snapshot.version,
         "same input, same version"
     );
-    assert!(crate::snapshot::Snapshot::default().seal().version != snapshot.version);
+    assert_ne!(Snapshot::default().seal().version, snapshot.version);
 
-    let mutations: Vec<(&str, fn(&mut crate::snapshot::Snapshot))> = vec![
+    let mutations: Vec<Mutation> = vec![
         ("provider endpoint", |s| {
             s.providers.values_mut().for_each(|p| p.endpoint.push('x'));
         }),
@@ -1850,9 +1849,7 @@ fn arb_provider(i: usize) -> impl Strategy<Value = Option<Object>> {
             if openai {
                 b = b.openai().secret(&format!("s{s}"), "key");
             }
-            for m in models {
-                b = b.model(m);
-            }
+            b = b.models(models);
             stamp(b, created, ProviderBuilder::created).into()
         })
     })
@@ -1875,9 +1872,7 @@ fn arb_route(i: usize) -> impl Strategy<Value = Option<Object>> {
     prop::option::weighted(0.9, fields).prop_map(move |r| {
         r.map(|(namespace, models, header, backends, created)| {
             let mut b = route(&format!("r{i}")).namespace(namespace);
-            for m in models {
-                b = b.models([m]);
-            }
+            b = b.models(models);
             if let Some(team) = header {
                 b = b.header("x-team", team);
             }
@@ -1920,12 +1915,9 @@ fn arb_quota(i: usize) -> impl Strategy<Value = Option<Object>> {
     prop::option::of(fields).prop_map(move |q| {
         q.map(|(consumers, routes, team, max)| {
             let mut b = quota(&format!("q{i}")).requests_per_minute(f64::from(max));
-            for c in consumers {
-                b.0.spec.target.consumers.push(format!("c{c}"));
-            }
-            for r in routes {
-                b.0.spec.target.routes.push(format!("r{r}"));
-            }
+            b = b
+                .consumers(consumers.iter().map(|c| format!("c{c}")))
+                .routes(routes.iter().map(|r| format!("r{r}")));
             if let Some(team) = team {
                 b = b.selector_label("team", team);
             }
@@ -2046,7 +2038,7 @@ fn check_invariants(inputs: &Inputs, compiled: &Compiled) -> Result<(), TestCase
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(64))]
+    #![proptest_config(ProptestConfig::with_cases(32))]
 
     #[test]
     fn compile_does_not_depend_on_insertion_order(
@@ -2056,12 +2048,10 @@ proptest! {
         let inputs = Inputs::from_objects(objects.clone());
         let first = compile(&inputs);
         check_invariants(&inputs, &first)?;
-        for order in [shuffled, objects.into_iter().rev().collect()] {
-            let again = compile(&Inputs::from_objects(order));
-            prop_assert_eq!(&again.snapshot.version, &first.snapshot.version);
-            prop_assert_eq!(&again.snapshot, &first.snapshot);
-            prop_assert_eq!(&again.statuses, &first.statuses);
-        }
+        let again = compile(&Inputs::from_objects(shuffled));
+        prop_assert_eq!(&again.snapshot.version, &first.snapshot.version);
+        prop_assert_eq!(&again.snapshot, &first.snapshot);
+        prop_assert_eq!(&again.statuses, &first.statuses);
     }
 
     #[test]
@@ -2094,10 +2084,6 @@ proptest! {
 // === compile bugs (ignored until fixed) ===
 
 #[test]
-#[ignore = "BUG: refs::duration_ms uses kube's Go-style Duration parser, whose \
-            Duration::mul_f64 panics on overflow; a file-based AIProvider with \
-            timeouts.connect \"99999999999999999999h\" (the CRD pattern only guards \
-            objects in a cluster) panics compile instead of giving Accepted=False/Invalid"]
 fn huge_duration_is_invalid_not_a_panic() {
     let builder = inputs().with(
         provider("p")
@@ -2115,10 +2101,6 @@ fn huge_duration_is_invalid_not_a_panic() {
 }
 
 #[test]
-#[ignore = "BUG: routes::compile_one anchors a RegularExpression header as \
-            format!(\"^(?:{})$\") and validates only the anchored text, so a value that \
-            is not a regex on its own, like `a)|(b`, compiles to `^(?:a)|(b)$`: accepted, \
-            and no longer anchored (it matches any value starting with `a`)"]
 fn regex_header_cannot_escape_its_anchors() {
     let compiled = inputs()
         .with(provider("echo").model("m"))
@@ -2138,9 +2120,6 @@ fn regex_header_cannot_escape_its_anchors() {
 }
 
 #[test]
-#[ignore = "BUG: routes::compile_one returns early (`.ok()?`) when spec.timeouts.request \
-            is invalid, before resolving backends, so a route with a bad timeout and a \
-            missing provider reports ResolvedRefs=True"]
 fn route_with_invalid_timeout_still_reports_unresolved_backends() {
     let compiled = inputs()
         .with(
@@ -2165,10 +2144,6 @@ fn route_with_invalid_timeout_still_reports_unresolved_backends() {
 }
 
 #[test]
-#[ignore = "BUG: refs::duration_ms says it parses Gateway API durations (the CRD \
-            pattern ^([0-9]{1,5}(h|m|s|ms)){1,4}$) but accepts any Go duration, so a \
-            file-based object with \"1.5s\", \"100us\" or \"0\" compiles (100us becomes a \
-            0 ms timeout) although the API server would refuse it"]
 fn durations_outside_gateway_api_syntax_are_invalid() {
     for value in ["1.5s", "100us", "0", "1h1h1h1h1h"] {
         let compiled = inputs()

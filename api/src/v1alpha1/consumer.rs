@@ -28,7 +28,11 @@ use super::{ObjectStatus, SecretKeyRef};
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"ResolvedRefs\")].status"
     ),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct AIConsumerSpec {

@@ -3,10 +3,16 @@
 //! Every kind is namespaced. Field docs here become the CRD's descriptions, so they
 //! are written for the person running `kubectl explain`.
 
+// NB: kube-derive takes one `printcolumn(...)` per column, which clippy reads as
+// duplicated attributes.
 pub mod condition;
+#[allow(clippy::duplicated_attributes)]
 pub mod consumer;
+#[allow(clippy::duplicated_attributes)]
 pub mod provider;
+#[allow(clippy::duplicated_attributes)]
 pub mod quota;
+#[allow(clippy::duplicated_attributes)]
 pub mod route;
 
 pub use condition::{Condition, ConditionStatus, ObjectStatus};
@@ -42,4 +48,4 @@ pub struct SecretKeyRef {
 
 /// Gateway-API-style duration: one to four groups of a number and a unit (h, m, s, ms),
 /// for example `30s`, `1m30s`, `500ms`.
-pub(crate) const DURATION_PATTERN: &str = r"^([0-9]{1,5}(h|m|s|ms)){1,4}$";
+pub const DURATION_PATTERN: &str = r"^([0-9]{1,5}(h|m|s|ms)){1,4}$";

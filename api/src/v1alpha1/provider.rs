@@ -20,7 +20,12 @@ use super::{DURATION_PATTERN, ObjectStatus, SecretKeyRef};
     status = "ObjectStatus",
     doc = "An upstream LLM provider account: API type, endpoint, credentials, models and prices.",
     printcolumn(name = "Type", type_ = "string", json_path = ".spec.type"),
-    printcolumn(name = "Endpoint", type_ = "string", json_path = ".spec.endpoint", priority = 1),
+    printcolumn(
+        name = "Endpoint",
+        type_ = "string",
+        json_path = ".spec.endpoint",
+        priority = 1
+    ),
     printcolumn(
         name = "Accepted",
         type_ = "string",
@@ -32,7 +37,11 @@ use super::{DURATION_PATTERN, ObjectStatus, SecretKeyRef};
         json_path = ".status.conditions[?(@.type==\"Accepted\")].reason",
         priority = 1
     ),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[x_kube(validation = Rule::new("self.type == 'echo' || has(self.auth)")
     .message("spec.auth is required for every provider type except echo")

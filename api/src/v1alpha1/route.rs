@@ -35,7 +35,11 @@ use super::{DURATION_PATTERN, ObjectStatus};
         json_path = ".status.conditions[?(@.type==\"Accepted\")].reason",
         priority = 1
     ),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[x_kube(validation = Rule::new("self.backends.exists(b, b.weight > 0)")
     .message("at least one backend needs a weight above 0"))]
@@ -68,7 +72,10 @@ pub struct AIRouteSpec {
 #[serde(rename_all = "camelCase")]
 pub struct HeaderMatch {
     /// Header name, case-insensitive.
-    #[schemars(length(min = 1, max = 256), regex(pattern = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"))]
+    #[schemars(
+        length(min = 1, max = 256),
+        regex(pattern = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
+    )]
     pub name: String,
     /// Value to compare with.
     #[schemars(length(min = 1, max = 4096))]

@@ -94,7 +94,9 @@ pub fn error_response(error: &ProxyError) -> Response<Body> {
             None => json_response(class.status, error_json(error)),
         };
         if let Some(value) = retry_after {
-            response.headers_mut().insert(header::RETRY_AFTER, value.clone());
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, value.clone());
         }
         return response;
     }
@@ -143,7 +145,10 @@ pub fn models_response<'a>(models: impl Iterator<Item = &'a str>) -> Response<Bo
         object: "list",
         data,
     };
-    json_response(StatusCode::OK, serde_json::to_vec(&list).unwrap_or_default())
+    json_response(
+        StatusCode::OK,
+        serde_json::to_vec(&list).unwrap_or_default(),
+    )
 }
 
 #[derive(Serialize)]
@@ -179,5 +184,8 @@ pub fn model_response(id: &str) -> Response<Body> {
         created: 0,
         owned_by: "switchboard",
     };
-    json_response(StatusCode::OK, serde_json::to_vec(&entry).unwrap_or_default())
+    json_response(
+        StatusCode::OK,
+        serde_json::to_vec(&entry).unwrap_or_default(),
+    )
 }

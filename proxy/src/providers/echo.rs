@@ -71,7 +71,11 @@ impl Answer {
             .iter()
             .map(|m| word_count(&text_of(&m.content)))
             .sum();
-        let last = fields.messages.last().map(|m| text_of(&m.content)).unwrap_or_default();
+        let last = fields
+            .messages
+            .last()
+            .map(|m| text_of(&m.content))
+            .unwrap_or_default();
         let mut words: Vec<String> = last.split_whitespace().map(str::to_string).collect();
         let limit = fields.max_completion_tokens.or(fields.max_tokens);
         let mut finish_reason = "stop";
@@ -167,7 +171,11 @@ fn stream(
         let mut events = vec![chunk(json!({"role": "assistant", "content": ""}), None)];
         let last = answer.words.len().saturating_sub(1);
         for (i, word) in answer.words.iter().enumerate() {
-            let text = if i == last { word.clone() } else { format!("{word} ") };
+            let text = if i == last {
+                word.clone()
+            } else {
+                format!("{word} ")
+            };
             events.push(chunk(json!({"content": text}), None));
         }
         events.push(chunk(json!({}), Some(answer.finish_reason)));
@@ -274,6 +282,11 @@ fn vector(input: &Value, dimensions: usize) -> Vec<f32> {
             f32::from(byte) / 127.5 - 1.0
         })
         .collect();
-    let norm = raw.iter().map(|v| v * v).sum::<f32>().sqrt().max(f32::EPSILON);
+    let norm = raw
+        .iter()
+        .map(|v| v * v)
+        .sum::<f32>()
+        .sqrt()
+        .max(f32::EPSILON);
     raw.iter().map(|v| v / norm).collect()
 }

@@ -234,7 +234,10 @@ impl Serialize for Rewritten<'_> {
             }
         }
         if self.inject_usage && !fields.contains_key("stream_options") {
-            map.serialize_entry("stream_options", &serde_json::json!({"include_usage": true}))?;
+            map.serialize_entry(
+                "stream_options",
+                &serde_json::json!({"include_usage": true}),
+            )?;
         }
         map.end()
     }
@@ -267,7 +270,10 @@ mod tests {
         let request = parse_request(Operation::ChatCompletions, body).unwrap();
         let out: serde_json::Value =
             serde_json::from_slice(&rewrite(&request, "m", true).unwrap()).unwrap();
-        assert_eq!(out["stream_options"], serde_json::json!({"include_usage": true, "other": 1}));
+        assert_eq!(
+            out["stream_options"],
+            serde_json::json!({"include_usage": true, "other": 1})
+        );
     }
 
     #[test]
@@ -279,12 +285,18 @@ mod tests {
             b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":5,\"total_tokens\":8}}\n\n",
         );
         let mut usage = None;
-        assert_eq!(stream_event(content.clone(), true, &mut usage), Some(content));
+        assert_eq!(
+            stream_event(content.clone(), true, &mut usage),
+            Some(content)
+        );
         assert_eq!(usage, None);
         assert_eq!(stream_event(usage_chunk.clone(), true, &mut usage), None);
         assert_eq!(usage.unwrap().total_tokens, 8);
         let mut usage = None;
-        assert_eq!(stream_event(usage_chunk.clone(), false, &mut usage), Some(usage_chunk));
+        assert_eq!(
+            stream_event(usage_chunk.clone(), false, &mut usage),
+            Some(usage_chunk)
+        );
         assert_eq!(usage.unwrap().completion_tokens, 5);
     }
 }

@@ -17,9 +17,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
-use notify_debouncer_mini::{DebounceEventResult, new_debouncer, notify::RecursiveMode};
-use serde::de::DeserializeOwned;
+use notify::{EventKind, RecursiveMode, Watcher};
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 use switchboard_api::compile::{Inputs, Object, ObjectKey};
 use switchboard_api::v1alpha1::{AIConsumer, AIProvider, AIQuota, AIRoute, GROUP, VERSION};
@@ -87,8 +87,9 @@ pub fn load(dir: &Path) -> Result<Inputs, Vec<ManifestError>> {
                 Ok(Value::Null) => continue,
                 Ok(value) => value,
                 Err(e) => {
+                    // After a syntax error the document stream cannot resume.
                     errors.push(error(None, format!("not valid YAML: {e}")));
-                    continue;
+                    break;
                 }
             };
             match parse_object(value) {
@@ -126,7 +127,10 @@ fn manifest_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
         .filter_map(Result::ok)
         .map(|entry| entry.path())
         .filter(|path| {
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
             !name.starts_with('.')
                 && (name.ends_with(".yaml") || name.ends_with(".yml"))
                 && path.is_file()
@@ -138,8 +142,14 @@ fn manifest_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
 
 /// One document as an object compile reads; `Ok(None)` for kinds it does not read.
 fn parse_object(value: Value) -> Result<Option<Object>, (Option<String>, String)> {
-    let api_version = value.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
-    let kind = value.get("kind").and_then(Value::as_str).unwrap_or_default();
+    let api_version = value
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let kind = value
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     let name = value
         .pointer("/metadata/name")
         .and_then(Value::as_str)
@@ -195,9 +205,12 @@ fn typed<T: DeserializeOwned>(value: Value) -> Result<T, String> {
         // serde's messages quote the offending value; drop it so a Secret's content or a
         // pasted key never reaches the logs.
         let message = inner.to_string();
-        let message = message.split(", expected").nth(1).map_or(message.clone(), |expected| {
-            format!("wrong type or value, expected{expected}")
-        });
+        let message = message
+            .split(", expected")
+            .nth(1)
+            .map_or(message.clone(), |expected| {
+                format!("wrong type or value, expected{expected}")
+            });
         if path == "." {
             message
         } else {
@@ -237,6 +250,9 @@ pub fn accepted(compiled: &Compiled) -> BTreeSet<ObjectKey> {
         .collect()
 }
 
+/// Changes arriving within this window are applied as one reload.
+const DEBOUNCE: Duration = Duration::from_millis(200);
+
 /// Watches `dir` and applies changes until the returned guard is dropped.
 pub fn watch(
     dir: PathBuf,
@@ -244,15 +260,19 @@ pub fn watch(
     mut serving: BTreeSet<ObjectKey>,
 ) -> anyhow::Result<WatchGuard> {
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let mut debouncer = new_debouncer(Duration::from_millis(200), move |result: DebounceEventResult| {
-        if result.is_ok() {
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        // Reading the files ourselves raises access events; only changes count.
+        if let Ok(event) = event
+            && !matches!(event.kind, EventKind::Access(_))
+        {
             let _ = tx.send(());
         }
     })?;
-    debouncer.watcher().watch(&dir, RecursiveMode::NonRecursive)?;
+    watcher.watch(&dir, RecursiveMode::NonRecursive)?;
     let task = tokio::spawn(async move {
         while rx.recv().await.is_some() {
-            // Coalesce a burst of changes into one reload.
+            // Editors and ConfigMap updates write in bursts: wait for the burst to end.
+            tokio::time::sleep(DEBOUNCE).await;
             while rx.try_recv().is_ok() {}
             let load_dir = dir.clone();
             let result = tokio::task::spawn_blocking(move || load_and_compile(&load_dir)).await;
@@ -263,14 +283,14 @@ pub fn watch(
         }
     });
     Ok(WatchGuard {
-        _debouncer: Box::new(debouncer),
+        _watcher: Box::new(watcher),
         task,
     })
 }
 
 /// Stops watching when dropped.
 pub struct WatchGuard {
-    _debouncer: Box<dyn std::any::Any + Send>,
+    _watcher: Box<dyn std::any::Any + Send>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -293,7 +313,10 @@ fn reload(
     serving: &mut BTreeSet<ObjectKey>,
 ) {
     let current = gateway.runtime.current();
-    let current_version = current.as_ref().map(|r| r.version().to_string()).unwrap_or_default();
+    let current_version = current
+        .as_ref()
+        .map(|r| r.version().to_string())
+        .unwrap_or_default();
     let compiled = match result {
         Ok(compiled) => compiled,
         Err(errors) => {
@@ -306,7 +329,12 @@ fn reload(
     log_problems(&compiled);
     let regressions: Vec<&ObjectKey> = serving
         .iter()
-        .filter(|key| compiled.statuses.get(*key).is_some_and(|s| !s.is_accepted()))
+        .filter(|key| {
+            compiled
+                .statuses
+                .get(*key)
+                .is_some_and(|s| !s.is_accepted())
+        })
         .collect();
     if !regressions.is_empty() {
         for key in regressions {

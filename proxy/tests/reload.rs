@@ -1,0 +1,281 @@
+//! Reloading manifests from disk: atomic swaps under load, refused reloads that keep
+//! the serving config.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use http::StatusCode;
+use support::*;
+use switchboard_proxy::Proxy;
+
+fn version(proxy: &Proxy) -> String {
+    proxy
+        .gateway
+        .runtime
+        .current()
+        .unwrap()
+        .version()
+        .to_string()
+}
+
+/// Waits (bounded) until the serving version differs from `old`.
+async fn wait_for_new_version(proxy: &Proxy, old: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = version(proxy);
+        if now != old {
+            return now;
+        }
+        assert!(Instant::now() < deadline, "no reload within 10s");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Waits long enough for a reload to have been tried (debounce is 200 ms).
+async fn settle() {
+    tokio::time::sleep(Duration::from_millis(800)).await;
+}
+
+fn echo_provider(name: &str) -> String {
+    format!(
+        "apiVersion: switchboard.dev/v1alpha1\nkind: AIProvider\nmetadata: {{name: {name}}}\nspec:\n  type: echo\n  models: [{{name: echo}}]\n  echo: {{chunkInterval: 20ms}}\n"
+    )
+}
+
+fn chat(model: &str, stream: bool) -> String {
+    format!(
+        r#"{{"model":"{model}","stream":{stream},"messages":[{{"role":"user","content":"one two three four five six"}}]}}"#
+    )
+}
+
+#[tokio::test]
+async fn reloads_under_concurrent_load_fail_no_request() {
+    let a = FakeProvider::json(200, r#"{"from":"a"}"#).await;
+    let b = FakeProvider::json(200, r#"{"from":"b"}"#).await;
+    let manifests = Manifests::new();
+    manifests
+        .write(
+            "a.yaml",
+            &provider_yaml("a", "openai", &a.url(), &[("m", "m")], ""),
+        )
+        .write(
+            "b.yaml",
+            &provider_yaml("b", "openai", &b.url(), &[("m", "m")], ""),
+        )
+        .write("echo.yaml", &echo_provider("e"))
+        .write(
+            "stream-route.yaml",
+            &route_yaml("s", &["slow"], "e", "echo", ""),
+        )
+        .write("route.yaml", &route_yaml("r", &["m"], "a", "m", ""))
+        .write("consumer.yaml", &consumer_yaml("app", ""));
+    let proxy = Arc::new(proxy(&manifests).await);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let failures = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let mut workers = Vec::new();
+    for worker in 0..8 {
+        let (proxy, stop, ok, failures) =
+            (proxy.clone(), stop.clone(), ok.clone(), failures.clone());
+        workers.push(tokio::spawn(async move {
+            let client = client();
+            // Bounded: at most 2,000 requests per worker, and stops when told.
+            for _ in 0..2000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let streaming = worker % 4 == 0;
+                let model = if streaming { "slow" } else { "m" };
+                let response = client
+                    .post(url(&proxy, "/v1/chat/completions"))
+                    .bearer_auth(KEY)
+                    .body(chat(model, streaming))
+                    .send()
+                    .await;
+                let outcome = match response {
+                    Ok(r) if r.status() == StatusCode::OK => {
+                        let body = r.bytes().await.map_err(|e| e.to_string());
+                        match body {
+                            Ok(body) if !streaming || body.ends_with(b"data: [DONE]\n\n") => Ok(()),
+                            Ok(body) => Err(format!("stream cut short: {body:?}")),
+                            Err(e) => Err(e),
+                        }
+                    }
+                    Ok(r) => Err(format!("status {}", r.status())),
+                    Err(e) => Err(e.to_string()),
+                };
+                match outcome {
+                    Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
+                    Err(e) => {
+                        failures.lock().unwrap().push(e);
+                        0
+                    }
+                };
+            }
+        }));
+    }
+
+    // Swap the route between providers and add aliases while requests are in flight.
+    let mut versions = vec![version(&proxy)];
+    for round in 0..6 {
+        let (provider, alias) = if round % 2 == 0 {
+            ("b", "m-b")
+        } else {
+            ("a", "m-a")
+        };
+        let route = route_yaml("r", &["m", alias], provider, "m", "");
+        manifests.write("route.yaml", &route);
+        versions.push(wait_for_new_version(&proxy, versions.last().unwrap()).await);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for worker in workers {
+        worker.await.unwrap();
+    }
+
+    let failures = failures.lock().unwrap().clone();
+    assert!(
+        failures.is_empty(),
+        "{} failed requests, e.g. {:?}",
+        failures.len(),
+        failures.first()
+    );
+    assert!(
+        ok.load(Ordering::Relaxed) > 100,
+        "load ran: {} requests",
+        ok.load(Ordering::Relaxed)
+    );
+    assert!(
+        a.hits.load(Ordering::SeqCst) > 0 && b.hits.load(Ordering::SeqCst) > 0,
+        "both configs served"
+    );
+    assert_eq!(versions.len(), 7);
+    Arc::try_unwrap(proxy).unwrap().shutdown().await;
+}
+
+#[tokio::test]
+async fn a_stream_in_flight_keeps_its_config_across_a_reload() {
+    let manifests = Manifests::new();
+    manifests
+        .write("echo.yaml", &echo_provider("e"))
+        .write("route.yaml", &route_yaml("r", &["slow"], "e", "echo", ""))
+        .write("consumer.yaml", &consumer_yaml("app", ""));
+    let proxy = proxy(&manifests).await;
+    let old = version(&proxy);
+
+    let response = post(&proxy, "/v1/chat/completions", chat("slow", true)).await;
+    let mut stream = response.bytes_stream();
+    let first = stream.next().await.unwrap().unwrap();
+    assert!(first.starts_with(b"data: "));
+    // Remove the route the stream is using.
+    manifests.write("route.yaml", &route_yaml("r", &["other"], "e", "echo", ""));
+    wait_for_new_version(&proxy, &old).await;
+    let mut rest = Vec::new();
+    while let Some(piece) = stream.next().await {
+        rest.extend_from_slice(&piece.unwrap());
+    }
+    assert!(
+        rest.ends_with(b"data: [DONE]\n\n"),
+        "the stream finished under its old config"
+    );
+    assert_error(
+        post(&proxy, "/v1/chat/completions", chat("slow", false)).await,
+        404,
+        "model_not_found",
+    )
+    .await;
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_file_that_does_not_parse_keeps_the_serving_config() {
+    let manifests = Manifests::new();
+    manifests
+        .write("echo.yaml", &echo_provider("e"))
+        .write("route.yaml", &route_yaml("r", &["m"], "e", "echo", ""))
+        .write("consumer.yaml", &consumer_yaml("app", ""));
+    let proxy = proxy(&manifests).await;
+    let serving = version(&proxy);
+
+    manifests.write("route.yaml", "apiVersion: switchboard.dev/v1alpha1\nkind: AIRoute\nmetadata: {name: r}\nspec:\n  models: [m, new]\n  backends: [{provider: e, model: echo, weight: heavy}]\n");
+    settle().await;
+    assert_eq!(version(&proxy), serving);
+    assert_eq!(
+        post(&proxy, "/v1/chat/completions", chat("m", false))
+            .await
+            .status(),
+        StatusCode::OK
+    );
+
+    manifests.write("route.yaml", "{not: yaml: at all");
+    settle().await;
+    assert_eq!(version(&proxy), serving);
+
+    // Fixing the file applies the change.
+    manifests.write(
+        "route.yaml",
+        &route_yaml("r", &["m", "new"], "e", "echo", ""),
+    );
+    wait_for_new_version(&proxy, &serving).await;
+    assert_eq!(
+        post(&proxy, "/v1/chat/completions", chat("new", false))
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_reload_that_would_reject_a_serving_object_is_refused() {
+    let manifests = Manifests::new();
+    manifests
+        .write("echo.yaml", &echo_provider("e"))
+        .write("route.yaml", &route_yaml("r", &["m"], "e", "echo", ""))
+        .write("consumer.yaml", &consumer_yaml("app", ""));
+    let proxy = proxy(&manifests).await;
+    let serving = version(&proxy);
+
+    // Parses, but the route now names a provider that does not exist.
+    manifests.write(
+        "route.yaml",
+        &route_yaml("r", &["m"], "missing", "echo", ""),
+    );
+    settle().await;
+    assert_eq!(version(&proxy), serving);
+    assert_eq!(
+        post(&proxy, "/v1/chat/completions", chat("m", false))
+            .await
+            .status(),
+        StatusCode::OK
+    );
+
+    // A new object that never worked is left out, and does not block other changes.
+    manifests.write(
+        "route.yaml",
+        &route_yaml("r", &["m", "m2"], "e", "echo", ""),
+    );
+    manifests.write(
+        "broken.yaml",
+        &route_yaml("broken", &["b"], "missing", "echo", ""),
+    );
+    wait_for_new_version(&proxy, &serving).await;
+    assert_eq!(
+        post(&proxy, "/v1/chat/completions", chat("m2", false))
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    assert_error(
+        post(&proxy, "/v1/chat/completions", chat("b", false)).await,
+        404,
+        "model_not_found",
+    )
+    .await;
+    proxy.shutdown().await;
+}

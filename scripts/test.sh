@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The one test command: installs what the tests need (idempotent), then checks
+# formatting, lints with warnings denied, and runs every test, including the check that
+# crds/ matches the API types.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# --- tools -------------------------------------------------------------------------
+if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+  rustup component add rustfmt clippy
+fi
+if ! cargo nextest --version >/dev/null 2>&1; then
+  cargo install cargo-nextest --locked
+fi
+# The OpenAI Python SDK, for the end-to-end test that drives the proxy like a user would.
+if ! python3 -c "import openai" >/dev/null 2>&1; then
+  python3 -m pip install --quiet --disable-pip-version-check "openai>=1.40,<4"
+fi
+
+# --- checks ------------------------------------------------------------------------
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+# Builds the release proxy once, for the end-to-end tests that run it as a process.
+cargo build --release --locked -p switchboard-proxy
+cargo nextest run --workspace --locked --no-fail-fast
