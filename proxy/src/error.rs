@@ -19,6 +19,8 @@ pub enum ProxyError {
     BadRequest(String),
     #[error("request body is larger than the limit of {limit} bytes")]
     BodyTooLarge { limit: usize },
+    #[error("the request body did not arrive within {0:?}")]
+    BodyTimeout(Duration),
     #[error("unknown path {0}")]
     NotFound(String),
     #[error("method {method} is not allowed on {path}")]
@@ -87,6 +89,11 @@ impl ProxyError {
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "invalid_request_error",
                 "request_too_large",
+            ),
+            BodyTimeout(_) => (
+                StatusCode::REQUEST_TIMEOUT,
+                "invalid_request_error",
+                "request_timeout",
             ),
             NotFound(_) => (
                 StatusCode::NOT_FOUND,

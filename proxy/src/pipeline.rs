@@ -179,7 +179,10 @@ async fn proxy(
     })
 }
 
-/// Reads the whole body, refusing more than `limit` bytes.
+/// A client must finish sending its request body within this time.
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Reads the whole body, refusing more than `limit` bytes or a body that trickles in.
 async fn read_body(headers: &HeaderMap, body: Incoming, limit: usize) -> Result<Bytes, ProxyError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -188,7 +191,10 @@ async fn read_body(headers: &HeaderMap, body: Incoming, limit: usize) -> Result<
     if declared.is_some_and(|len| len > limit as u64) {
         return Err(ProxyError::BodyTooLarge { limit });
     }
-    match Limited::new(body, limit).collect().await {
+    let collected = tokio::time::timeout(BODY_READ_TIMEOUT, Limited::new(body, limit).collect())
+        .await
+        .map_err(|_| ProxyError::BodyTimeout(BODY_READ_TIMEOUT))?;
+    match collected {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(error) if error.is::<http_body_util::LengthLimitError>() => {
             Err(ProxyError::BodyTooLarge { limit })

@@ -118,16 +118,6 @@ impl ObjectKey {
         }
     }
 
-    /// The key of an object of `kind` with `meta`'s namespace and name.
-    pub fn of<K: Resource>(kind: ObjectKind, object: &K) -> Self {
-        let meta = object.meta();
-        Self::new(
-            kind,
-            meta.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE),
-            meta.name.as_deref().unwrap_or_default(),
-        )
-    }
-
     /// `namespace/name`, the form used as a Snapshot key.
     pub fn id(&self) -> String {
         format!("{}/{}", self.namespace, self.name)

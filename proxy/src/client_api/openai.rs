@@ -11,6 +11,9 @@ use crate::body::{Body, full};
 use crate::error::ProxyError;
 use crate::ir::{Operation, Request};
 
+/// Longest model name accepted; model names end up in logs and error messages.
+const MAX_MODEL_NAME: usize = 256;
+
 /// Parses and validates a request body for `operation`.
 pub fn parse_request(operation: Operation, body: Bytes) -> Result<Request, ProxyError> {
     if body.is_empty() {
@@ -22,8 +25,12 @@ pub fn parse_request(operation: Operation, body: Bytes) -> Result<Request, Proxy
     let model = match fields.get("model") {
         None => return Err(bad("missing required field 'model'")),
         Some(raw) => match serde_json::from_str::<String>(raw.get()) {
-            Ok(model) if !model.is_empty() => model,
-            _ => return Err(bad("'model' must be a non-empty string")),
+            Ok(model) if !model.is_empty() && model.len() <= MAX_MODEL_NAME => model,
+            _ => {
+                return Err(bad(&format!(
+                    "'model' must be a non-empty string of at most {MAX_MODEL_NAME} bytes"
+                )));
+            }
         },
     };
     let stream = match fields.get("stream") {

@@ -364,3 +364,134 @@ fn reload(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Dir(PathBuf);
+
+    impl Dir {
+        fn with(files: &[(&str, &str)]) -> Self {
+            static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let dir = std::env::temp_dir().join(format!("sb-manifests-{}-{n}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            for (name, text) in files {
+                std::fs::write(dir.join(name), text).unwrap();
+            }
+            Self(dir)
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn errors(files: &[(&str, &str)]) -> Vec<String> {
+        let dir = Dir::with(files);
+        match load(&dir.0) {
+            Ok(_) => Vec::new(),
+            Err(errors) => errors.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    const PROVIDER: &str = "apiVersion: switchboard.dev/v1alpha1\nkind: AIProvider\nmetadata: {name: e}\nspec: {type: echo, models: [{name: m}]}\n";
+
+    #[test]
+    fn reads_multi_document_files_and_ignores_other_kinds() {
+        let text = format!(
+            "{PROVIDER}---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: x}}\n---\n---\napiVersion: v1\nkind: Secret\nmetadata: {{name: s, namespace: team-a}}\ndata: {{k: c2VjcmV0}}\n"
+        );
+        let dir = Dir::with(&[
+            ("all.yaml", &text),
+            ("notes.txt", "not yaml"),
+            (".hidden.yaml", "{"),
+        ]);
+        let inputs = load(&dir.0).unwrap();
+        assert_eq!(inputs.providers.len(), 1);
+        assert_eq!(inputs.secrets.len(), 1);
+        let secret = inputs.secrets.keys().next().unwrap();
+        assert_eq!(
+            (secret.namespace.as_str(), secret.name.as_str()),
+            ("team-a", "s")
+        );
+    }
+
+    #[test]
+    fn errors_name_the_file_document_object_and_field() {
+        let bad = "apiVersion: switchboard.dev/v1alpha1\nkind: AIRoute\nmetadata: {name: r}\nspec:\n  models: [m]\n  backends: [{provider: e, model: m, weight: heavy}]\n";
+        let text = format!("{PROVIDER}---\n{bad}");
+        let errors = errors(&[("routes.yaml", &text)]);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        let error = &errors[0];
+        for needle in [
+            "routes.yaml",
+            "document 2",
+            "AIRoute default/r",
+            "spec.backends[0].weight",
+        ] {
+            assert!(error.contains(needle), "{error:?} lacks {needle:?}");
+        }
+        assert!(!error.contains("heavy"), "values are not echoed: {error:?}");
+    }
+
+    #[test]
+    fn refuses_unknown_fields_versions_kinds_and_missing_names() {
+        let cases = [
+            (PROVIDER.replace("models:", "modles:"), "spec.modles"),
+            (PROVIDER.replace("v1alpha1", "v2"), "apiVersion"),
+            (PROVIDER.replace("AIProvider", "AIThing"), "unknown kind"),
+            (PROVIDER.replace("{name: e}", "{}"), "metadata.name"),
+            ("just: a map\n".to_string(), "apiVersion or kind"),
+        ];
+        for (text, needle) in cases {
+            let errors = errors(&[("x.yaml", &text)]);
+            assert!(
+                errors.iter().any(|e| e.contains(needle)),
+                "{needle}: {errors:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn refuses_an_object_defined_twice() {
+        let errors = errors(&[("a.yaml", PROVIDER), ("b.yaml", PROVIDER)]);
+        assert_eq!(errors.len(), 1);
+        assert!(
+            errors[0].contains("b.yaml")
+                && errors[0].contains("first in")
+                && errors[0].contains("a.yaml")
+        );
+    }
+
+    #[test]
+    fn secret_values_never_appear_in_errors() {
+        let text = "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\ndata: {apiKey: 'sk-live-not-base64!!'}\nstringData: {other: [sk-live-in-a-list]}\n";
+        let errors = errors(&[("secret.yaml", text)]);
+        assert!(!errors.is_empty());
+        for error in errors {
+            assert!(!error.contains("sk-live"), "{error}");
+        }
+    }
+
+    #[test]
+    fn garbage_ends_in_errors_not_hangs_or_panics() {
+        let garbage = [
+            "{not: yaml: at all",
+            ":\n  - ]\n",
+            "- a\n- b\n",
+            "\u{0}\u{1}binary",
+            "apiVersion: switchboard.dev/v1alpha1\nkind: AIRoute\nmetadata: {name: r}\nspec: 5\n",
+            "apiVersion: switchboard.dev/v1alpha1\nkind: AIProvider\nmetadata: {name: [a]}\nspec: {}\n",
+            "&a [*a, *a]",
+            "key: !!binary AAAA\n---\n{[",
+        ];
+        for text in garbage {
+            let _ = errors(&[("g.yaml", text)]);
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! `--log-format json`: every line is JSON, each request gets an access line with its
+//! identity, and no key (gateway or provider) ever reaches the logs.
+
+use serde_json::Value;
+use switchboard_e2e::{
+    Proxy, TempDir, chat, consumer, echo_provider, free_port, http_client, request_id, route,
+};
+
+const GATEWAY_KEY: &str = "sk-e2e-gateway-key-logs-0001";
+const PROVIDER_KEY: &str = "sk-provider-secret-value-123";
+const WRONG_KEY: &str = "sk-e2e-wrong-key-logs-9999";
+
+fn manifests() -> TempDir {
+    let dir = TempDir::new("logs");
+    dir.write("echo.yaml", &echo_provider("echo", "0ms", "0ms"));
+    dir.write("routes.yaml", &route("echo", &["echo"], "echo", "echo-1"));
+    // An OpenAI-compatible provider on a loopback port nobody listens on: every request
+    // to it fails with 502 after the proxy has used its key.
+    let closed_port = free_port();
+    dir.write(
+        "upstream.yaml",
+        &format!(
+            "apiVersion: switchboard.dev/v1alpha1
+kind: AIProvider
+metadata:
+  name: down
+spec:
+  type: openai-compatible
+  endpoint: http://127.0.0.1:{closed_port}/v1
+  auth:
+    secretRef:
+      name: down-credentials
+      key: apiKey
+  timeouts:
+    connect: 2s
+    request: 5s
+  models:
+    - name: model-1
+---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: down-credentials
+type: Opaque
+stringData:
+  apiKey: {PROVIDER_KEY}
+---
+{}",
+            route("down", &["down"], "down", "model-1")
+        ),
+    );
+    dir.write("consumer.yaml", &consumer("logs-app", GATEWAY_KEY));
+    dir
+}
+
+/// Every output line parsed as JSON; panics on a line that is not.
+fn json_lines(logs: &str) -> Vec<Value> {
+    logs.lines()
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| {
+            serde_json::from_str(line).unwrap_or_else(|e| {
+                panic!("log line is not JSON ({e}): {line}\nall output:\n{logs}")
+            })
+        })
+        .collect()
+}
+
+/// The access line for `request_id`.
+fn access_line<'a>(lines: &'a [Value], request_id: &str) -> Option<&'a Value> {
+    lines.iter().find(|line| {
+        let is_access = line["target"] == "switchboard::access" || line["message"] == "request";
+        is_access && line["request_id"] == request_id
+    })
+}
+
+fn assert_no_keys(logs: &str) {
+    for (what, key) in [
+        ("gateway key", GATEWAY_KEY),
+        ("provider key", PROVIDER_KEY),
+        ("wrong gateway key", WRONG_KEY),
+    ] {
+        assert!(
+            !logs.contains(key),
+            "the {what} appears in the logs:\n{logs}"
+        );
+    }
+}
+
+/// Waits until the access line for `id` is written (lines are written after the
+/// response), returning all parsed lines.
+async fn wait_for_access_line(proxy: &Proxy, id: &str) -> Vec<Value> {
+    proxy
+        .wait_for_log_line(0, &[id, "\"request\""], std::time::Duration::from_secs(5))
+        .await;
+    json_lines(&proxy.logs())
+}
+
+#[tokio::test]
+async fn json_logs_have_access_lines_and_no_keys() {
+    let dir = manifests();
+    let proxy = Proxy::start(dir.path(), &["--log-format", "json"]).await;
+    let client = http_client();
+
+    let response = chat(
+        &client,
+        &proxy,
+        GATEWAY_KEY,
+        "echo",
+        "log this request",
+        false,
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let ok_id = request_id(&response);
+    response.bytes().await.expect("read body");
+
+    let lines = wait_for_access_line(&proxy, &ok_id).await;
+    let line = access_line(&lines, &ok_id)
+        .unwrap_or_else(|| panic!("no access line for {ok_id} in:\n{}", proxy.logs()));
+    assert_eq!(line["status"], 200, "{line}");
+    assert_eq!(line["model"], "echo", "{line}");
+    let consumer = line["consumer"].as_str().unwrap_or_default();
+    assert!(
+        consumer.contains("logs-app"),
+        "consumer {consumer:?} in {line}"
+    );
+    assert_eq!(line["level"], "INFO", "{line}");
+    assert!(line.get("timestamp").is_some(), "{line}");
+
+    // A request to the unreachable provider: 502, and the provider key stays out.
+    let response = chat(
+        &client,
+        &proxy,
+        GATEWAY_KEY,
+        "down",
+        "this fails upstream",
+        false,
+    )
+    .await;
+    assert_eq!(response.status(), 502);
+    let failed_id = request_id(&response);
+    let body: Value = response.json().await.expect("error is JSON");
+    let body_text = body.to_string();
+    assert!(
+        !body_text.contains(PROVIDER_KEY),
+        "the provider key is in the response: {body_text}"
+    );
+    let lines = wait_for_access_line(&proxy, &failed_id).await;
+    let line = access_line(&lines, &failed_id)
+        .unwrap_or_else(|| panic!("no access line for {failed_id} in:\n{}", proxy.logs()));
+    assert_eq!(line["status"], 502, "{line}");
+    assert_eq!(line["model"], "down", "{line}");
+    assert!(
+        line["consumer"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("logs-app"),
+        "{line}"
+    );
+
+    // The same as a stream.
+    let response = chat(
+        &client,
+        &proxy,
+        GATEWAY_KEY,
+        "down",
+        "this fails upstream",
+        true,
+    )
+    .await;
+    assert_eq!(response.status(), 502);
+    let stream_id = request_id(&response);
+    response.bytes().await.expect("read body");
+    wait_for_access_line(&proxy, &stream_id).await;
+
+    // A wrong key: 401, logged without the key.
+    let response = chat(&client, &proxy, WRONG_KEY, "echo", "who am I", false).await;
+    assert_eq!(response.status(), 401);
+    let wrong_id = request_id(&response);
+    let lines = wait_for_access_line(&proxy, &wrong_id).await;
+    let line = access_line(&lines, &wrong_id)
+        .unwrap_or_else(|| panic!("no access line for {wrong_id} in:\n{}", proxy.logs()));
+    assert_eq!(line["status"], 401, "{line}");
+
+    let logs = proxy.logs();
+    json_lines(&logs);
+    assert_no_keys(&logs);
+}
+
+/// The same at the most verbose level, where libraries log too.
+#[tokio::test]
+async fn no_keys_in_trace_logs() {
+    let dir = manifests();
+    let proxy = Proxy::start_with_env(
+        dir.path(),
+        &["--log-format", "json"],
+        &[("RUST_LOG", "trace")],
+    )
+    .await;
+    let client = http_client();
+
+    let response = chat(
+        &client,
+        &proxy,
+        GATEWAY_KEY,
+        "echo",
+        "log this request",
+        true,
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let id = request_id(&response);
+    response.bytes().await.expect("read body");
+    wait_for_access_line(&proxy, &id).await;
+
+    let response = chat(
+        &client,
+        &proxy,
+        GATEWAY_KEY,
+        "down",
+        "this fails upstream",
+        false,
+    )
+    .await;
+    assert_eq!(response.status(), 502);
+    let id = request_id(&response);
+    response.bytes().await.expect("read body");
+    wait_for_access_line(&proxy, &id).await;
+
+    let logs = proxy.logs();
+    json_lines(&logs);
+    assert_no_keys(&logs);
+}
