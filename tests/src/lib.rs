@@ -2,7 +2,7 @@
 //! process on 127.0.0.1, talk to it over HTTP, and read what it logged.
 //!
 //! The binary is `$SWITCHBOARD_PROXY_BIN` if set, otherwise
-//! `<workspace>/target/release/switchboard-proxy`; build it first with
+//! `$CARGO_TARGET_DIR/release/switchboard-proxy` (default `<workspace>/target`); build it first with
 //! `cargo build --release -p switchboard-proxy`.
 //!
 //! Every wait here is bounded, and every process is killed when its handle drops, so a
@@ -38,7 +38,10 @@ pub fn workspace_root() -> PathBuf {
 pub fn proxy_bin() -> PathBuf {
     let path = match std::env::var_os("SWITCHBOARD_PROXY_BIN") {
         Some(path) => PathBuf::from(path),
-        None => workspace_root().join("target/release/switchboard-proxy"),
+        None => std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| workspace_root().join("target"))
+            .join("release/switchboard-proxy"),
     };
     assert!(
         path.is_file(),
