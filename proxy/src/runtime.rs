@@ -139,3 +139,58 @@ impl RuntimeHandle {
         self.0.store(Some(Arc::new(runtime)));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use switchboard_api::compile::{Inputs, Object};
+    use switchboard_api::v1alpha1::{
+        AIProvider, AIProviderSpec, ProviderAuth, ProviderModel, ProviderType, SecretKeyRef,
+    };
+
+    use super::*;
+
+    #[test]
+    fn debug_output_never_shows_a_provider_key() {
+        crate::install_crypto_provider();
+        let mut provider = AIProvider::new(
+            "openai",
+            AIProviderSpec {
+                type_: ProviderType::OpenAI,
+                endpoint: None,
+                auth: Some(ProviderAuth {
+                    secret_ref: SecretKeyRef {
+                        name: "s".into(),
+                        key: "k".into(),
+                    },
+                }),
+                azure: None,
+                models: vec![ProviderModel {
+                    name: "m".into(),
+                    upstream_name: None,
+                    pricing: None,
+                }],
+                timeouts: None,
+                tls: None,
+                echo: None,
+            },
+        );
+        provider.metadata.namespace = Some("default".into());
+        let mut secret = k8s_openapi::api::core::v1::Secret::default();
+        secret.metadata.name = Some("s".into());
+        secret.metadata.namespace = Some("default".into());
+        secret.string_data =
+            Some([("k".to_string(), "sk-very-secret-provider-key".to_string())].into());
+        let inputs = Inputs::from_objects([Object::Provider(provider), Object::Secret(secret)]);
+        let compiled = switchboard_api::compile(&inputs);
+        assert_eq!(
+            compiled.snapshot.providers.len(),
+            1,
+            "{:?}",
+            compiled.statuses
+        );
+        let runtime = Runtime::build(compiled.snapshot, None).unwrap();
+        let debug = format!("{runtime:?}");
+        assert!(debug.contains("redacted"));
+        assert!(!debug.contains("sk-very-secret"), "{debug}");
+    }
+}

@@ -335,3 +335,48 @@ async fn health_and_readiness() {
     assert!(ready.text().await.unwrap().contains("sha256:"));
     proxy.shutdown().await;
 }
+
+#[tokio::test]
+async fn oversized_request_head_is_refused_and_the_proxy_keeps_serving() {
+    let upstream = FakeProvider::json(200, "{}").await;
+    let (_m, proxy) = gateway_to(&upstream.url(), "").await;
+    let response = client()
+        .post(url(&proxy, "/v1/chat/completions"))
+        .bearer_auth(KEY)
+        .header("x-padding", "p".repeat(100 * 1024))
+        .body(CHAT)
+        .send()
+        .await;
+    match response {
+        // hyper answers 431 to a head over the limit, or closes the connection.
+        Ok(response) => assert_eq!(
+            response.status(),
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+        ),
+        Err(error) => assert!(error.is_request() || error.is_connect(), "{error}"),
+    }
+    assert_eq!(upstream.hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+    still_serves(&proxy).await;
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn serves_http2_cleartext_clients() {
+    let upstream = FakeProvider::json(200, r#"{"ok":true}"#).await;
+    let (_m, proxy) = gateway_to(&upstream.url(), "").await;
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let response = h2
+        .post(url(&proxy, "/v1/chat/completions"))
+        .bearer_auth(KEY)
+        .body(CHAT)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.text().await.unwrap(), r#"{"ok":true}"#);
+    proxy.shutdown().await;
+}

@@ -196,3 +196,67 @@ pub fn model_response(id: &str) -> Response<Body> {
         serde_json::to_vec(&entry).unwrap_or_default(),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[test]
+    fn parses_the_fields_the_gateway_acts_on() {
+        let body = Bytes::from_static(
+            br#"{"model":"m","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"x"}]}"#,
+        );
+        let request = parse_request(Operation::ChatCompletions, body.clone()).unwrap();
+        assert_eq!(request.model, "m");
+        assert!(request.stream && request.client_wants_usage);
+        assert_eq!(request.body, body);
+        assert_eq!(
+            request.fields.keys().collect::<Vec<_>>(),
+            ["model", "stream", "stream_options", "messages"]
+        );
+    }
+
+    #[test]
+    fn refuses_an_overlong_model_name() {
+        let body = format!(r#"{{"model":"{}","messages":[{{}}]}}"#, "m".repeat(300));
+        let error = parse_request(Operation::ChatCompletions, Bytes::from(body)).unwrap_err();
+        assert!(matches!(error, ProxyError::BadRequest(_)));
+        assert!(
+            !error.to_string().contains("mmmm"),
+            "the name is not echoed"
+        );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Whatever the bytes, parsing returns a request or a 400, never panics.
+        #[test]
+        fn never_panics_on_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            for op in [Operation::ChatCompletions, Operation::Embeddings] {
+                if let Err(error) = parse_request(op, Bytes::from(bytes.clone())) {
+                    prop_assert_eq!(error.class().status, StatusCode::BAD_REQUEST);
+                }
+            }
+        }
+
+        /// JSON of the right outline but any values: a request or a 400.
+        #[test]
+        fn never_panics_on_odd_json(model in any::<Option<String>>(), stream in any::<Option<i8>>(), n in 0usize..3) {
+            let mut object = serde_json::Map::new();
+            if let Some(model) = model {
+                object.insert("model".into(), model.into());
+            }
+            if let Some(stream) = stream {
+                object.insert("stream".into(), if stream % 2 == 0 { (stream > 0).into() } else { stream.into() });
+            }
+            object.insert("messages".into(), serde_json::Value::Array(vec![serde_json::json!({}); n]));
+            let body = Bytes::from(serde_json::to_vec(&object).unwrap());
+            if let Err(error) = parse_request(Operation::ChatCompletions, body) {
+                prop_assert_eq!(error.class().status, StatusCode::BAD_REQUEST);
+            }
+        }
+    }
+}
