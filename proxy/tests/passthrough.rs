@@ -295,3 +295,24 @@ async fn embeddings_pass_through() {
     assert_eq!(seen.json()["input"], serde_json::json!(["a", "b"]));
     proxy.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_client_that_goes_away_cancels_the_upstream_stream() {
+    let (feed, held) = mpsc::channel(8);
+    let held = std::sync::Mutex::new(Some(held));
+    let upstream =
+        FakeProvider::start(move |_| Reply::Held(held.lock().unwrap().take().unwrap())).await;
+    let (_m, proxy) = gateway(&upstream, "openai", "").await;
+    let request = r#"{"model":"smart","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    let response = post(&proxy, "/v1/chat/completions", request).await;
+    let mut stream = response.bytes_stream();
+    feed.send(sse(&chunk("first"))).await.unwrap();
+    stream.next().await.unwrap().unwrap();
+
+    drop(stream);
+    // The proxy drops its upstream request, so the fake provider's body is dropped too.
+    tokio::time::timeout(Duration::from_secs(5), feed.closed())
+        .await
+        .expect("the upstream stream is cancelled when the client leaves");
+    proxy.shutdown().await;
+}
