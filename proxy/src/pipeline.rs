@@ -73,54 +73,72 @@ async fn dispatch(
     log: &mut RequestLog,
     stream_log: &StreamLog,
 ) -> Result<Response<Body>, ProxyError> {
-    let method = request.method().clone();
-    let path = request.uri().path().to_string();
+    // A Uri clone shares its bytes; the path is matched without copying it.
+    let uri = request.uri().clone();
+    let path = uri.path();
     let runtime = gateway.runtime.current();
-    match (method, path.as_str()) {
-        (Method::GET, "/healthz") => Ok(text(StatusCode::OK, "ok\n")),
-        (Method::GET, "/readyz") => match runtime {
+    let ready =
+        || -> Result<Arc<Runtime>, ProxyError> { runtime.clone().ok_or(ProxyError::NotReady) };
+    match (request.method(), path) {
+        (&Method::GET, "/healthz") => Ok(text(StatusCode::OK, "ok\n")),
+        (&Method::GET, "/readyz") => match &runtime {
             Some(runtime) if !gateway.draining.load(Ordering::Relaxed) => Ok(text(
                 StatusCode::OK,
                 format!("ready: config {}\n", runtime.version()),
             )),
             _ => Ok(text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")),
         },
-        (Method::POST, "/v1/chat/completions") => {
-            let runtime = runtime.ok_or(ProxyError::NotReady)?;
-            let op = Operation::ChatCompletions;
-            proxy(gateway, &runtime, request, op, request_id, log, stream_log).await
+        (&Method::POST, "/v1/chat/completions" | "/v1/embeddings") => {
+            let op = match path {
+                "/v1/embeddings" => Operation::Embeddings,
+                _ => Operation::ChatCompletions,
+            };
+            proxy(
+                gateway,
+                ready()?.as_ref(),
+                request,
+                op,
+                request_id,
+                log,
+                stream_log,
+            )
+            .await
         }
-        (Method::POST, "/v1/embeddings") => {
-            let runtime = runtime.ok_or(ProxyError::NotReady)?;
-            let op = Operation::Embeddings;
-            proxy(gateway, &runtime, request, op, request_id, log, stream_log).await
-        }
-        (Method::GET, "/v1/models") => {
-            let runtime = runtime.ok_or(ProxyError::NotReady)?;
-            let (consumer_id, consumer) = auth::authenticate(&runtime, request.headers())?;
-            log.consumer = Some(consumer_id.to_string());
-            Ok(openai::models_response(routing::visible_models(
-                &runtime, consumer,
-            )))
-        }
-        (Method::GET, model_path) if model_path.starts_with("/v1/models/") => {
-            let runtime = runtime.ok_or(ProxyError::NotReady)?;
-            let (consumer_id, consumer) = auth::authenticate(&runtime, request.headers())?;
-            log.consumer = Some(consumer_id.to_string());
-            let wanted = &model_path["/v1/models/".len()..];
-            let model = routing::visible_models(&runtime, consumer)
-                .find(|m| *m == wanted)
-                .ok_or_else(|| ProxyError::UnknownModel(wanted.to_string()))?;
-            Ok(openai::model_response(model))
+        (&Method::GET, "/v1/models") => models(ready()?.as_ref(), request.headers(), None, log),
+        (&Method::GET, _) if path.starts_with(MODELS_PREFIX) => {
+            let id = &path[MODELS_PREFIX.len()..];
+            models(ready()?.as_ref(), request.headers(), Some(id), log)
         }
         (
             method,
             "/healthz" | "/readyz" | "/v1/chat/completions" | "/v1/embeddings" | "/v1/models",
         ) => Err(ProxyError::MethodNotAllowed {
             method: method.to_string(),
-            path,
+            path: path.to_string(),
         }),
-        _ => Err(ProxyError::NotFound(path)),
+        _ => Err(ProxyError::NotFound(path.to_string())),
+    }
+}
+
+const MODELS_PREFIX: &str = "/v1/models/";
+
+/// `GET /v1/models` (every model the caller may use) or `GET /v1/models/{id}`.
+fn models(
+    runtime: &Runtime,
+    headers: &HeaderMap,
+    id: Option<&str>,
+    log: &mut RequestLog,
+) -> Result<Response<Body>, ProxyError> {
+    let (consumer_id, consumer) = auth::authenticate(runtime, headers)?;
+    log.consumer = Some(consumer_id.to_string());
+    let visible = routing::visible_models(runtime, consumer);
+    match id {
+        None => Ok(openai::models_response(visible)),
+        Some(id) => visible
+            .into_iter()
+            .find(|m| *m == id)
+            .map(openai::model_response)
+            .ok_or_else(|| ProxyError::UnknownModel(id.to_string())),
     }
 }
 

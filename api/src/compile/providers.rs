@@ -126,12 +126,28 @@ fn compile_one(
         ));
     }
 
-    let timeouts = spec.timeouts.clone().unwrap_or_default();
-    let connect = duration_ms(timeouts.connect.as_deref(), "spec.timeouts.connect");
-    let request = duration_ms(timeouts.request.as_deref(), "spec.timeouts.request");
-    let echo = spec.echo.clone().unwrap_or_default();
-    let latency = duration_ms(echo.latency.as_deref(), "spec.echo.latency");
-    let interval = duration_ms(echo.chunk_interval.as_deref(), "spec.echo.chunkInterval");
+    // A bad duration rejects the provider; reading on still reports every other problem.
+    let mut duration = |value: Option<&String>, field: &str| {
+        duration_ms(value.map(String::as_str), field).unwrap_or_else(|problem| {
+            verdict.reject(problem);
+            None
+        })
+    };
+    let timeouts = spec.timeouts.as_ref();
+    let connect = duration(
+        timeouts.and_then(|t| t.connect.as_ref()),
+        "spec.timeouts.connect",
+    );
+    let request = duration(
+        timeouts.and_then(|t| t.request.as_ref()),
+        "spec.timeouts.request",
+    );
+    let echo = spec.echo.as_ref();
+    let latency = duration(echo.and_then(|e| e.latency.as_ref()), "spec.echo.latency");
+    let interval = duration(
+        echo.and_then(|e| e.chunk_interval.as_ref()),
+        "spec.echo.chunkInterval",
+    );
     let tls = spec.tls.clone().unwrap_or_default();
     if let Some(pem) = &tls.ca_bundle
         && !pem.contains("-----BEGIN CERTIFICATE-----")
@@ -141,15 +157,6 @@ fn compile_one(
             "spec.tls.caBundle: not a PEM certificate; paste the CA's -----BEGIN CERTIFICATE----- block",
         ));
     }
-    let (connect, request, latency, interval) = match (connect, request, latency, interval) {
-        (Ok(c), Ok(r), Ok(l), Ok(i)) => (c, r, l, i),
-        (c, r, l, i) => {
-            for problem in [c.err(), r.err(), l.err(), i.err()].into_iter().flatten() {
-                verdict.reject(problem);
-            }
-            return None;
-        }
-    };
 
     let endpoint = endpoint.ok()?;
     verdict.is_accepted().then(|| Provider {
