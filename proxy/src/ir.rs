@@ -55,6 +55,8 @@ pub struct PromptTokensDetails {
 // === impl Operation ===
 
 impl Operation {
+    pub const ALL: [Operation; 2] = [Operation::ChatCompletions, Operation::Embeddings];
+
     /// The path suffix of this operation in OpenAI-shaped APIs.
     pub fn path(self) -> &'static str {
         match self {

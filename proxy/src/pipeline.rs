@@ -37,12 +37,12 @@ pub struct Gateway {
 pub async fn handle(gateway: Arc<Gateway>, request: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
     let request_id = request_id(request.headers());
-    let mut log = RequestLog {
-        request_id: request_id.clone(),
-        method: request.method().to_string(),
-        path: request.uri().path().to_string(),
-        ..RequestLog::default()
-    };
+    let mut log = RequestLog::new(
+        gateway.settings.log_format,
+        request_id.clone(),
+        request.method().clone(),
+        request.uri().clone(),
+    );
     let stream_log = StreamLog::new(started);
 
     let result = dispatch(&gateway, request, &request_id, &mut log, &stream_log).await;
@@ -56,7 +56,7 @@ pub async fn handle(gateway: Arc<Gateway>, request: Request<Incoming>) -> Respon
 
     log.status = response.status().as_u16();
     log.headers_after = Some(started.elapsed());
-    if is_probe(&log.path) {
+    if is_probe(log.uri.path()) {
         // Health probes arrive every few seconds; keep them out of the access log.
     } else if log.stream && response.status() == StatusCode::OK {
         stream_log.log(log);
@@ -257,5 +257,19 @@ fn request_id(headers: &HeaderMap) -> String {
         .and_then(|v| v.to_str().ok())
         .filter(|id| !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()))
         .map(str::to_string)
-        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string())
+        .unwrap_or_else(new_request_id)
+}
+
+/// A UUIDv7: time-ordered, so ids sort by arrival in logs. The random bits come from
+/// fastrand rather than the OS: an id needs to be unique, not secret, and a getrandom
+/// system call per request is measurable.
+fn new_request_id() -> String {
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let mut random = [0u8; 10];
+    fastrand::fill(&mut random);
+    uuid::Builder::from_unix_timestamp_millis(millis, &random)
+        .into_uuid()
+        .to_string()
 }

@@ -12,6 +12,7 @@ use regex::Regex;
 use switchboard_api::Snapshot;
 use switchboard_api::snapshot::{Consumer, HeaderMatchType, Provider, Route};
 
+use crate::providers::UpstreamUrls;
 use crate::upstream::{self, ClientError};
 
 /// Everything needed to serve requests under one Snapshot.
@@ -31,6 +32,7 @@ pub struct ProviderRuntime {
     pub id: String,
     pub config: Provider,
     pub client: reqwest::Client,
+    pub urls: UpstreamUrls,
 }
 
 /// Shared handle to the current runtime; empty until the first config loads.
@@ -55,6 +57,10 @@ impl Runtime {
                     id: id.clone(),
                     config: config.clone(),
                     client: upstream::client(id, config)?,
+                    urls: UpstreamUrls::for_provider(config).map_err(|e| ClientError {
+                        provider: id.clone(),
+                        message: format!("spec.endpoint: {e}"),
+                    })?,
                 }),
             };
             providers.insert(id.clone(), provider);

@@ -55,8 +55,11 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let gateway = gateway.clone();
         let service = service_fn(move |request| {
-            let gateway = gateway.clone();
-            async move { Ok::<_, Infallible>(pipeline::handle(gateway, request).await) }
+            // Boxed: hyper keeps a slot the size of this future in every connection,
+            // idle or not; a pointer there instead of the whole request state keeps
+            // 10,000 idle keep-alive connections cheap (bench/README.md).
+            let handled = Box::pin(pipeline::handle(gateway.clone(), request));
+            async move { Ok::<_, Infallible>(handled.await) }
         });
         let connection = builder
             .serve_connection(TokioIo::new(stream), service)

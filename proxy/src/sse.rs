@@ -32,6 +32,23 @@ impl EventSplitter {
     }
 }
 
+/// Joins events into one buffer, so that what arrived together from upstream leaves in
+/// one write instead of one system call (and one chunk) per event. `None` if empty.
+pub fn join(events: impl IntoIterator<Item = Bytes>) -> Option<Bytes> {
+    let mut events = events.into_iter();
+    let first = events.next()?;
+    let Some(second) = events.next() else {
+        return Some(first);
+    };
+    let mut joined = BytesMut::with_capacity(first.len() * 4);
+    joined.extend_from_slice(&first);
+    joined.extend_from_slice(&second);
+    for event in events {
+        joined.extend_from_slice(&event);
+    }
+    Some(joined.freeze())
+}
+
 /// The end (exclusive) of the first event in `buf`, searching from `from`: the first
 /// blank line, in any of the three line-ending styles SSE allows.
 fn event_end(buf: &[u8], from: usize) -> Option<usize> {
@@ -78,6 +95,19 @@ pub fn event(data: &str) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn join_keeps_every_byte_in_order() {
+        assert_eq!(join(Vec::new()), None);
+        let one = Bytes::from_static(b"data: 1\n\n");
+        assert_eq!(join(vec![one.clone()]), Some(one));
+        let events = ["data: 1\n\n", "data: 2\n\n", "data: [DONE]\n\n"]
+            .map(|e| Bytes::from_static(e.as_bytes()));
+        assert_eq!(
+            join(events).as_deref(),
+            Some(&b"data: 1\n\ndata: 2\n\ndata: [DONE]\n\n"[..])
+        );
+    }
 
     #[test]
     fn splits_events_across_chunk_boundaries() {

@@ -21,6 +21,8 @@ pub fn client(id: &str, provider: &Provider) -> Result<reqwest::Client, ClientEr
         .pool_idle_timeout(Duration::from_secs(90))
         .tcp_nodelay(true)
         .redirect(reqwest::redirect::Policy::none())
+        // Retries and fallbacks are the gateway's decision (routing), not the client's.
+        .retry(reqwest::retry::never())
         .user_agent(concat!("switchboard/", env!("CARGO_PKG_VERSION")));
     if let Some(pem) = &provider.tls.ca_bundle_pem {
         let certs =

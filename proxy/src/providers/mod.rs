@@ -7,18 +7,20 @@
 mod echo;
 mod openai;
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
-use switchboard_api::snapshot::ProviderType;
+use switchboard_api::snapshot::{Provider, ProviderType};
 use tokio::sync::mpsc;
+use url::Url;
 
 use crate::body::{Body, BoxError};
 use crate::error::ProxyError;
-use crate::ir::{Request, Usage};
+use crate::ir::{Operation, Request, Usage};
 use crate::runtime::ProviderRuntime;
 
 /// One request to one provider.
@@ -73,6 +75,16 @@ pub enum StreamOutcome {
     UpstreamError,
 }
 
+impl StreamOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StreamOutcome::Complete => "complete",
+            StreamOutcome::ClientGone => "client_gone",
+            StreamOutcome::UpstreamError => "upstream_error",
+        }
+    }
+}
+
 /// Sends `call` to its provider.
 pub async fn call(call: Call<'_>) -> Result<Reply, ProxyError> {
     match call.provider.config.kind {
@@ -80,6 +92,30 @@ pub async fn call(call: Call<'_>) -> Result<Reply, ProxyError> {
         ProviderType::OpenAI | ProviderType::AzureOpenAI | ProviderType::OpenAICompatible => {
             openai::call(call).await
         }
+    }
+}
+
+/// Upstream URLs of a provider by upstream model name and operation.
+#[derive(Debug, Default)]
+pub struct UpstreamUrls(HashMap<String, [Option<Url>; Operation::ALL.len()]>);
+
+impl UpstreamUrls {
+    /// Parses every URL `config` will call; none for providers answered in-process.
+    pub fn for_provider(config: &Provider) -> Result<Self, url::ParseError> {
+        match config.kind {
+            ProviderType::Echo => Ok(Self::default()),
+            ProviderType::OpenAI | ProviderType::AzureOpenAI | ProviderType::OpenAICompatible => {
+                openai::urls(config)
+            }
+        }
+    }
+
+    pub fn get(&self, model: &str, operation: Operation) -> Option<&Url> {
+        self.0.get(model)?[operation as usize].as_ref()
+    }
+
+    fn insert(&mut self, model: &str, operation: Operation, url: Url) {
+        self.0.entry(model.to_string()).or_default()[operation as usize] = Some(url);
     }
 }
 

@@ -8,15 +8,18 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::{Stream, StreamExt};
 use http::{HeaderValue, StatusCode, header};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
 use serde::Deserialize;
 use serde::ser::{Serialize, SerializeMap, Serializer};
-use switchboard_api::snapshot::ProviderType;
+use switchboard_api::snapshot::{Provider, ProviderType};
 
-use super::{Call, Reply, StreamEnd, StreamOutcome, stream_channel};
+use super::{Call, Reply, StreamEnd, StreamEndHook, StreamOutcome, UpstreamUrls};
+use crate::body::Body;
 use crate::error::ProxyError;
-use crate::ir::{Request, Usage};
+use crate::ir::{Operation, Request, Usage};
 use crate::sse::{self, EventSplitter};
 
 pub(super) async fn call(call: Call<'_>) -> Result<Reply, ProxyError> {
@@ -32,7 +35,13 @@ pub(super) async fn call(call: Call<'_>) -> Result<Reply, ProxyError> {
     let mut builder = call
         .provider
         .client
-        .post(url(call.provider, request, call.upstream_model))
+        .post(
+            call.provider
+                .urls
+                .get(call.upstream_model, request.operation)
+                .cloned()
+                .ok_or_else(|| ProxyError::UnknownModel(request.model.clone()))?,
+        )
         .header(header::CONTENT_TYPE, "application/json")
         .header("x-request-id", call.request_id)
         .body(body);
@@ -65,43 +74,83 @@ pub(super) async fn call(call: Call<'_>) -> Result<Reply, ProxyError> {
         return Ok(Reply::Complete { body, usage });
     }
 
-    let (tx, body) = stream_channel();
-    let on_end = call.on_stream_end;
-    tokio::spawn(async move {
-        let mut upstream = response.bytes_stream();
-        let mut splitter = EventSplitter::default();
-        let mut usage = None;
-        let outcome = 'stream: loop {
-            let chunk = tokio::select! {
-                chunk = upstream.next() => chunk,
-                () = tx.closed() => break StreamOutcome::ClientGone,
-            };
-            match chunk {
+    let relay = EventRelay {
+        upstream: response.bytes_stream(),
+        splitter: EventSplitter::default(),
+        inject_usage,
+        usage: None,
+        on_end: Some(call.on_stream_end),
+    };
+    Ok(Reply::Stream(relay.into_body()))
+}
+
+/// Relays upstream events to the client as the client's connection asks for them: no
+/// task or channel in between, so each event costs one poll, not two task wake-ups.
+/// Reports the stream's end once, however it ends; dropped early (the client left),
+/// it drops the upstream request with it.
+struct EventRelay<S> {
+    upstream: S,
+    splitter: EventSplitter,
+    inject_usage: bool,
+    usage: Option<Usage>,
+    on_end: Option<StreamEndHook>,
+}
+
+const MID_STREAM_ERROR: &str = r#"{"error":{"message":"upstream provider failed mid-stream","type":"upstream_error","param":null,"code":"upstream_stream_error"}}"#;
+
+impl<S> EventRelay<S>
+where
+    S: Stream<Item = reqwest::Result<Bytes>> + Send + Unpin + 'static,
+{
+    fn into_body(self) -> Body {
+        let events = futures_util::stream::unfold(self, |mut relay| async move {
+            let events = relay.next_events().await?;
+            Some((Ok(Frame::data(events)), relay))
+        });
+        StreamBody::new(events).boxed_unsync()
+    }
+
+    /// The events of the next upstream chunk that carries any to forward.
+    async fn next_events(&mut self) -> Option<Bytes> {
+        self.on_end.as_ref()?;
+        loop {
+            match self.upstream.next().await {
                 Some(Ok(chunk)) => {
-                    for event in splitter.push(&chunk) {
-                        if let Some(event) = stream_event(event, inject_usage, &mut usage)
-                            && tx.send(Ok(event)).await.is_err()
-                        {
-                            break 'stream StreamOutcome::ClientGone;
-                        }
+                    let (inject_usage, usage) = (self.inject_usage, &mut self.usage);
+                    let events = self.splitter.push(&chunk).into_iter();
+                    let forward = events.filter_map(|e| stream_event(e, inject_usage, usage));
+                    if let Some(events) = sse::join(forward) {
+                        return Some(events);
                     }
                 }
                 Some(Err(_)) => {
-                    let error = r#"{"error":{"message":"upstream provider failed mid-stream","type":"upstream_error","param":null,"code":"upstream_stream_error"}}"#;
-                    let _ = tx.send(Ok(sse::event(error))).await;
-                    break StreamOutcome::UpstreamError;
+                    self.end(StreamOutcome::UpstreamError);
+                    return Some(sse::event(MID_STREAM_ERROR));
                 }
                 None => {
-                    if let Some(rest) = splitter.remainder() {
-                        let _ = tx.send(Ok(rest)).await;
-                    }
-                    break StreamOutcome::Complete;
+                    self.end(StreamOutcome::Complete);
+                    return self.splitter.remainder();
                 }
             }
-        };
-        on_end(StreamEnd { usage, outcome });
-    });
-    Ok(Reply::Stream(body))
+        }
+    }
+}
+
+impl<S> EventRelay<S> {
+    fn end(&mut self, outcome: StreamOutcome) {
+        if let Some(on_end) = self.on_end.take() {
+            on_end(StreamEnd {
+                usage: self.usage,
+                outcome,
+            });
+        }
+    }
+}
+
+impl<S> Drop for EventRelay<S> {
+    fn drop(&mut self) {
+        self.end(StreamOutcome::ClientGone);
+    }
 }
 
 /// Reads usage from a stream event; returns the event to forward, or `None` to drop
@@ -137,20 +186,27 @@ struct UsageChunk {
     choices: Option<Vec<serde::de::IgnoredAny>>,
 }
 
-/// The upstream URL for this request.
-fn url(provider: &crate::runtime::ProviderRuntime, request: &Request, model: &str) -> String {
-    let config = &provider.config;
-    let path = request.operation.path();
-    match config.kind {
-        ProviderType::AzureOpenAI => format!(
-            "{}/openai/deployments/{}{}?api-version={}",
-            config.endpoint,
-            ::url::form_urlencoded::byte_serialize(model.as_bytes()).collect::<String>(),
-            path,
-            config.azure_api_version.as_deref().unwrap_or_default()
-        ),
-        _ => format!("{}{}", config.endpoint, path),
+/// The upstream URL of every model and operation, parsed once when the runtime is
+/// built: parsing a URL on every request costs more than the rest of routing.
+pub(super) fn urls(config: &Provider) -> Result<UpstreamUrls, url::ParseError> {
+    let mut urls = UpstreamUrls::default();
+    for model in config.models.values() {
+        for operation in Operation::ALL {
+            let url = match config.kind {
+                ProviderType::AzureOpenAI => format!(
+                    "{}/openai/deployments/{}{}?api-version={}",
+                    config.endpoint,
+                    url::form_urlencoded::byte_serialize(model.upstream_name.as_bytes())
+                        .collect::<String>(),
+                    operation.path(),
+                    config.azure_api_version.as_deref().unwrap_or_default()
+                ),
+                _ => format!("{}{}", config.endpoint, operation.path()),
+            };
+            urls.insert(&model.upstream_name, operation, url.parse()?);
+        }
     }
+    Ok(urls)
 }
 
 /// Passes a success through; maps any other status to the client's error. A 4xx other
