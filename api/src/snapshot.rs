@@ -40,6 +40,9 @@ pub struct Provider {
     pub api_key: Option<ApiKey>,
     /// Azure's `api-version` query parameter.
     pub azure_api_version: Option<String>,
+    /// Anthropic's `anthropic-version` header and `max_tokens` default.
+    #[serde(default)]
+    pub anthropic: Anthropic,
     /// Models by the name routes use.
     pub models: BTreeMap<String, Model>,
     pub connect_timeout_ms: u64,
@@ -69,6 +72,13 @@ pub struct Pricing {
 pub struct Tls {
     pub ca_bundle_pem: Option<String>,
     pub insecure_skip_verify: bool,
+}
+
+/// Anthropic provider settings, defaults applied.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Anthropic {
+    pub version: String,
+    pub default_max_tokens: u32,
 }
 
 /// Echo provider behaviour.

@@ -6,6 +6,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::StatusCode;
 
+use crate::ir::ClientApi;
+
 /// A request failure. Messages never contain keys or upstream internals.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -35,18 +37,43 @@ pub enum ProxyError {
         "upstream provider rejected the gateway's credentials (status {0}); check the AIProvider's Secret"
     )]
     UpstreamAuth(u16),
-    #[error("upstream provider failed with status {0}")]
-    UpstreamStatus(u16),
+    #[error("upstream provider failed with status {status}{}", detail(.message))]
+    UpstreamStatus {
+        status: u16,
+        message: Option<String>,
+    },
+    /// The provider is overloaded or unavailable (503, Anthropic's 529).
+    #[error("upstream provider is overloaded{}", detail(.message))]
+    UpstreamOverloaded {
+        retry_after: Option<http::HeaderValue>,
+        message: Option<String>,
+    },
     #[error("upstream provider sent an invalid response")]
     UpstreamProtocol,
     /// The provider refused the request with a client error (4xx other than 401/403).
-    /// Its OpenAI-shaped error body, when it sent one, is passed through as is.
-    #[error("upstream provider refused the request (status {status})")]
+    /// Its error body, when it is in the client's API format, is passed through as is.
+    #[error("upstream provider refused the request (status {status}){}", detail(.message))]
     UpstreamRefused {
         status: StatusCode,
         retry_after: Option<http::HeaderValue>,
-        body: Option<Bytes>,
+        message: Option<String>,
+        native: Option<NativeError>,
     },
+}
+
+/// A provider's own error body, and the client API whose format it is in.
+#[derive(Debug, Clone)]
+pub struct NativeError {
+    pub api: ClientApi,
+    pub body: Bytes,
+}
+
+/// ": message" when the provider gave one.
+fn detail(message: &Option<String>) -> String {
+    match message {
+        Some(message) => format!(": {message}"),
+        None => String::new(),
+    }
 }
 
 /// OpenAI's error `type` and `code` for an error.
@@ -121,12 +148,20 @@ impl ProxyError {
                 "upstream_error",
                 "upstream_auth_failed",
             ),
-            UpstreamStatus(_) => (StatusCode::BAD_GATEWAY, "upstream_error", "upstream_error"),
+            UpstreamStatus { .. } => (StatusCode::BAD_GATEWAY, "upstream_error", "upstream_error"),
+            UpstreamOverloaded { .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                "upstream_overloaded",
+            ),
             UpstreamProtocol => (
                 StatusCode::BAD_GATEWAY,
                 "upstream_error",
                 "upstream_bad_response",
             ),
+            UpstreamRefused { status, .. } if *status == StatusCode::TOO_MANY_REQUESTS => {
+                (*status, "rate_limit_error", "rate_limit_exceeded")
+            }
             UpstreamRefused { status, .. } => {
                 (*status, "invalid_request_error", "upstream_refused")
             }
@@ -135,6 +170,15 @@ impl ProxyError {
             status,
             type_,
             code,
+        }
+    }
+
+    /// The `Retry-After` the provider sent, to pass on to the client.
+    pub fn retry_after(&self) -> Option<&http::HeaderValue> {
+        match self {
+            ProxyError::UpstreamRefused { retry_after, .. }
+            | ProxyError::UpstreamOverloaded { retry_after, .. } => retry_after.as_ref(),
+            _ => None,
         }
     }
 

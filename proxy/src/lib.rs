@@ -12,6 +12,7 @@ pub mod auth;
 pub mod body;
 pub mod client_api;
 pub mod error;
+pub mod formats;
 pub mod ir;
 pub mod pipeline;
 pub mod providers;

@@ -13,9 +13,10 @@ use hyper::body::Incoming;
 
 use crate::access_log::{RequestLog, StreamLog};
 use crate::body::{Body, full};
-use crate::client_api::openai;
+use crate::client_api::{self, openai};
 use crate::error::ProxyError;
-use crate::ir::Operation;
+use crate::formats;
+use crate::ir::{ClientApi, Operation};
 use crate::providers::{self, Call, Reply};
 use crate::runtime::{Runtime, RuntimeHandle};
 use crate::settings::Settings;
@@ -44,11 +45,16 @@ pub async fn handle(gateway: Arc<Gateway>, request: Request<Incoming>) -> Respon
         request.uri().clone(),
     );
     let stream_log = StreamLog::new(started);
+    // Errors are written in the format of the API the path belongs to.
+    let api = match request.uri().path() {
+        "/v1/messages" => ClientApi::Anthropic,
+        _ => ClientApi::OpenAI,
+    };
 
     let result = dispatch(&gateway, request, &request_id, &mut log, &stream_log).await;
     let mut response = result.unwrap_or_else(|error| {
         log.error = Some(error.kind());
-        openai::error_response(&error)
+        client_api::error_response(api, &error)
     });
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(REQUEST_ID, value);
@@ -88,16 +94,17 @@ async fn dispatch(
             )),
             _ => Ok(text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")),
         },
-        (&Method::POST, "/v1/chat/completions" | "/v1/embeddings") => {
-            let op = match path {
-                "/v1/embeddings" => Operation::Embeddings,
-                _ => Operation::ChatCompletions,
+        (&Method::POST, "/v1/chat/completions" | "/v1/embeddings" | "/v1/messages") => {
+            let endpoint = match path {
+                "/v1/embeddings" => ClientEndpoint::OpenAI(Operation::Embeddings),
+                "/v1/messages" => ClientEndpoint::AnthropicMessages,
+                _ => ClientEndpoint::OpenAI(Operation::ChatCompletions),
             };
             proxy(
                 gateway,
                 ready()?.as_ref(),
                 request,
-                op,
+                endpoint,
                 request_id,
                 log,
                 stream_log,
@@ -111,7 +118,12 @@ async fn dispatch(
         }
         (
             method,
-            "/healthz" | "/readyz" | "/v1/chat/completions" | "/v1/embeddings" | "/v1/models",
+            "/healthz"
+            | "/readyz"
+            | "/v1/chat/completions"
+            | "/v1/embeddings"
+            | "/v1/messages"
+            | "/v1/models",
         ) => Err(ProxyError::MethodNotAllowed {
             method: method.to_string(),
             path: path.to_string(),
@@ -142,12 +154,19 @@ fn models(
     }
 }
 
-/// Chat completions and embeddings: the gateway's main path.
+/// Which client API endpoint a request came to.
+#[derive(Debug, Clone, Copy)]
+enum ClientEndpoint {
+    OpenAI(Operation),
+    AnthropicMessages,
+}
+
+/// Chat completions, messages and embeddings: the gateway's main path.
 async fn proxy(
     gateway: &Gateway,
     runtime: &Runtime,
     request: Request<Incoming>,
-    operation: Operation,
+    endpoint: ClientEndpoint,
     request_id: &str,
     log: &mut RequestLog,
     stream_log: &StreamLog,
@@ -157,7 +176,10 @@ async fn proxy(
 
     let (parts, body) = request.into_parts();
     let body = read_body(&parts.headers, body, gateway.settings.max_body_bytes).await?;
-    let request = openai::parse_request(operation, body)?;
+    let mut request = match endpoint {
+        ClientEndpoint::OpenAI(operation) => openai::parse_request(operation, body)?,
+        ClientEndpoint::AnthropicMessages => client_api::anthropic::parse_request(body)?,
+    };
     log.model = Some(request.model.clone());
     log.stream = request.stream;
 
@@ -174,26 +196,52 @@ async fn proxy(
     log.provider = Some(backend.provider.clone());
     log.upstream_model = Some(model.upstream_name.clone());
 
+    let kind = provider.config.kind;
+    if !providers::supports(kind, request.operation) {
+        return Err(ProxyError::BadRequest(format!(
+            "the provider serving '{}' has no {} API",
+            request.model,
+            request.operation.path().trim_start_matches('/')
+        )));
+    }
+    if request.chat.is_none() && !providers::speaks(kind, request.api) {
+        // Only OpenAI requests arrive untyped; they are typed when translated.
+        request.chat = Some(formats::openai::parse_request(&request.body)?);
+    }
+
     let timeout_ms = route
         .request_timeout_ms
         .unwrap_or(provider.config.request_timeout_ms);
-    let stream_log = stream_log.clone();
+    let end_log = stream_log.clone();
     let reply = providers::call(Call {
         request: &request,
         provider,
         upstream_model: &model.upstream_name,
         timeout: Duration::from_millis(timeout_ms),
         request_id,
-        on_stream_end: Box::new(move |end| stream_log.end(end)),
+        on_stream_end: Box::new(move |end| end_log.end(end)),
     })
     .await?;
 
     Ok(match reply {
-        Reply::Complete { body, usage } => {
+        Reply::Native { body, usage } => {
             log.usage = usage;
             openai::json_response(StatusCode::OK, body)
         }
-        Reply::Stream(body) => event_stream(body),
+        Reply::NativeStream(body) => client_api::event_stream(body),
+        Reply::Chat(response) => {
+            log.usage = Some(response.usage);
+            client_api::write_response(request.api, &response)
+        }
+        Reply::ChatStream(events) => {
+            let stream_log = stream_log.clone();
+            client_api::event_stream(client_api::stream_body(
+                request.api,
+                request.client_wants_usage,
+                events,
+                Box::new(move |end| stream_log.end(end)),
+            ))
+        }
     })
 }
 
@@ -221,19 +269,6 @@ async fn read_body(headers: &HeaderMap, body: Incoming, limit: usize) -> Result<
             "the request body could not be read".to_string(),
         )),
     }
-}
-
-fn event_stream(body: Body) -> Response<Body> {
-    let mut response = Response::new(body);
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    // Tell buffering reverse proxies in front of us to pass events on at once.
-    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    response
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {

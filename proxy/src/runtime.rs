@@ -170,6 +170,7 @@ mod tests {
                     },
                 }),
                 azure: None,
+                anthropic: None,
                 models: vec![ProviderModel {
                     name: "m".into(),
                     upstream_name: None,

@@ -248,7 +248,7 @@ async fn unreachable_provider_is_502() {
 }
 
 #[tokio::test]
-async fn provider_server_error_is_502() {
+async fn provider_server_error_is_502_with_the_provider_message() {
     let upstream = FakeProvider::json(
         500,
         r#"{"error":{"message":"internal details","type":"server_error"}}"#,
@@ -259,8 +259,8 @@ async fn provider_server_error_is_502() {
     let message = assert_error(response, 502, "upstream_error").await;
     assert!(message.contains("500"));
     assert!(
-        !message.contains("internal details"),
-        "provider internals stay hidden"
+        message.contains("internal details"),
+        "the provider's message helps the caller: {message}"
     );
     proxy.shutdown().await;
 }

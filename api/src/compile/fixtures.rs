@@ -103,6 +103,7 @@ pub fn provider(name: &str) -> ProviderBuilder {
             endpoint: None,
             auth: None,
             azure: None,
+            anthropic: None,
             models: Vec::new(),
             timeouts: None,
             tls: None,

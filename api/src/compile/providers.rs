@@ -7,12 +7,20 @@ use url::Url;
 use super::inputs::{Inputs, ObjectKey};
 use super::refs::{cel_rules, duration_ms, secret_value};
 use super::status::{Problem, Verdict};
-use crate::snapshot::{ApiKey, Echo, Model, Pricing, Provider, Tls};
+use crate::snapshot::{Anthropic, ApiKey, Echo, Model, Pricing, Provider, Tls};
 use crate::v1alpha1::condition::reasons;
 use crate::v1alpha1::{AIProvider, ObjectStatus, ProviderType};
 
 /// OpenAI's API, the default endpoint for `type: openai`.
 pub const OPENAI_DEFAULT_ENDPOINT: &str = "https://api.openai.com/v1";
+/// Anthropic's API, the default endpoint for `type: anthropic`.
+pub const ANTHROPIC_DEFAULT_ENDPOINT: &str = "https://api.anthropic.com/v1";
+/// Google's Generative Language API, the default endpoint for `type: gemini`.
+pub const GEMINI_DEFAULT_ENDPOINT: &str = "https://generativelanguage.googleapis.com/v1beta";
+/// The Messages API version Switchboard's translation is written against.
+pub const ANTHROPIC_DEFAULT_VERSION: &str = "2023-06-01";
+/// Anthropic requires `max_tokens`; sent when the client sets none.
+pub const ANTHROPIC_DEFAULT_MAX_TOKENS: u32 = 4096;
 const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 10_000;
 const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 300_000;
 
@@ -164,6 +172,18 @@ fn compile_one(
         endpoint,
         api_key,
         azure_api_version,
+        anthropic: Anthropic {
+            version: spec
+                .anthropic
+                .as_ref()
+                .and_then(|a| a.version.clone())
+                .unwrap_or_else(|| ANTHROPIC_DEFAULT_VERSION.to_string()),
+            default_max_tokens: spec
+                .anthropic
+                .as_ref()
+                .and_then(|a| a.default_max_tokens)
+                .unwrap_or(ANTHROPIC_DEFAULT_MAX_TOKENS),
+        },
         models,
         connect_timeout_ms: connect.unwrap_or(DEFAULT_CONNECT_TIMEOUT_MS),
         request_timeout_ms: request.unwrap_or(DEFAULT_REQUEST_TIMEOUT_MS),
@@ -178,11 +198,13 @@ fn compile_one(
     })
 }
 
-/// The base URL without a trailing slash, defaulted for OpenAI.
+/// The base URL without a trailing slash, defaulted for the public APIs.
 fn endpoint(kind: ProviderType, endpoint: Option<&str>) -> Result<String, Problem> {
     let raw = match (kind, endpoint) {
         (_, Some(raw)) => raw,
         (ProviderType::OpenAI, None) => OPENAI_DEFAULT_ENDPOINT,
+        (ProviderType::Anthropic, None) => ANTHROPIC_DEFAULT_ENDPOINT,
+        (ProviderType::Gemini, None) => GEMINI_DEFAULT_ENDPOINT,
         (ProviderType::Echo, None) => return Ok("echo://local".to_string()),
         (_, None) => {
             return Err(Problem::new(

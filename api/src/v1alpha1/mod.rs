@@ -18,8 +18,8 @@ pub mod route;
 pub use condition::{Condition, ConditionStatus, ObjectStatus};
 pub use consumer::{AIConsumer, AIConsumerSpec, ConsumerKey, RouteReference};
 pub use provider::{
-    AIProvider, AIProviderSpec, AzureSettings, EchoSettings, ModelPricing, ProviderAuth,
-    ProviderModel, ProviderTimeouts, ProviderTls, ProviderType,
+    AIProvider, AIProviderSpec, AnthropicSettings, AzureSettings, EchoSettings, ModelPricing,
+    ProviderAuth, ProviderModel, ProviderTimeouts, ProviderTls, ProviderType,
 };
 pub use quota::{
     AIQuota, AIQuotaSpec, FailurePolicy, QuotaLimit, QuotaMetric, QuotaTarget, QuotaWindow,

@@ -52,12 +52,15 @@ use super::{DURATION_PATTERN, ObjectStatus, SecretKeyRef};
 #[x_kube(validation = Rule::new("self.type != 'azure-openai' || has(self.azure)")
     .message("spec.azure (with apiVersion) is required for azure-openai providers")
     .reason(Reason::FieldValueRequired))]
+#[x_kube(validation = Rule::new("self.type == 'anthropic' || !has(self.anthropic)")
+    .message("spec.anthropic applies only to providers of type anthropic"))]
 #[x_kube(validation = Rule::new("self.type == 'echo' || !has(self.echo)")
     .message("spec.echo applies only to providers of type echo"))]
 #[serde(rename_all = "camelCase")]
 pub struct AIProviderSpec {
     /// The provider's API: `openai`, `azure-openai`, `openai-compatible` (vLLM, Ollama,
-    /// Mistral, Groq, Together, DeepSeek and other OpenAI-shaped APIs) or `echo` (built in,
+    /// Mistral, Groq, Together, DeepSeek and other OpenAI-shaped APIs), `anthropic`
+    /// (Messages API), `gemini` (Google Generative Language API) or `echo` (built in,
     /// deterministic, for demos and tests; needs no credentials).
     #[serde(rename = "type")]
     pub type_: ProviderType,
@@ -65,7 +68,8 @@ pub struct AIProviderSpec {
     /// Base URL of the API, up to and including the version path, for example
     /// `https://api.openai.com/v1` or `http://vllm.inference:8000/v1`. For azure-openai,
     /// the resource URL, for example `https://my-resource.openai.azure.com`. Defaults to
-    /// `https://api.openai.com/v1` for openai.
+    /// `https://api.openai.com/v1` for openai, `https://api.anthropic.com/v1` for
+    /// anthropic and `https://generativelanguage.googleapis.com/v1beta` for gemini.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^https?://"), length(max = 2048))]
     pub endpoint: Option<String>,
@@ -91,6 +95,10 @@ pub struct AIProviderSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<ProviderTls>,
 
+    /// Anthropic settings; only for type anthropic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anthropic: Option<AnthropicSettings>,
+
     /// Behaviour of the built-in echo provider.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub echo: Option<EchoSettings>,
@@ -109,6 +117,11 @@ pub enum ProviderType {
     /// Any API shaped like OpenAI's at a base URL of your choice.
     #[serde(rename = "openai-compatible")]
     OpenAICompatible,
+    /// Anthropic's Messages API; requests and responses are translated.
+    Anthropic,
+    /// Google's Generative Language API (Gemini): generateContent and
+    /// streamGenerateContent; requests and responses are translated.
+    Gemini,
     /// Built-in deterministic provider: replies with the request's last message.
     Echo,
 }
@@ -128,6 +141,21 @@ pub struct AzureSettings {
     /// The `api-version` query parameter, for example `2024-10-21`.
     #[schemars(length(min = 1, max = 64))]
     pub api_version: String,
+}
+
+/// Anthropic settings.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AnthropicSettings {
+    /// The `anthropic-version` header sent with every request. Default `2023-06-01`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub version: Option<String>,
+    /// `max_tokens` sent when the client sets none (Anthropic requires one).
+    /// Default 4096.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub default_max_tokens: Option<u32>,
 }
 
 /// A model served by a provider.

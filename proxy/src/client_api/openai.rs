@@ -7,12 +7,10 @@ use indexmap::IndexMap;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
+use super::{bad, model_name, stream_flag};
 use crate::body::{Body, full};
 use crate::error::ProxyError;
-use crate::ir::{Operation, Request};
-
-/// Longest model name accepted; model names end up in logs and error messages.
-const MAX_MODEL_NAME: usize = 256;
+use crate::ir::{ClientApi, Operation, Request};
 
 /// Parses and validates a request body for `operation`.
 pub fn parse_request(operation: Operation, body: Bytes) -> Result<Request, ProxyError> {
@@ -22,24 +20,8 @@ pub fn parse_request(operation: Operation, body: Bytes) -> Result<Request, Proxy
     let fields: IndexMap<String, Box<RawValue>> = serde_json::from_slice(&body)
         .map_err(|e| bad(&format!("request body is not a valid JSON object: {e}")))?;
 
-    let model = match fields.get("model") {
-        None => return Err(bad("missing required field 'model'")),
-        Some(raw) => match serde_json::from_str::<String>(raw.get()) {
-            Ok(model) if !model.is_empty() && model.len() <= MAX_MODEL_NAME => model,
-            _ => {
-                return Err(bad(&format!(
-                    "'model' must be a non-empty string of at most {MAX_MODEL_NAME} bytes"
-                )));
-            }
-        },
-    };
-    let stream = match fields.get("stream") {
-        None => false,
-        Some(raw) => match serde_json::from_str::<Option<bool>>(raw.get()) {
-            Ok(stream) => stream.unwrap_or(false),
-            Err(_) => return Err(bad("'stream' must be a boolean")),
-        },
-    };
+    let model = model_name(fields.get("model").map(|v| &**v))?;
+    let stream = stream_flag(fields.get("stream").map(|v| &**v))?;
     let client_wants_usage = match fields.get("stream_options") {
         None => false,
         Some(raw) => match serde_json::from_str::<Option<StreamOptions>>(raw.get()) {
@@ -70,12 +52,14 @@ pub fn parse_request(operation: Operation, body: Bytes) -> Result<Request, Proxy
     }
 
     Ok(Request {
+        api: ClientApi::OpenAI,
         operation,
         model,
         stream,
         client_wants_usage,
         body,
         fields,
+        chat: None,
     })
 }
 
@@ -84,28 +68,17 @@ struct StreamOptions {
     include_usage: Option<bool>,
 }
 
-fn bad(message: &str) -> ProxyError {
-    ProxyError::BadRequest(message.to_string())
-}
-
 /// The error as OpenAI's `{"error":{"message","type","param","code"}}`.
 pub fn error_response(error: &ProxyError) -> Response<Body> {
     let class = error.class();
     if let ProxyError::UpstreamRefused {
-        retry_after, body, ..
+        native: Some(native),
+        ..
     } = error
+        && native.api == ClientApi::OpenAI
     {
         // The provider's own OpenAI-shaped error is the most useful thing to return.
-        let mut response = match body {
-            Some(body) => json_response(class.status, body.clone()),
-            None => json_response(class.status, error_json(error)),
-        };
-        if let Some(value) = retry_after {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, value.clone());
-        }
-        return response;
+        return json_response(class.status, native.body.clone());
     }
     json_response(class.status, error_json(error))
 }

@@ -1,21 +1,22 @@
 //! The built-in `echo` provider: deterministic answers for demos and tests, no network.
 //!
 //! Chat replies with the text of the request's last message (cut to `max_tokens` words,
-//! then `finish_reason: "length"`); embeddings are unit vectors derived from a hash of
-//! each input. One word counts as one token. Answers depend only on the request, so
-//! tests can compare them byte for byte.
+//! then `finish_reason: "length"`), through the IR, so it answers every client API;
+//! embeddings are unit vectors derived from a hash of each input. One word counts as
+//! one token. Answers depend only on the request, so tests can compare them.
 
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::{Call, Reply, StreamEnd, StreamOutcome, stream_channel};
+use super::{Call, ChatStream, Reply};
 use crate::error::ProxyError;
+use crate::ir::chat::{ChatResponse, Finish, FinishReason, StreamEvent};
 use crate::ir::{Operation, Request, Usage};
-use crate::sse;
 
 pub(super) async fn call(call: Call<'_>) -> Result<Reply, ProxyError> {
     let echo = call.provider.config.echo;
@@ -25,189 +26,91 @@ pub(super) async fn call(call: Call<'_>) -> Result<Reply, ProxyError> {
     match call.request.operation {
         Operation::Embeddings => embeddings(call.request, call.upstream_model),
         Operation::ChatCompletions => {
-            let answer = Answer::new(call.request)?;
+            let answer = answer(call.request, call.upstream_model)?;
             if call.request.stream {
-                Ok(stream(
+                Ok(Reply::ChatStream(stream(
                     answer,
-                    call.upstream_model.to_string(),
-                    call.request.client_wants_usage,
                     Duration::from_millis(echo.chunk_interval_ms),
-                    call.on_stream_end,
-                ))
+                )))
             } else {
-                Ok(complete(&answer, call.upstream_model))
+                Ok(Reply::Chat(answer))
             }
         }
     }
 }
 
-/// What the echo model says to a chat request.
-struct Answer {
-    id: String,
-    words: Vec<String>,
-    finish_reason: &'static str,
-    usage: Usage,
-}
-
-#[derive(Deserialize)]
-struct ChatFields {
-    messages: Vec<Message>,
-    max_tokens: Option<u64>,
-    max_completion_tokens: Option<u64>,
-}
-
-#[derive(Deserialize)]
-struct Message {
-    #[serde(default)]
-    content: Value,
-}
-
-impl Answer {
-    fn new(request: &Request) -> Result<Self, ProxyError> {
-        let fields: ChatFields = serde_json::from_slice(&request.body)
-            .map_err(|e| ProxyError::BadRequest(format!("invalid chat request: {e}")))?;
-        let prompt_tokens: u64 = fields
-            .messages
-            .iter()
-            .map(|m| word_count(&text_of(&m.content)))
-            .sum();
-        let last = fields
-            .messages
-            .last()
-            .map(|m| text_of(&m.content))
-            .unwrap_or_default();
-        let mut words: Vec<String> = last.split_whitespace().map(str::to_string).collect();
-        let limit = fields.max_completion_tokens.or(fields.max_tokens);
-        let mut finish_reason = "stop";
-        if let Some(limit) = limit.and_then(|l| usize::try_from(l).ok())
-            && words.len() > limit
-        {
-            words.truncate(limit);
-            finish_reason = "length";
-        }
-        let completion_tokens = words.len() as u64;
-        let digest = Sha256::digest(&request.body);
-        Ok(Self {
-            id: format!("chatcmpl-echo-{}", hex::encode(&digest[..8])),
-            words,
-            finish_reason,
-            usage: Usage {
-                prompt_tokens,
-                completion_tokens,
-                total_tokens: prompt_tokens + completion_tokens,
-                prompt_tokens_details: None,
-            },
-        })
+/// What the echo model says to a chat request: the text of the last message, cut to
+/// `max_tokens` words.
+fn answer(request: &Request, model: &str) -> Result<ChatResponse, ProxyError> {
+    let chat = super::typed(request)?;
+    let prompt_tokens: u64 = chat
+        .messages
+        .iter()
+        .map(|m| word_count(&m.joined_text()))
+        .sum();
+    let last = chat
+        .messages
+        .last()
+        .map(|m| m.joined_text())
+        .unwrap_or_default();
+    let mut words: Vec<&str> = last.split_whitespace().collect();
+    let mut reason = FinishReason::Stop;
+    if let Some(limit) = chat.max_tokens.and_then(|l| usize::try_from(l).ok())
+        && words.len() > limit
+    {
+        words.truncate(limit);
+        reason = FinishReason::Length;
     }
-}
-
-/// The text of a message's content: a string, or the text parts of a parts array.
-fn text_of(content: &Value) -> String {
-    match content {
-        Value::String(text) => text.clone(),
-        Value::Array(parts) => parts
-            .iter()
-            .filter_map(|p| p.get("text").and_then(Value::as_str))
-            .collect::<Vec<_>>()
-            .join(" "),
-        _ => String::new(),
-    }
+    let completion_tokens = words.len() as u64;
+    let digest = Sha256::digest(&request.body);
+    Ok(ChatResponse {
+        id: format!("chatcmpl-echo-{}", hex::encode(&digest[..8])),
+        model: model.to_string(),
+        text: words.join(" "),
+        tool_calls: Vec::new(),
+        finish: Finish {
+            reason,
+            stop_sequence: None,
+        },
+        usage: Usage::new(prompt_tokens, completion_tokens, 0),
+    })
 }
 
 fn word_count(text: &str) -> u64 {
     text.split_whitespace().count() as u64
 }
 
-fn usage_json(usage: &Usage) -> Value {
-    json!({
-        "prompt_tokens": usage.prompt_tokens,
-        "completion_tokens": usage.completion_tokens,
-        "total_tokens": usage.total_tokens,
-    })
-}
-
-fn complete(answer: &Answer, model: &str) -> Reply {
-    let body = json!({
-        "id": answer.id,
-        "object": "chat.completion",
-        "created": 0,
-        "model": model,
-        "choices": [{
-            "index": 0,
-            "message": {"role": "assistant", "content": answer.words.join(" ")},
-            "logprobs": null,
-            "finish_reason": answer.finish_reason,
-        }],
-        "usage": usage_json(&answer.usage),
-    });
-    Reply::Complete {
-        body: Bytes::from(body.to_string()),
-        usage: Some(answer.usage),
-    }
-}
-
-fn stream(
-    answer: Answer,
-    model: String,
-    include_usage: bool,
-    interval: Duration,
-    on_end: super::StreamEndHook,
-) -> Reply {
-    let (tx, body) = stream_channel();
-    tokio::spawn(async move {
-        let chunk = |delta: Value, finish: Option<&str>| {
-            let mut chunk = json!({
-                "id": answer.id,
-                "object": "chat.completion.chunk",
-                "created": 0,
-                "model": model,
-                "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
-            });
-            if include_usage {
-                chunk["usage"] = Value::Null;
-            }
-            sse::event(&chunk.to_string())
+/// The answer as stream events: start, one event per word, finish, usage, done, with
+/// `interval` between them.
+fn stream(answer: ChatResponse, interval: Duration) -> ChatStream {
+    let mut events = vec![StreamEvent::Start {
+        id: answer.id,
+        model: answer.model,
+        usage: None,
+    }];
+    let words: Vec<&str> = answer.text.split(' ').filter(|w| !w.is_empty()).collect();
+    let last = words.len().saturating_sub(1);
+    for (i, word) in words.iter().enumerate() {
+        let text = if i == last {
+            word.to_string()
+        } else {
+            format!("{word} ")
         };
-        let mut events = vec![chunk(json!({"role": "assistant", "content": ""}), None)];
-        let last = answer.words.len().saturating_sub(1);
-        for (i, word) in answer.words.iter().enumerate() {
-            let text = if i == last {
-                word.clone()
-            } else {
-                format!("{word} ")
-            };
-            events.push(chunk(json!({"content": text}), None));
-        }
-        events.push(chunk(json!({}), Some(answer.finish_reason)));
-        if include_usage {
-            let usage = json!({
-                "id": answer.id,
-                "object": "chat.completion.chunk",
-                "created": 0,
-                "model": model,
-                "choices": [],
-                "usage": usage_json(&answer.usage),
-            });
-            events.push(sse::event(&usage.to_string()));
-        }
-        events.push(sse::event("[DONE]"));
+        events.push(StreamEvent::Text(text));
+    }
+    events.push(StreamEvent::Finish(answer.finish));
+    events.push(StreamEvent::Usage(answer.usage));
+    events.push(StreamEvent::Done);
 
-        let mut outcome = StreamOutcome::Complete;
-        for (i, event) in events.into_iter().enumerate() {
+    let paced = futures_util::stream::iter(events.into_iter().enumerate()).then(
+        move |(i, event)| async move {
             if i > 0 && !interval.is_zero() {
                 tokio::time::sleep(interval).await;
             }
-            if tx.send(Ok(event)).await.is_err() {
-                outcome = StreamOutcome::ClientGone;
-                break;
-            }
-        }
-        on_end(StreamEnd {
-            usage: Some(answer.usage),
-            outcome,
-        });
-    });
-    Reply::Stream(body)
+            vec![event]
+        },
+    );
+    Box::pin(paced)
 }
 
 /// Dimensions of echo embeddings unless the request sets `dimensions`.
@@ -267,7 +170,7 @@ fn embeddings(request: &Request, model: &str) -> Result<Reply, ProxyError> {
         "model": model,
         "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
     });
-    Ok(Reply::Complete {
+    Ok(Reply::Native {
         body: Bytes::from(body.to_string()),
         usage: Some(usage),
     })

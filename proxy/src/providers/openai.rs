@@ -1,47 +1,51 @@
 //! OpenAI-shaped providers: `openai`, `openai-compatible` and `azure-openai`.
 //!
-//! Requests pass through with only what must change rewritten: the model name, the
-//! credentials, and (for streams) `stream_options.include_usage`, so usage can be
-//! metered. Responses and stream events are forwarded byte for byte, except the final
-//! usage-only chunk when the gateway, not the client, asked for it.
-
-use std::time::Duration;
+//! For OpenAI clients, requests pass through with only what must change rewritten: the
+//! model name, the credentials, and (for streams) `stream_options.include_usage`, so
+//! usage can be metered. Responses and stream events are forwarded byte for byte,
+//! except the final usage-only chunk when the gateway, not the client, asked for it.
+//! Requests from other client APIs are translated through the IR.
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
-use http::{HeaderValue, StatusCode, header};
+use http::header;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use serde::Deserialize;
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use switchboard_api::snapshot::{Provider, ProviderType};
 
-use super::{Call, Reply, StreamEnd, StreamEndHook, StreamOutcome, UpstreamUrls};
+use super::exchange::{self, ErrorFormat};
+use super::{
+    Call, Endpoint, Reply, StreamEnd, StreamEndHook, StreamOutcome, UpstreamUrls, decode_stream,
+};
 use crate::body::Body;
 use crate::error::ProxyError;
+use crate::formats::openai;
 use crate::ir::{Operation, Request, Usage};
 use crate::sse::{self, EventSplitter};
 
 pub(super) async fn call(call: Call<'_>) -> Result<Reply, ProxyError> {
     let request = call.request;
     let inject_usage = request.stream && !request.client_wants_usage;
-    let body = if call.upstream_model == request.model && !inject_usage {
-        request.body.clone()
-    } else {
-        rewrite(request, call.upstream_model, inject_usage)?
+    let body = match &request.chat {
+        // Another client API: translated.
+        Some(chat) => openai::write_request(chat, call.upstream_model, request.stream),
+        None if call.upstream_model == request.model && !inject_usage => request.body.clone(),
+        None => rewrite(request, call.upstream_model, inject_usage)?,
     };
 
     let provider = &call.provider.config;
+    let url = call
+        .provider
+        .urls
+        .get(call.upstream_model, Endpoint::of(request))
+        .cloned()
+        .ok_or_else(|| ProxyError::UnknownModel(request.model.clone()))?;
     let mut builder = call
         .provider
         .client
-        .post(
-            call.provider
-                .urls
-                .get(call.upstream_model, request.operation)
-                .cloned()
-                .ok_or_else(|| ProxyError::UnknownModel(request.model.clone()))?,
-        )
+        .post(url)
         .header(header::CONTENT_TYPE, "application/json")
         .header("x-request-id", call.request_id)
         .body(body);
@@ -51,37 +55,37 @@ pub(super) async fn call(call: Call<'_>) -> Result<Reply, ProxyError> {
             _ => builder.bearer_auth(key.expose()),
         };
     }
-    if request.stream {
-        builder = builder.header(header::ACCEPT, "text/event-stream");
-    } else {
-        builder = builder.timeout(call.timeout);
+    let response = exchange::send(builder, request.stream, call.timeout).await?;
+    let response =
+        exchange::check_status(response, ErrorFormat::OpenAI, provider.api_key.as_ref()).await?;
+
+    match (request.stream, request.chat.is_some()) {
+        (false, false) => {
+            let body = exchange::body(response, call.timeout).await?;
+            let usage = serde_json::from_slice::<UsageOnly>(&body)
+                .ok()
+                .and_then(|u| u.usage);
+            Ok(Reply::Native { body, usage })
+        }
+        (false, true) => {
+            let body = exchange::body(response, call.timeout).await?;
+            Ok(Reply::Chat(openai::parse_response(&body)?))
+        }
+        (true, false) => {
+            let relay = EventRelay {
+                upstream: response.bytes_stream(),
+                splitter: EventSplitter::default(),
+                inject_usage,
+                usage: None,
+                on_end: Some(call.on_stream_end),
+            };
+            Ok(Reply::NativeStream(relay.into_body()))
+        }
+        (true, true) => Ok(Reply::ChatStream(decode_stream(
+            response.bytes_stream(),
+            openai::ChunkDecoder::default(),
+        ))),
     }
-
-    let response = tokio::time::timeout(call.timeout, builder.send())
-        .await
-        .map_err(|_| ProxyError::UpstreamTimeout(call.timeout))?
-        .map_err(|e| classify(&e, call.timeout))?;
-    let response = check_status(response).await?;
-
-    if !request.stream {
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| classify(&e, call.timeout))?;
-        let usage = serde_json::from_slice::<UsageOnly>(&body)
-            .ok()
-            .and_then(|u| u.usage);
-        return Ok(Reply::Complete { body, usage });
-    }
-
-    let relay = EventRelay {
-        upstream: response.bytes_stream(),
-        splitter: EventSplitter::default(),
-        inject_usage,
-        usage: None,
-        on_end: Some(call.on_stream_end),
-    };
-    Ok(Reply::Stream(relay.into_body()))
 }
 
 /// Relays upstream events to the client as the client's connection asks for them: no
@@ -191,7 +195,11 @@ struct UsageChunk {
 pub(super) fn urls(config: &Provider) -> Result<UpstreamUrls, url::ParseError> {
     let mut urls = UpstreamUrls::default();
     for model in config.models.values() {
-        for operation in Operation::ALL {
+        for (endpoint, operation) in [
+            (Endpoint::Chat, Operation::ChatCompletions),
+            (Endpoint::ChatStream, Operation::ChatCompletions),
+            (Endpoint::Embeddings, Operation::Embeddings),
+        ] {
             let url = match config.kind {
                 ProviderType::AzureOpenAI => format!(
                     "{}/openai/deployments/{}{}?api-version={}",
@@ -203,55 +211,10 @@ pub(super) fn urls(config: &Provider) -> Result<UpstreamUrls, url::ParseError> {
                 ),
                 _ => format!("{}{}", config.endpoint, operation.path()),
             };
-            urls.insert(&model.upstream_name, operation, url.parse()?);
+            urls.insert(&model.upstream_name, endpoint, url.parse()?);
         }
     }
     Ok(urls)
-}
-
-/// Passes a success through; maps any other status to the client's error. A 4xx other
-/// than 401/403 is the client's to fix, so the provider's own error body is returned.
-async fn check_status(response: reqwest::Response) -> Result<reqwest::Response, ProxyError> {
-    let status = response.status();
-    if status.is_success() {
-        return Ok(response);
-    }
-    Err(match status.as_u16() {
-        401 | 403 => ProxyError::UpstreamAuth(status.as_u16()),
-        400..=499 => {
-            let retry_after = response
-                .headers()
-                .get(header::RETRY_AFTER)
-                .and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok());
-            let body = response.bytes().await.ok().filter(|b| is_openai_error(b));
-            ProxyError::UpstreamRefused {
-                status: StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_REQUEST),
-                retry_after,
-                body,
-            }
-        }
-        code => ProxyError::UpstreamStatus(code),
-    })
-}
-
-/// Whether `body` is an OpenAI-style error object, safe to hand to the client as is.
-fn is_openai_error(body: &[u8]) -> bool {
-    #[derive(Deserialize)]
-    struct ErrorEnvelope {
-        #[serde(rename = "error")]
-        _error: serde::de::IgnoredAny,
-    }
-    serde_json::from_slice::<ErrorEnvelope>(body).is_ok()
-}
-
-fn classify(error: &reqwest::Error, timeout: Duration) -> ProxyError {
-    if error.is_timeout() {
-        ProxyError::UpstreamTimeout(timeout)
-    } else if error.is_connect() {
-        ProxyError::UpstreamConnect
-    } else {
-        ProxyError::UpstreamProtocol
-    }
 }
 
 /// Re-serializes the request with the upstream model name and, if `inject_usage`,

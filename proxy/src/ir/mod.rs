@@ -1,8 +1,12 @@
 //! The internal request: what the pipeline, routing and provider adapters work on.
 //!
-//! Requests arrive in OpenAI's shape. Only the fields the gateway acts on are typed;
-//! every other top-level field is kept as raw JSON so it reaches the provider unchanged
-//! and new OpenAI fields pass through without a gateway release.
+//! Every request carries the few fields the gateway acts on (model, stream, usage).
+//! An OpenAI request also keeps its top-level fields as raw JSON, so that it reaches an
+//! OpenAI-shaped provider unchanged and new OpenAI fields pass through without a
+//! gateway release. Whenever a request must be translated (another client API, or a
+//! provider with another API), it is typed as a [`chat::ChatRequest`].
+
+pub mod chat;
 
 use bytes::Bytes;
 use indexmap::IndexMap;
@@ -16,9 +20,13 @@ pub enum Operation {
     Embeddings,
 }
 
+pub use chat::ClientApi;
+
 /// A parsed client request.
 #[derive(Debug)]
 pub struct Request {
+    /// The API the client speaks; responses and errors are written in it.
+    pub api: ClientApi,
     pub operation: Operation,
     /// The model name the client asked for (a route's model name or alias).
     pub model: String,
@@ -28,8 +36,11 @@ pub struct Request {
     pub client_wants_usage: bool,
     /// The body as received; forwarded as is when nothing needs rewriting.
     pub body: Bytes,
-    /// Top-level fields of the body, in their original order, values untouched.
+    /// OpenAI requests: top-level fields of the body, in their original order, values
+    /// untouched. Empty for other client APIs.
     pub fields: IndexMap<String, Box<RawValue>>,
+    /// The typed chat request, when the request is translated.
+    pub chat: Option<chat::ChatRequest>,
 }
 
 /// Token counts reported by a provider.

@@ -1,0 +1,257 @@
+//! Wire formats: each module holds one API's JSON shapes and their translation to and
+//! from the IR (`ir::chat`). Client APIs and provider adapters use these; nothing else
+//! knows a wire format.
+
+pub mod anthropic;
+pub mod gemini;
+pub mod openai;
+
+use serde_json::{Map, Value};
+
+use crate::error::ProxyError;
+
+fn bad_request(message: impl Into<String>) -> ProxyError {
+    ProxyError::BadRequest(message.into())
+}
+
+/// Refuses fields a translation cannot carry. `null` and `false` ask for nothing, so
+/// they are let through; `ignored` lists fields read elsewhere.
+fn unsupported_fields(other: &Map<String, Value>, ignored: &[&str]) -> Result<(), ProxyError> {
+    let refused: Vec<&str> = other
+        .iter()
+        .filter(|(name, value)| {
+            !ignored.contains(&name.as_str()) && !matches!(value, Value::Null | Value::Bool(false))
+        })
+        .map(|(name, _)| name.as_str())
+        .collect();
+    if refused.is_empty() {
+        return Ok(());
+    }
+    Err(bad_request(format!(
+        "field(s) {} cannot be translated to the provider serving this model; remove them or route to a provider with the same API",
+        refused
+            .iter()
+            .map(|n| format!("'{}'", truncate(n, 64)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )))
+}
+
+/// The media type and base64 data of a `data:` URL; `None` for other URLs.
+fn data_url(url: &str) -> Result<Option<(String, String)>, ProxyError> {
+    let Some(rest) = url.strip_prefix("data:") else {
+        return Ok(None);
+    };
+    let Some((media_type, data)) = rest.split_once(";base64,") else {
+        return Err(bad_request(
+            "image data URLs must be base64: data:<media type>;base64,<data>",
+        ));
+    };
+    Ok(Some((media_type.to_string(), data.to_string())))
+}
+
+/// At most `max` bytes of `text`, cut on a character boundary.
+pub fn truncate(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// Seconds since the Unix epoch, for `created` fields.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A provider's stream format: upstream event data in, IR events out.
+pub trait StreamDecoder {
+    /// The IR events for one upstream event's `data`.
+    fn decode(&mut self, data: &str, out: &mut Vec<crate::ir::chat::StreamEvent>);
+    /// The upstream closed the stream; events that close it (`Done` when closing is how
+    /// the format ends a stream).
+    fn end(&mut self, _out: &mut Vec<crate::ir::chat::StreamEvent>) {}
+}
+
+impl StreamDecoder for openai::ChunkDecoder {
+    fn decode(&mut self, data: &str, out: &mut Vec<crate::ir::chat::StreamEvent>) {
+        openai::ChunkDecoder::decode(self, data, out);
+    }
+}
+
+impl StreamDecoder for anthropic::EventDecoder {
+    fn decode(&mut self, data: &str, out: &mut Vec<crate::ir::chat::StreamEvent>) {
+        anthropic::EventDecoder::decode(self, data, out);
+    }
+}
+
+impl StreamDecoder for gemini::ResponseDecoder {
+    fn decode(&mut self, data: &str, out: &mut Vec<crate::ir::chat::StreamEvent>) {
+        gemini::ResponseDecoder::decode(self, data, out);
+    }
+    fn end(&mut self, out: &mut Vec<crate::ir::chat::StreamEvent>) {
+        gemini::ResponseDecoder::end(self, out);
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod golden {
+    //! The providers' documented examples (proxy/tests/golden, sources in SOURCES.md)
+    //! and helpers to run stream decoders over them.
+
+    use super::StreamDecoder;
+    use crate::ir::chat::StreamEvent;
+    use crate::sse::{self, EventSplitter};
+
+    pub fn read(path: &str) -> String {
+        let full = format!("{}/tests/golden/{path}", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{full}: {e}"))
+    }
+
+    /// Decodes `bytes` delivered as `chunks` (split points), as the proxy does.
+    pub fn decode_split(
+        decoder: &mut dyn StreamDecoder,
+        bytes: &[u8],
+        splits: &[usize],
+    ) -> Vec<StreamEvent> {
+        let mut splitter = EventSplitter::default();
+        let mut out = Vec::new();
+        let mut points: Vec<usize> = splits.iter().map(|s| s % (bytes.len() + 1)).collect();
+        points.sort_unstable();
+        let mut from = 0;
+        for point in points.into_iter().chain([bytes.len()]) {
+            for event in splitter.push(&bytes[from..point]) {
+                if let Some(data) = sse::data(&event) {
+                    decoder.decode(&data, &mut out);
+                }
+            }
+            from = point;
+        }
+        if let Some(data) = splitter.remainder().and_then(|e| sse::data(&e)) {
+            decoder.decode(&data, &mut out);
+        }
+        decoder.end(&mut out);
+        out
+    }
+
+    /// The text of all `Text` events, and the arguments of each tool call by index.
+    pub fn collect(events: &[StreamEvent]) -> (String, Vec<String>) {
+        let mut text = String::new();
+        let mut arguments: Vec<String> = Vec::new();
+        for event in events {
+            match event {
+                StreamEvent::Text(t) => text.push_str(t),
+                StreamEvent::ToolCallStart { index, .. } => {
+                    assert_eq!(*index as usize, arguments.len(), "tool calls count from 0");
+                    arguments.push(String::new());
+                }
+                StreamEvent::ToolCallArguments {
+                    index,
+                    arguments: a,
+                } => {
+                    arguments[*index as usize].push_str(a);
+                }
+                _ => {}
+            }
+        }
+        (text, arguments)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::golden::{decode_split, read};
+    use super::*;
+
+    type NewDecoder = fn() -> Box<dyn StreamDecoder>;
+
+    /// Every documented stream, for every decoder that reads it.
+    fn streams() -> Vec<(&'static str, NewDecoder)> {
+        fn openai() -> Box<dyn StreamDecoder> {
+            Box::<openai::ChunkDecoder>::default()
+        }
+        fn anthropic() -> Box<dyn StreamDecoder> {
+            Box::<anthropic::EventDecoder>::default()
+        }
+        fn gemini() -> Box<dyn StreamDecoder> {
+            Box::new(gemini::ResponseDecoder::with_rng(fastrand::Rng::with_seed(
+                7,
+            )))
+        }
+        vec![
+            ("openai/stream_text.sse", openai),
+            ("openai/stream_tool_calls.sse", openai),
+            ("anthropic/stream_text.sse", anthropic),
+            ("anthropic/stream_tool_use.sse", anthropic),
+            ("anthropic/stream_tool_use_sdk_fixture.sse", anthropic),
+            ("anthropic/stream_error.sse", anthropic),
+            ("anthropic/stream_error_midstream.sse", anthropic),
+            ("gemini/stream_text.sse", gemini),
+            ("gemini/stream_text_crlf.sse", gemini),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// However the bytes are split into reads, a stream decodes to the same events.
+        #[test]
+        fn streams_decode_the_same_however_they_are_split(
+            splits in proptest::collection::vec(any::<usize>(), 0..40),
+        ) {
+            for (path, decoder) in streams() {
+                let bytes = read(path);
+                let whole = decode_split(decoder().as_mut(), bytes.as_bytes(), &[]);
+                prop_assert!(!whole.is_empty(), "{path} decodes to events");
+                let split = decode_split(decoder().as_mut(), bytes.as_bytes(), &splits);
+                prop_assert_eq!(format!("{whole:?}"), format!("{split:?}"), "{}", path);
+            }
+        }
+
+        /// Whatever an event's data, decoders return events, never panic.
+        #[test]
+        fn decoders_never_panic_on_arbitrary_data(data in ".{0,200}") {
+            for (_, decoder) in streams() {
+                let mut out = Vec::new();
+                decoder().decode(&data, &mut out);
+            }
+        }
+    }
+
+    #[test]
+    fn streams_decode_the_same_one_byte_at_a_time() {
+        for (path, decoder) in streams() {
+            let bytes = read(path);
+            let whole = decode_split(decoder().as_mut(), bytes.as_bytes(), &[]);
+            let every: Vec<usize> = (0..bytes.len()).collect();
+            let split = decode_split(decoder().as_mut(), bytes.as_bytes(), &every);
+            assert_eq!(format!("{whole:?}"), format!("{split:?}"), "{path}");
+        }
+    }
+
+    #[test]
+    fn refuses_unknown_fields_but_lets_null_and_false_through() {
+        let other: Map<String, Value> =
+            serde_json::from_str(r#"{"model":"m","logprobs":false,"store":null,"seedy":1}"#)
+                .unwrap();
+        let error = unsupported_fields(&other, &["model"]).unwrap_err();
+        assert!(error.to_string().contains("'seedy'"), "{error}");
+        let other: Map<String, Value> =
+            serde_json::from_str(r#"{"model":"m","logprobs":false}"#).unwrap();
+        assert!(unsupported_fields(&other, &["model"]).is_ok());
+    }
+
+    #[test]
+    fn reads_base64_data_urls() {
+        assert_eq!(
+            data_url("data:image/png;base64,AAAA").unwrap(),
+            Some(("image/png".to_string(), "AAAA".to_string()))
+        );
+        assert_eq!(data_url("https://x/y.png").unwrap(), None);
+        assert!(data_url("data:image/png,raw").is_err());
+    }
+}

@@ -1,0 +1,141 @@
+//! What every HTTP provider adapter does the same way: send with a deadline, and turn
+//! a failed status into the right `ProxyError`, keeping the provider's message (never
+//! its credentials).
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderValue, StatusCode, header};
+use switchboard_api::snapshot::ApiKey;
+
+use crate::error::{NativeError, ProxyError};
+use crate::formats::{anthropic, gemini, openai};
+use crate::ir::ClientApi;
+
+/// The shape of a provider's error bodies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorFormat {
+    OpenAI,
+    Anthropic,
+    Google,
+}
+
+/// Sends `builder`. A whole response must arrive within `timeout`; a stream must
+/// start (headers) within it.
+pub async fn send(
+    mut builder: reqwest::RequestBuilder,
+    stream: bool,
+    timeout: Duration,
+) -> Result<reqwest::Response, ProxyError> {
+    if stream {
+        builder = builder.header(header::ACCEPT, "text/event-stream");
+    } else {
+        builder = builder.timeout(timeout);
+    }
+    tokio::time::timeout(timeout, builder.send())
+        .await
+        .map_err(|_| ProxyError::UpstreamTimeout(timeout))?
+        .map_err(|e| classify(&e, timeout))
+}
+
+/// A whole response body.
+pub async fn body(response: reqwest::Response, timeout: Duration) -> Result<Bytes, ProxyError> {
+    response.bytes().await.map_err(|e| classify(&e, timeout))
+}
+
+pub fn classify(error: &reqwest::Error, timeout: Duration) -> ProxyError {
+    if error.is_timeout() {
+        ProxyError::UpstreamTimeout(timeout)
+    } else if error.is_connect() {
+        ProxyError::UpstreamConnect
+    } else {
+        ProxyError::UpstreamProtocol
+    }
+}
+
+/// Error bodies read beyond this are cut: only the message is wanted.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+/// Provider messages longer than this are cut before they reach the client.
+const MAX_MESSAGE: usize = 1024;
+
+/// Passes a success through; maps any other status to the client's error.
+///
+/// 401 and 403 mean the gateway's provider key is wrong: the client gets a 502 without
+/// the provider's message. 503 and 529 mean overloaded. Other 4xx are the client's to
+/// fix and keep their status; other 5xx become 502. `Retry-After` is kept.
+pub async fn check_status(
+    response: reqwest::Response,
+    format: ErrorFormat,
+    key: Option<&ApiKey>,
+) -> Result<reqwest::Response, ProxyError> {
+    let status = response.status();
+    if status.is_success() {
+        return Ok(response);
+    }
+    let retry_after = response
+        .headers()
+        .get(header::RETRY_AFTER)
+        .and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok());
+    let body = error_body(response).await;
+    let code = status.as_u16();
+    if matches!(code, 401 | 403) || (format == ErrorFormat::Google && gemini::is_bad_key(&body)) {
+        return Err(ProxyError::UpstreamAuth(code));
+    }
+
+    let leaks_key = key.is_some_and(|k| contains(&body, k.expose().as_bytes()));
+    let (message, native_api) = match format {
+        ErrorFormat::OpenAI => match openai::error_message(&body) {
+            Some(message) => (message, Some(ClientApi::OpenAI)),
+            None => (None, None),
+        },
+        ErrorFormat::Anthropic => match anthropic::error_message(&body) {
+            Some(message) => (Some(message), Some(ClientApi::Anthropic)),
+            None => (None, None),
+        },
+        ErrorFormat::Google => (gemini::error_message(&body), None),
+    };
+    let message = message.map(|m| clean(&m, key));
+    Err(match code {
+        503 | 529 => ProxyError::UpstreamOverloaded {
+            retry_after,
+            message,
+        },
+        400..=499 => ProxyError::UpstreamRefused {
+            status: StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_REQUEST),
+            retry_after,
+            message,
+            native: native_api
+                .filter(|_| !leaks_key)
+                .map(|api| NativeError { api, body }),
+        },
+        _ => ProxyError::UpstreamStatus {
+            status: code,
+            message,
+        },
+    })
+}
+
+async fn error_body(mut response: reqwest::Response) -> Bytes {
+    let mut body = BytesMut::new();
+    while body.len() < MAX_ERROR_BODY {
+        match response.chunk().await {
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+            _ => break,
+        }
+    }
+    body.truncate(MAX_ERROR_BODY);
+    body.freeze()
+}
+
+/// The message cut to length, with the provider key removed should it appear.
+fn clean(message: &str, key: Option<&ApiKey>) -> String {
+    let mut message = crate::formats::truncate(message, MAX_MESSAGE).to_string();
+    if let Some(key) = key.map(ApiKey::expose).filter(|k| !k.is_empty()) {
+        message = message.replace(key, "[redacted]");
+    }
+    message
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
