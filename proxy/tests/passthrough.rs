@@ -9,7 +9,6 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use http::StatusCode;
 use support::*;
-use tokio::sync::mpsc;
 
 /// An upstream body with unusual spacing, key order and extra fields: any re-encoding
 /// by the proxy would change it.
@@ -183,10 +182,7 @@ async fn stream_asks_upstream_for_usage_and_hides_the_extra_chunk() {
 
 #[tokio::test]
 async fn stream_events_reach_the_client_before_the_upstream_finishes() {
-    let (feed, held) = mpsc::channel(8);
-    let held = std::sync::Mutex::new(Some(held));
-    let upstream =
-        FakeProvider::start(move |_| Reply::Held(held.lock().unwrap().take().unwrap())).await;
+    let (upstream, feed) = FakeProvider::held().await;
     let (_m, proxy) = gateway(&upstream, "openai", "").await;
     let request = r#"{"model":"smart","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"hi"}]}"#;
     let response = post(&proxy, "/v1/chat/completions", request).await;
@@ -298,10 +294,7 @@ async fn embeddings_pass_through() {
 
 #[tokio::test]
 async fn a_client_that_goes_away_cancels_the_upstream_stream() {
-    let (feed, held) = mpsc::channel(8);
-    let held = std::sync::Mutex::new(Some(held));
-    let upstream =
-        FakeProvider::start(move |_| Reply::Held(held.lock().unwrap().take().unwrap())).await;
+    let (upstream, feed) = FakeProvider::held().await;
     let (_m, proxy) = gateway(&upstream, "openai", "").await;
     let request = r#"{"model":"smart","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
     let response = post(&proxy, "/v1/chat/completions", request).await;

@@ -142,10 +142,46 @@ async fn quickstart_serves_openai_clients() {
 
 #[tokio::test]
 async fn quickstart_python_client_works() {
+    run_python_client(
+        "openai",
+        "\"openai>=1.40,<4\"",
+        "client.py",
+        "/v1",
+        &["reply: Hello, Switchboard!", "stream: Streaming works too."],
+    )
+    .await;
+}
+
+/// The Anthropic SDK through `/v1/messages`: its stream helper assembles the events
+/// into a final message, so a malformed event sequence fails here.
+#[tokio::test]
+async fn quickstart_anthropic_sdk_client_works() {
+    run_python_client(
+        "anthropic",
+        "\"anthropic>=0.40,<3\"",
+        "anthropic_client.py",
+        "",
+        &[
+            "reply: Hello from the Anthropic SDK! (end_turn)",
+            "stream: Streaming cuts at (max_tokens, 3 output tokens)",
+        ],
+    )
+    .await;
+}
+
+/// Runs `examples/quickstart/{script}` (which needs Python `module`) against a
+/// quickstart proxy at `base_path`, and checks its output has each of `expected`.
+async fn run_python_client(
+    module: &str,
+    requirement: &str,
+    script: &str,
+    base_path: &str,
+    expected: &[&str],
+) {
     let import = run_command(
         {
             let mut command = tokio::process::Command::new("python3");
-            command.args(["-c", "import openai"]);
+            command.args(["-c", &format!("import {module}")]);
             command
         },
         Duration::from_secs(15),
@@ -153,8 +189,8 @@ async fn quickstart_python_client_works() {
     .await;
     assert!(
         import.status.success(),
-        "the OpenAI Python SDK is not installed (`python3 -c \"import openai\"` failed); \
-         install it with: python3 -m pip install \"openai>=1.40,<4\"\n{}",
+        "the Python SDK '{module}' is not installed; install it with: \
+         python3 -m pip install {requirement}\n{}",
         String::from_utf8_lossy(&import.stderr)
     );
 
@@ -162,27 +198,27 @@ async fn quickstart_python_client_works() {
     let proxy = Proxy::start(&root.join("examples/quickstart"), &[]).await;
     let mut command = tokio::process::Command::new("python3");
     command
-        .arg(root.join("examples/quickstart/client.py"))
-        .env("SWITCHBOARD_URL", proxy.url("/v1"))
+        .arg(root.join("examples/quickstart").join(script))
+        .env("SWITCHBOARD_URL", proxy.url(base_path))
         .env("NO_PROXY", "127.0.0.1,localhost")
         .env("no_proxy", "127.0.0.1,localhost")
         .env_remove("OPENAI_BASE_URL")
-        .env_remove("OPENAI_API_KEY");
+        .env_remove("OPENAI_API_KEY")
+        .env_remove("ANTHROPIC_BASE_URL")
+        .env_remove("ANTHROPIC_API_KEY");
     let output = run_command(command, Duration::from_secs(15)).await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         output.status.success(),
-        "client.py failed ({}):\nstdout:\n{stdout}\nstderr:\n{stderr}\nproxy:\n{}",
+        "{script} failed ({}):\nstdout:\n{stdout}\nstderr:\n{stderr}\nproxy:\n{}",
         output.status,
         proxy.logs()
     );
-    assert!(
-        stdout.contains("reply: Hello, Switchboard!"),
-        "client.py did not print the echoed reply:\n{stdout}"
-    );
-    assert!(
-        stdout.contains("stream: Streaming works too."),
-        "client.py did not print the streamed reply:\n{stdout}"
-    );
+    for line in expected {
+        assert!(
+            stdout.contains(line),
+            "{script} did not print {line:?}:\n{stdout}"
+        );
+    }
 }

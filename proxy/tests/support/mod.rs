@@ -124,6 +124,17 @@ impl FakeProvider {
         .await
     }
 
+    /// A provider whose one stream sends what the test feeds through the returned
+    /// channel, as it is fed.
+    pub async fn held() -> (Self, mpsc::Sender<Bytes>) {
+        let (feed, held) = mpsc::channel(8);
+        let held = Mutex::new(Some(held));
+        let provider =
+            Self::start(move |_| Reply::Held(held.lock().unwrap().take().expect("one stream")))
+                .await;
+        (provider, feed)
+    }
+
     pub fn url(&self) -> String {
         format!("http://{}/v1", self.addr)
     }
