@@ -664,12 +664,18 @@ pub struct EventEncoder {
     tool_blocks: Vec<(u32, u32)>,
     finish: Option<Finish>,
     usage: Option<Usage>,
+    started: bool,
 }
 
 impl EventEncoder {
     pub fn encode(&mut self, event: StreamEvent, out: &mut BytesMut) {
+        if !self.started && event.needs_start() {
+            // Clients need message_start first, even if the provider never said it.
+            self.encode(StreamEvent::anonymous_start(), out);
+        }
         match event {
             StreamEvent::Start { id, model, usage } => {
+                self.started = true;
                 self.usage = usage;
                 let usage = usage.unwrap_or_default();
                 let message = json!({

@@ -547,6 +547,7 @@ pub struct ChunkEncoder {
     created: u64,
     include_usage: bool,
     usage: Option<Usage>,
+    started: bool,
 }
 
 #[derive(Serialize)]
@@ -603,13 +604,19 @@ impl ChunkEncoder {
             created,
             include_usage,
             usage: None,
+            started: false,
         }
     }
 
     /// Appends the client events for `event` to `out`.
     pub fn encode(&mut self, event: StreamEvent, out: &mut BytesMut) {
+        if !self.started && event.needs_start() {
+            // Clients expect the role first, even if the provider never sent it.
+            self.encode(StreamEvent::anonymous_start(), out);
+        }
         match event {
             StreamEvent::Start { id, model, usage } => {
+                self.started = true;
                 self.id = id;
                 self.model = model;
                 self.usage = usage;
@@ -794,7 +801,10 @@ impl ChunkDecoder {
             out.push(StreamEvent::Error(StreamError::upstream(error.message)));
             return;
         }
-        if !self.started {
+        // Azure opens with a content-filter chunk that has no id and no choices; the
+        // answer starts with the first chunk that has either.
+        let has_answer = !chunk.id.is_empty() || !chunk.choices.is_empty();
+        if !self.started && has_answer {
             self.started = true;
             out.push(StreamEvent::Start {
                 id: chunk.id,

@@ -227,6 +227,24 @@ impl Message {
     }
 }
 
+// === impl StreamEvent ===
+
+impl StreamEvent {
+    /// Whether a client encoder must have written the answer's start before this.
+    pub fn needs_start(&self) -> bool {
+        !matches!(self, StreamEvent::Start { .. } | StreamEvent::Error(_))
+    }
+
+    /// A start for a stream whose provider never sent one.
+    pub fn anonymous_start() -> Self {
+        StreamEvent::Start {
+            id: String::new(),
+            model: String::new(),
+            usage: None,
+        }
+    }
+}
+
 // === impl StreamError ===
 
 impl StreamError {

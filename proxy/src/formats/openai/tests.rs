@@ -256,3 +256,29 @@ fn mid_stream_errors_are_error_events_without_done() {
         "data: {\"error\":{\"message\":\"Overloaded\",\"type\":\"server_error\",\"param\":null,\"code\":\"overloaded\"}}\n\n"
     );
 }
+
+#[test]
+fn azure_content_filter_chunk_does_not_start_the_answer() {
+    let mut decoder = ChunkDecoder::default();
+    let mut out = Vec::new();
+    decoder.decode(
+        r#"{"choices":[],"created":0,"id":"","model":"","object":"","prompt_filter_results":[{"prompt_index":0,"content_filter_results":{}}]}"#,
+        &mut out,
+    );
+    assert!(out.is_empty());
+    decoder.decode(
+        r#"{"id":"chatcmpl-1","model":"gpt-4o","choices":[{"index":0,"delta":{"role":"assistant","content":"Hi"},"finish_reason":null}]}"#,
+        &mut out,
+    );
+    assert_eq!(
+        out,
+        [
+            StreamEvent::Start {
+                id: "chatcmpl-1".into(),
+                model: "gpt-4o".into(),
+                usage: None
+            },
+            StreamEvent::Text("Hi".into())
+        ]
+    );
+}
