@@ -44,14 +44,6 @@ pub fn parse_request(body: Bytes) -> Result<Request, ProxyError> {
 /// status Anthropic would use.
 pub fn error_response(error: &ProxyError) -> Response<Body> {
     let class = error.class();
-    if let ProxyError::UpstreamRefused {
-        native: Some(native),
-        ..
-    } = error
-        && native.api == ClientApi::Anthropic
-    {
-        return json_response(class.status, native.body.clone());
-    }
     let (status, type_) = match error {
         ProxyError::UpstreamOverloaded { .. } => (overloaded(), "overloaded_error"),
         _ => (class.status, error_type(class.status)),

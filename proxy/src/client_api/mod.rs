@@ -49,10 +49,19 @@ fn stream_flag(raw: Option<&serde_json::value::RawValue>) -> Result<bool, ProxyE
 }
 
 /// `error` as a response in `api`'s error format, with the provider's `Retry-After`.
+/// A provider's own error body in the client's format is the most useful thing to
+/// return, so it is returned as is.
 pub fn error_response(api: ClientApi, error: &ProxyError) -> Response<Body> {
-    let mut response = match api {
-        ClientApi::OpenAI => openai::error_response(error),
-        ClientApi::Anthropic => anthropic::error_response(error),
+    let mut response = match error {
+        ProxyError::UpstreamRefused {
+            status,
+            native: Some(native),
+            ..
+        } if native.api == api => openai::json_response(*status, native.body.clone()),
+        _ => match api {
+            ClientApi::OpenAI => openai::error_response(error),
+            ClientApi::Anthropic => anthropic::error_response(error),
+        },
     };
     if let Some(value) = error.retry_after() {
         response
@@ -91,6 +100,7 @@ pub fn stream_body(
         events,
         encoder,
         usage: None,
+        started: false,
         on_end: Some(on_end),
     };
     let frames = futures_util::stream::unfold(state, |mut state| async move {
@@ -103,6 +113,14 @@ pub fn stream_body(
             };
             let mut out = BytesMut::new();
             let mut outcome = None;
+            if !state.started && batch.first().is_some_and(StreamEvent::needs_start) {
+                // Clients need the start first (OpenAI's role chunk, Anthropic's
+                // message_start), even if the provider never sent it.
+                state
+                    .encoder
+                    .encode(StreamEvent::anonymous_start(), &mut out);
+            }
+            state.started = true;
             for event in batch {
                 match &event {
                     StreamEvent::Start { usage, .. } => state.usage = *usage,
@@ -142,6 +160,8 @@ struct EncodedStream {
     events: ChatStream,
     encoder: Encoder,
     usage: Option<Usage>,
+    /// Whether anything was encoded yet.
+    started: bool,
     on_end: Option<StreamEndHook>,
 }
 
@@ -174,4 +194,45 @@ pub fn event_stream(body: Body) -> Response<Body> {
     // Tell buffering reverse proxies in front of us to pass events on at once.
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::chat::{Finish, FinishReason};
+
+    async fn body_text(api: ClientApi, events: Vec<StreamEvent>) -> String {
+        let stream: ChatStream = Box::pin(futures_util::stream::iter(vec![events]));
+        let body = stream_body(api, false, stream, Box::new(|_| {}));
+        let bytes = body.collect().await.unwrap().to_bytes();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    /// A provider that never sent a start still gives clients the event they need first.
+    #[tokio::test]
+    async fn a_stream_without_a_start_still_opens_with_one() {
+        let events = vec![
+            StreamEvent::Text("hi".into()),
+            StreamEvent::Finish(Finish {
+                reason: FinishReason::Stop,
+                stop_sequence: None,
+            }),
+            StreamEvent::Done,
+        ];
+        let anthropic = body_text(ClientApi::Anthropic, events.clone()).await;
+        assert!(
+            anthropic.starts_with("event: message_start\n"),
+            "{anthropic}"
+        );
+        assert!(anthropic.ends_with("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"));
+        let openai = body_text(ClientApi::OpenAI, events).await;
+        assert!(
+            openai.starts_with(r#"data: {"id":"","object":"chat.completion.chunk""#),
+            "{openai}"
+        );
+        assert!(
+            openai.contains(r#""delta":{"role":"assistant","content":""}"#),
+            "{openai}"
+        );
+    }
 }

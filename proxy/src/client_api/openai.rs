@@ -70,17 +70,7 @@ struct StreamOptions {
 
 /// The error as OpenAI's `{"error":{"message","type","param","code"}}`.
 pub fn error_response(error: &ProxyError) -> Response<Body> {
-    let class = error.class();
-    if let ProxyError::UpstreamRefused {
-        native: Some(native),
-        ..
-    } = error
-        && native.api == ClientApi::OpenAI
-    {
-        // The provider's own OpenAI-shaped error is the most useful thing to return.
-        return json_response(class.status, native.body.clone());
-    }
-    json_response(class.status, error_json(error))
+    json_response(error.class().status, error_json(error))
 }
 
 /// OpenAI's error body for `error`.

@@ -7,7 +7,9 @@ use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use super::{bad_request, unsupported_fields};
+use super::{
+    Turns, bad_request, split_system, tool_arguments, tool_definition, unsupported_fields,
+};
 use crate::error::ProxyError;
 use crate::ir::Usage;
 use crate::ir::chat::{
@@ -315,43 +317,27 @@ pub fn write_request(
             .into(),
     );
 
-    let leading_system = request
-        .messages
-        .iter()
-        .take_while(|m| m.role == Role::System)
-        .count();
-    if leading_system > 0 {
-        let mut system = Vec::new();
-        for message in &request.messages[..leading_system] {
+    let (system, conversation) = split_system(&request.messages);
+    if !system.is_empty() {
+        let mut blocks = Vec::new();
+        for message in system {
             if message.content.iter().any(|p| matches!(p, Part::Image(_))) {
                 return Err(bad_request(
                     "anthropic providers take only text in system messages",
                 ));
             }
-            system.push(json!({"type": "text", "text": message.joined_text()}));
+            blocks.push(json!({"type": "text", "text": message.joined_text()}));
         }
-        body.insert("system".into(), system.into());
+        body.insert("system".into(), blocks.into());
     }
-    body.insert(
-        "messages".into(),
-        messages_to_wire(&request.messages[leading_system..])?.into(),
-    );
+    body.insert("messages".into(), messages_to_wire(conversation)?.into());
 
     if !request.tools.is_empty() {
+        let empty = json!({"type": "object", "properties": {}});
         let tools: Vec<Value> = request
             .tools
             .iter()
-            .map(|tool| {
-                let mut wire = json!({"name": tool.name});
-                if let Some(description) = &tool.description {
-                    wire["description"] = description.as_str().into();
-                }
-                wire["input_schema"] = match &tool.parameters {
-                    Some(schema) => schema.clone(),
-                    None => json!({"type": "object", "properties": {}}),
-                };
-                wire
-            })
+            .map(|tool| tool_definition(tool, "input_schema", Some(empty.clone())))
             .collect();
         body.insert("tools".into(), tools.into());
     }
@@ -420,7 +406,7 @@ fn refuse_unexpressible(request: &ChatRequest) -> Result<(), ProxyError> {
 /// `tool_result` blocks; consecutive turns of one role are merged, as the Messages API
 /// wants user and assistant turns to alternate.
 fn messages_to_wire(messages: &[Message]) -> Result<Vec<Value>, ProxyError> {
-    let mut out: Vec<(&'static str, Vec<Value>)> = Vec::new();
+    let mut turns = Turns::default();
     for message in messages {
         let (role, blocks) = match message.role {
             Role::System => {
@@ -443,33 +429,15 @@ fn messages_to_wire(messages: &[Message]) -> Result<Vec<Value>, ProxyError> {
             Role::Assistant => {
                 let mut blocks = content_blocks(&message.content);
                 for call in &message.tool_calls {
-                    let input: Value = if call.arguments.trim().is_empty() {
-                        json!({})
-                    } else {
-                        serde_json::from_str(&call.arguments).map_err(|_| {
-                            bad_request(format!(
-                                "the arguments of tool call '{}' are not valid JSON",
-                                super::truncate(&call.id, 64)
-                            ))
-                        })?
-                    };
+                    let input = tool_arguments(call)?;
                     blocks.push(json!({"type": "tool_use", "id": call.id, "name": call.name, "input": input}));
                 }
                 ("assistant", blocks)
             }
         };
-        if blocks.is_empty() {
-            continue;
-        }
-        match out.last_mut() {
-            Some((last, existing)) if *last == role => existing.extend(blocks),
-            _ => out.push((role, blocks)),
-        }
+        turns.push(role, blocks);
     }
-    Ok(out
-        .into_iter()
-        .map(|(role, content)| json!({"role": role, "content": content}))
-        .collect())
+    Ok(turns.into_json("content"))
 }
 
 fn content_blocks(parts: &[Part]) -> Vec<Value> {
@@ -664,18 +632,12 @@ pub struct EventEncoder {
     tool_blocks: Vec<(u32, u32)>,
     finish: Option<Finish>,
     usage: Option<Usage>,
-    started: bool,
 }
 
 impl EventEncoder {
     pub fn encode(&mut self, event: StreamEvent, out: &mut BytesMut) {
-        if !self.started && event.needs_start() {
-            // Clients need message_start first, even if the provider never said it.
-            self.encode(StreamEvent::anonymous_start(), out);
-        }
         match event {
             StreamEvent::Start { id, model, usage } => {
-                self.started = true;
                 self.usage = usage;
                 let usage = usage.unwrap_or_default();
                 let message = json!({

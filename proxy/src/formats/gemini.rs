@@ -7,7 +7,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::bad_request;
+use super::{Turns, bad_request, split_system, tool_arguments, tool_definition};
 use crate::error::ProxyError;
 use crate::ir::Usage;
 use crate::ir::chat::{
@@ -26,42 +26,23 @@ const SKIP_THOUGHT_SIGNATURE: &str = "skip_thought_signature_validator";
 pub fn write_request(request: &ChatRequest) -> Result<Bytes, ProxyError> {
     let mut body = Map::new();
 
-    let leading_system = request
-        .messages
-        .iter()
-        .take_while(|m| m.role == Role::System)
-        .count();
-    if leading_system > 0 {
-        let parts: Vec<Value> = request.messages[..leading_system]
-            .iter()
-            .map(|m| parts_to_wire(&m.content))
-            .collect::<Result<Vec<_>, _>>()?
-            .into_iter()
-            .flatten()
-            .collect();
+    let (system, conversation) = split_system(&request.messages);
+    if !system.is_empty() {
+        let mut parts = Vec::new();
+        for message in system {
+            parts.extend(parts_to_wire(&message.content)?);
+        }
         body.insert("systemInstruction".into(), json!({"parts": parts}));
     }
-    body.insert(
-        "contents".into(),
-        contents(&request.messages[leading_system..])?.into(),
-    );
+    body.insert("contents".into(), contents(conversation)?.into());
 
     if !request.tools.is_empty() {
+        // JSON Schema as the client wrote it; `parameters` would take only Gemini's
+        // OpenAPI subset.
         let declarations: Vec<Value> = request
             .tools
             .iter()
-            .map(|tool| {
-                let mut wire = json!({"name": tool.name});
-                if let Some(description) = &tool.description {
-                    wire["description"] = description.as_str().into();
-                }
-                if let Some(schema) = &tool.parameters {
-                    // JSON Schema as the client wrote it; `parameters` would take only
-                    // Gemini's OpenAPI subset.
-                    wire["parametersJsonSchema"] = schema.clone();
-                }
-                wire
-            })
+            .map(|tool| tool_definition(tool, "parametersJsonSchema", None))
             .collect();
         body.insert(
             "tools".into(),
@@ -134,7 +115,7 @@ pub fn write_request(request: &ChatRequest) -> Result<Bytes, ProxyError> {
 /// have role `model`; tool results become `functionResponse` parts in user turns,
 /// named after the call they answer; consecutive turns of one role are merged.
 fn contents(messages: &[Message]) -> Result<Vec<Value>, ProxyError> {
-    let mut out: Vec<(&'static str, Vec<Value>)> = Vec::new();
+    let mut turns = Turns::default();
     for (i, message) in messages.iter().enumerate() {
         let (role, parts) = match message.role {
             Role::System => {
@@ -146,16 +127,7 @@ fn contents(messages: &[Message]) -> Result<Vec<Value>, ProxyError> {
             Role::Assistant => {
                 let mut parts = parts_to_wire(&message.content)?;
                 for call in &message.tool_calls {
-                    let args: Value = if call.arguments.trim().is_empty() {
-                        json!({})
-                    } else {
-                        serde_json::from_str(&call.arguments).map_err(|_| {
-                            bad_request(format!(
-                                "the arguments of tool call '{}' are not valid JSON",
-                                super::truncate(&call.id, 64)
-                            ))
-                        })?
-                    };
+                    let args = tool_arguments(call)?;
                     // Gemini 3 wants the thought signature it sent with each call back;
                     // OpenAI and Anthropic clients cannot keep it, so the history
                     // carries Google's documented placeholder instead.
@@ -186,18 +158,9 @@ fn contents(messages: &[Message]) -> Result<Vec<Value>, ProxyError> {
                 )
             }
         };
-        if parts.is_empty() {
-            continue;
-        }
-        match out.last_mut() {
-            Some((last, existing)) if *last == role => existing.extend(parts),
-            _ => out.push((role, parts)),
-        }
+        turns.push(role, parts);
     }
-    Ok(out
-        .into_iter()
-        .map(|(role, parts)| json!({"role": role, "parts": parts}))
-        .collect())
+    Ok(turns.into_json("parts"))
 }
 
 /// The function name of the latest assistant tool call with `id`.

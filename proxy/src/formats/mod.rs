@@ -9,6 +9,7 @@ pub mod openai;
 use serde_json::{Map, Value};
 
 use crate::error::ProxyError;
+use crate::ir::chat::{Message, Role, Tool, ToolCall};
 
 fn bad_request(message: impl Into<String>) -> ProxyError {
     ProxyError::BadRequest(message.into())
@@ -48,6 +49,73 @@ fn data_url(url: &str) -> Result<Option<(String, String)>, ProxyError> {
         ));
     };
     Ok(Some((media_type.to_string(), data.to_string())))
+}
+
+/// The system messages that open the conversation, and the rest. Providers with a
+/// separate system field take the first part there.
+fn split_system(messages: &[Message]) -> (&[Message], &[Message]) {
+    let leading = messages
+        .iter()
+        .take_while(|m| m.role == Role::System)
+        .count();
+    messages.split_at(leading)
+}
+
+/// A tool call's arguments as the JSON object providers other than OpenAI want.
+fn tool_arguments(call: &ToolCall) -> Result<Value, ProxyError> {
+    if call.arguments.trim().is_empty() {
+        return Ok(Value::Object(Map::new()));
+    }
+    serde_json::from_str(&call.arguments).map_err(|_| {
+        bad_request(format!(
+            "the arguments of tool call '{}' are not valid JSON",
+            truncate(&call.id, 64)
+        ))
+    })
+}
+
+/// A tool definition as `{"name", "description", <schema_field>: parameters}`, with
+/// `default_schema` when the tool has no parameters.
+fn tool_definition(tool: &Tool, schema_field: &str, default_schema: Option<Value>) -> Value {
+    let mut wire = Map::new();
+    wire.insert("name".into(), tool.name.as_str().into());
+    if let Some(description) = &tool.description {
+        wire.insert("description".into(), description.as_str().into());
+    }
+    if let Some(schema) = tool.parameters.clone().or(default_schema) {
+        wire.insert(schema_field.into(), schema);
+    }
+    Value::Object(wire)
+}
+
+/// Conversation turns for APIs that want roles to alternate: `items` of a turn with
+/// the same role as the last one join it.
+#[derive(Default)]
+struct Turns(Vec<(&'static str, Vec<Value>)>);
+
+impl Turns {
+    fn push(&mut self, role: &'static str, items: Vec<Value>) {
+        if items.is_empty() {
+            return;
+        }
+        match self.0.last_mut() {
+            Some((last, existing)) if *last == role => existing.extend(items),
+            _ => self.0.push((role, items)),
+        }
+    }
+
+    /// `{"role": role, <items_field>: items}` per turn.
+    fn into_json(self, items_field: &str) -> Vec<Value> {
+        self.0
+            .into_iter()
+            .map(|(role, items)| {
+                let mut turn = Map::new();
+                turn.insert("role".into(), role.into());
+                turn.insert(items_field.into(), items.into());
+                Value::Object(turn)
+            })
+            .collect()
+    }
 }
 
 /// At most `max` bytes of `text`, cut on a character boundary.

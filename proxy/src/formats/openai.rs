@@ -9,7 +9,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use super::{bad_request, data_url, unsupported_fields};
+use super::{bad_request, data_url, tool_definition, unsupported_fields};
 use crate::error::ProxyError;
 use crate::ir::Usage;
 use crate::ir::chat::{
@@ -85,19 +85,33 @@ struct ImageUrl {
     url: String,
 }
 
-#[derive(Deserialize, Serialize)]
+#[derive(Deserialize)]
 struct WireToolCall {
     id: String,
-    #[serde(rename = "type", default = "function_type")]
-    type_: String,
     function: WireFunctionCall,
 }
 
-fn function_type() -> String {
-    "function".to_string()
+impl From<WireToolCall> for ToolCall {
+    fn from(call: WireToolCall) -> Self {
+        ToolCall {
+            id: call.id,
+            name: call.function.name,
+            arguments: call.function.arguments,
+        }
+    }
 }
 
-#[derive(Deserialize, Serialize)]
+fn tool_calls_to_wire(calls: &[ToolCall]) -> Value {
+    calls
+        .iter()
+        .map(|call| {
+            json!({"id": call.id, "type": "function",
+                "function": {"name": call.name, "arguments": call.arguments}})
+        })
+        .collect()
+}
+
+#[derive(Deserialize)]
 struct WireFunctionCall {
     name: String,
     #[serde(default)]
@@ -241,11 +255,7 @@ fn message_from_wire(message: WireMessage) -> Result<Message, ProxyError> {
             tool_calls: tool_calls
                 .unwrap_or_default()
                 .into_iter()
-                .map(|call| ToolCall {
-                    id: call.id,
-                    name: call.function.name,
-                    arguments: call.function.arguments,
-                })
+                .map(ToolCall::from)
                 .collect(),
             ..Message::text(Role::Assistant, "")
         },
@@ -291,13 +301,7 @@ pub fn write_request(request: &ChatRequest, model: &str, stream: bool) -> Bytes 
             .tools
             .iter()
             .map(|tool| {
-                let mut function = json!({"name": tool.name});
-                if let Some(description) = &tool.description {
-                    function["description"] = description.as_str().into();
-                }
-                if let Some(parameters) = &tool.parameters {
-                    function["parameters"] = parameters.clone();
-                }
+                let function = tool_definition(tool, "parameters", None);
                 json!({"type": "function", "function": function})
             })
             .collect();
@@ -392,14 +396,7 @@ fn message_to_wire(message: &Message) -> Value {
             .collect()
     };
     if !message.tool_calls.is_empty() {
-        wire["tool_calls"] = message
-            .tool_calls
-            .iter()
-            .map(|call| {
-                json!({"id": call.id, "type": "function",
-                    "function": {"name": call.name, "arguments": call.arguments}})
-            })
-            .collect();
+        wire["tool_calls"] = tool_calls_to_wire(&message.tool_calls);
     }
     if let Some(id) = &message.tool_call_id {
         wire["tool_call_id"] = id.as_str().into();
@@ -449,15 +446,7 @@ pub fn parse_response(body: &[u8]) -> Result<ChatResponse, ProxyError> {
         id: wire.id,
         model: wire.model,
         text: message.content.or(message.refusal).unwrap_or_default(),
-        tool_calls: message
-            .tool_calls
-            .into_iter()
-            .map(|call| ToolCall {
-                id: call.id,
-                name: call.function.name,
-                arguments: call.function.arguments,
-            })
-            .collect(),
+        tool_calls: message.tool_calls.into_iter().map(ToolCall::from).collect(),
         finish: Finish {
             reason: if refused {
                 FinishReason::ContentFilter
@@ -499,14 +488,7 @@ pub fn write_response(response: &ChatResponse, created: u64) -> Bytes {
         },
     });
     if !response.tool_calls.is_empty() {
-        message["tool_calls"] = response
-            .tool_calls
-            .iter()
-            .map(|call| {
-                json!({"id": call.id, "type": "function",
-                    "function": {"name": call.name, "arguments": call.arguments}})
-            })
-            .collect();
+        message["tool_calls"] = tool_calls_to_wire(&response.tool_calls);
     }
     let body = json!({
         "id": response.id,
@@ -547,7 +529,6 @@ pub struct ChunkEncoder {
     created: u64,
     include_usage: bool,
     usage: Option<Usage>,
-    started: bool,
 }
 
 #[derive(Serialize)]
@@ -604,19 +585,13 @@ impl ChunkEncoder {
             created,
             include_usage,
             usage: None,
-            started: false,
         }
     }
 
     /// Appends the client events for `event` to `out`.
     pub fn encode(&mut self, event: StreamEvent, out: &mut BytesMut) {
-        if !self.started && event.needs_start() {
-            // Clients expect the role first, even if the provider never sent it.
-            self.encode(StreamEvent::anonymous_start(), out);
-        }
         match event {
             StreamEvent::Start { id, model, usage } => {
-                self.started = true;
                 self.id = id;
                 self.model = model;
                 self.usage = usage;

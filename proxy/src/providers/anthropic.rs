@@ -1,6 +1,5 @@
 //! The `anthropic` provider: Anthropic's Messages API, translated through the IR.
 
-use http::header;
 use switchboard_api::snapshot::Provider;
 
 use super::exchange::{self, ErrorFormat};
@@ -18,26 +17,14 @@ pub(super) async fn call(call: Call<'_>) -> Result<Reply, ProxyError> {
         request.stream,
         provider.anthropic.default_max_tokens,
     )?;
-    let url = call
-        .provider
-        .urls
-        .get(call.upstream_model, Endpoint::of(request))
-        .cloned()
-        .ok_or_else(|| ProxyError::UnknownModel(request.model.clone()))?;
-    let mut builder = call
-        .provider
-        .client
-        .post(url)
-        .header(header::CONTENT_TYPE, "application/json")
-        .header("anthropic-version", &provider.anthropic.version)
-        .header("x-request-id", call.request_id)
-        .body(body);
-    if let Some(key) = &provider.api_key {
-        builder = builder.header("x-api-key", key.expose());
-    }
-    let response = exchange::send(builder, request.stream, call.timeout).await?;
-    let response =
-        exchange::check_status(response, ErrorFormat::Anthropic, provider.api_key.as_ref()).await?;
+    let response = exchange::post(&call, body, ErrorFormat::Anthropic, |builder, key| {
+        let builder = builder.header("anthropic-version", &provider.anthropic.version);
+        match key {
+            Some(key) => builder.header("x-api-key", key),
+            None => builder,
+        }
+    })
+    .await?;
     if request.stream {
         return Ok(Reply::ChatStream(decode_stream(
             response.bytes_stream(),

@@ -8,6 +8,7 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderValue, StatusCode, header};
 use switchboard_api::snapshot::ApiKey;
 
+use super::{Call, Endpoint};
 use crate::error::{NativeError, ProxyError};
 use crate::formats::{anthropic, gemini, openai};
 use crate::ir::ClientApi;
@@ -20,9 +21,38 @@ pub enum ErrorFormat {
     Google,
 }
 
+/// POSTs the JSON `body` to the call's upstream URL with the request id, the headers
+/// `provider_headers` adds (given the provider key, if any), and returns the response
+/// if its status is a success; otherwise the error, read in `format`.
+pub async fn post(
+    call: &Call<'_>,
+    body: Bytes,
+    format: ErrorFormat,
+    provider_headers: impl FnOnce(reqwest::RequestBuilder, Option<&str>) -> reqwest::RequestBuilder,
+) -> Result<reqwest::Response, ProxyError> {
+    let request = call.request;
+    let url = call
+        .provider
+        .urls
+        .get(call.upstream_model, Endpoint::of(request))
+        .cloned()
+        .ok_or_else(|| ProxyError::UnknownModel(request.model.clone()))?;
+    let builder = call
+        .provider
+        .client
+        .post(url)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header("x-request-id", call.request_id)
+        .body(body);
+    let key = call.provider.config.api_key.as_ref();
+    let builder = provider_headers(builder, key.map(ApiKey::expose));
+    let response = send(builder, request.stream, call.timeout).await?;
+    check_status(response, format, key).await
+}
+
 /// Sends `builder`. A whole response must arrive within `timeout`; a stream must
 /// start (headers) within it.
-pub async fn send(
+async fn send(
     mut builder: reqwest::RequestBuilder,
     stream: bool,
     timeout: Duration,
@@ -43,7 +73,7 @@ pub async fn body(response: reqwest::Response, timeout: Duration) -> Result<Byte
     response.bytes().await.map_err(|e| classify(&e, timeout))
 }
 
-pub fn classify(error: &reqwest::Error, timeout: Duration) -> ProxyError {
+fn classify(error: &reqwest::Error, timeout: Duration) -> ProxyError {
     if error.is_timeout() {
         ProxyError::UpstreamTimeout(timeout)
     } else if error.is_connect() {
@@ -63,7 +93,7 @@ const MAX_MESSAGE: usize = 1024;
 /// 401 and 403 mean the gateway's provider key is wrong: the client gets a 502 without
 /// the provider's message. 503 and 529 mean overloaded. Other 4xx are the client's to
 /// fix and keep their status; other 5xx become 502. `Retry-After` is kept.
-pub async fn check_status(
+async fn check_status(
     response: reqwest::Response,
     format: ErrorFormat,
     key: Option<&ApiKey>,

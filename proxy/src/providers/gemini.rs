@@ -1,6 +1,5 @@
 //! The `gemini` provider: Google's Generative Language API, translated through the IR.
 
-use http::header;
 use switchboard_api::snapshot::Provider;
 
 use super::exchange::{self, ErrorFormat};
@@ -11,26 +10,11 @@ use crate::formats::gemini;
 pub(super) async fn call(call: Call<'_>) -> Result<Reply, ProxyError> {
     let request = call.request;
     let body = gemini::write_request(super::typed(request)?)?;
-    let provider = &call.provider.config;
-    let url = call
-        .provider
-        .urls
-        .get(call.upstream_model, Endpoint::of(request))
-        .cloned()
-        .ok_or_else(|| ProxyError::UnknownModel(request.model.clone()))?;
-    let mut builder = call
-        .provider
-        .client
-        .post(url)
-        .header(header::CONTENT_TYPE, "application/json")
-        .header("x-request-id", call.request_id)
-        .body(body);
-    if let Some(key) = &provider.api_key {
-        builder = builder.header("x-goog-api-key", key.expose());
-    }
-    let response = exchange::send(builder, request.stream, call.timeout).await?;
-    let response =
-        exchange::check_status(response, ErrorFormat::Google, provider.api_key.as_ref()).await?;
+    let response = exchange::post(&call, body, ErrorFormat::Google, |builder, key| match key {
+        Some(key) => builder.header("x-goog-api-key", key),
+        None => builder,
+    })
+    .await?;
     if request.stream {
         return Ok(Reply::ChatStream(decode_stream(
             response.bytes_stream(),

@@ -79,8 +79,9 @@ impl std::fmt::Debug for Reply {
 /// batch ends with `Done` or `Error`.
 pub type ChatStream = Pin<Box<dyn Stream<Item = Vec<StreamEvent>> + Send>>;
 
-/// Called once when a stream ends, however it ends.
-pub type StreamEndHook = Box<dyn FnOnce(StreamEnd) + Send>;
+/// Called once when a stream ends, however it ends. `Sync` so that a `&Call` can be
+/// held across an await.
+pub type StreamEndHook = Box<dyn FnOnce(StreamEnd) + Send + Sync>;
 
 /// How a stream ended.
 #[derive(Debug, Clone, Copy)]

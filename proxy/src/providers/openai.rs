@@ -8,7 +8,6 @@
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
-use http::header;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use serde::Deserialize;
@@ -35,29 +34,13 @@ pub(super) async fn call(call: Call<'_>) -> Result<Reply, ProxyError> {
         None => rewrite(request, call.upstream_model, inject_usage)?,
     };
 
-    let provider = &call.provider.config;
-    let url = call
-        .provider
-        .urls
-        .get(call.upstream_model, Endpoint::of(request))
-        .cloned()
-        .ok_or_else(|| ProxyError::UnknownModel(request.model.clone()))?;
-    let mut builder = call
-        .provider
-        .client
-        .post(url)
-        .header(header::CONTENT_TYPE, "application/json")
-        .header("x-request-id", call.request_id)
-        .body(body);
-    if let Some(key) = &provider.api_key {
-        builder = match provider.kind {
-            ProviderType::AzureOpenAI => builder.header("api-key", key.expose()),
-            _ => builder.bearer_auth(key.expose()),
-        };
-    }
-    let response = exchange::send(builder, request.stream, call.timeout).await?;
-    let response =
-        exchange::check_status(response, ErrorFormat::OpenAI, provider.api_key.as_ref()).await?;
+    let kind = call.provider.config.kind;
+    let response = exchange::post(&call, body, ErrorFormat::OpenAI, |builder, key| match key {
+        Some(key) if kind == ProviderType::AzureOpenAI => builder.header("api-key", key),
+        Some(key) => builder.bearer_auth(key),
+        None => builder,
+    })
+    .await?;
 
     match (request.stream, request.chat.is_some()) {
         (false, false) => {

@@ -366,14 +366,3 @@ fn encodes_errors_as_the_documented_error_event() {
         Some("Overloaded")
     );
 }
-
-#[test]
-fn a_stream_without_a_start_still_opens_with_message_start() {
-    let mut bytes = BytesMut::new();
-    let mut encoder = EventEncoder::default();
-    encoder.encode(StreamEvent::Text("hi".into()), &mut bytes);
-    encoder.encode(StreamEvent::Done, &mut bytes);
-    let text = String::from_utf8(bytes.to_vec()).unwrap();
-    assert!(text.starts_with("event: message_start\n"), "{text}");
-    assert!(text.ends_with("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"));
-}
