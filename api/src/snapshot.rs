@@ -174,6 +174,39 @@ impl Snapshot {
     pub fn is_sealed(&self) -> bool {
         self.clone().seal().version == self.version
     }
+
+    /// What a proxy checks before serving a Snapshot it received or read from disk: the
+    /// version matches the content, and every reference inside it resolves.
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.is_sealed() {
+            return Err(format!(
+                "version {} does not match the content",
+                self.version
+            ));
+        }
+        for (id, route) in &self.routes {
+            if route.backends.is_empty() {
+                return Err(format!("route {id} has no backends"));
+            }
+            for backend in &route.backends {
+                let provider = self.providers.get(&backend.provider).ok_or_else(|| {
+                    format!("route {id} names unknown provider {}", backend.provider)
+                })?;
+                if !provider.models.contains_key(&backend.model) {
+                    return Err(format!(
+                        "route {id} names unknown model {} of provider {}",
+                        backend.model, backend.provider
+                    ));
+                }
+            }
+        }
+        for (model, routes) in &self.models {
+            if let Some(route) = routes.iter().find(|r| !self.routes.contains_key(*r)) {
+                return Err(format!("model {model} names unknown route {route}"));
+            }
+        }
+        Ok(())
+    }
 }
 
 // === impl ApiKey ===

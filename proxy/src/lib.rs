@@ -33,7 +33,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 use crate::pipeline::Gateway;
-use crate::runtime::{Runtime, RuntimeHandle};
+use crate::runtime::RuntimeHandle;
 pub use crate::settings::Settings;
 
 /// A running proxy.
@@ -46,38 +46,22 @@ pub struct Proxy {
     task: tokio::task::JoinHandle<()>,
 }
 
-/// Loads the manifests, binds the listener and starts serving. Fails if the manifests
-/// cannot be read or parsed; objects that do not compile are logged and left out.
+/// Loads the config (manifests, or the operator's), binds the listener and starts
+/// serving. Fails if the manifests cannot be read or parsed; objects that do not
+/// compile are logged and left out. From the operator, the proxy is ready once it
+/// serves some Snapshot (from the operator or its cache on disk).
 pub async fn start(settings: Settings) -> anyhow::Result<Proxy> {
     install_crypto_provider();
-    let dir = settings.manifests.clone();
-    let compiled = sync::manifests::load_and_compile(&dir).map_err(|errors| {
-        let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
-        anyhow::anyhow!("cannot load manifests:\n  {}", lines.join("\n  "))
-    })?;
-    sync::manifests::log_problems(&compiled);
-    let serving = sync::manifests::accepted(&compiled);
-    let runtime = Runtime::build(compiled.snapshot, None)?;
-    tracing::info!(
-        version = %runtime.version(),
-        providers = runtime.snapshot.providers.len(),
-        routes = runtime.snapshot.routes.len(),
-        consumers = runtime.snapshot.consumers.len(),
-        "config loaded from {}",
-        dir.display()
-    );
-
+    let gateway = Arc::new(Gateway {
+        runtime: RuntimeHandle::default(),
+        settings: settings.clone(),
+        draining: AtomicBool::new(false),
+    });
+    let sync = sync::start(&settings, gateway.clone())?;
     let listener = TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
     let addr = listener.local_addr()?;
-    let gateway = Arc::new(Gateway {
-        runtime: RuntimeHandle::default(),
-        settings,
-        draining: AtomicBool::new(false),
-    });
-    gateway.runtime.swap(runtime);
-    let watcher = sync::manifests::watch(dir, gateway.clone(), serving)?;
 
     let (shutdown, shutdown_rx) = oneshot::channel::<()>();
     let serving_gateway = gateway.clone();
@@ -86,7 +70,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Proxy> {
             let _ = shutdown_rx.await;
         };
         server::serve(listener, serving_gateway, stop).await;
-        drop(watcher);
+        drop(sync);
     });
     tracing::info!(%addr, "serving");
     Ok(Proxy {

@@ -30,7 +30,11 @@ async fn main() -> ExitCode {
 
 /// `--check`: print each object's conditions; fail if anything is wrong.
 fn check(settings: &Settings) -> ExitCode {
-    let compiled = match manifests::load_and_compile(&settings.manifests) {
+    let Some(dir) = &settings.manifests else {
+        eprintln!("error: --check needs --manifests DIR");
+        return ExitCode::FAILURE;
+    };
+    let compiled = match manifests::load_and_compile(dir) {
         Ok(compiled) => compiled,
         Err(errors) => {
             for error in errors {

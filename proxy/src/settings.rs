@@ -11,9 +11,32 @@ use clap::{Parser, ValueEnum};
 #[command(name = "switchboard-proxy", version, about)]
 pub struct Settings {
     /// Directory of YAML manifests (AIProvider, AIRoute, AIConsumer, AIQuota, Secret) to
-    /// serve from. Reloaded when files change.
-    #[arg(long, env = "SWITCHBOARD_MANIFESTS", value_name = "DIR")]
-    pub manifests: PathBuf,
+    /// serve from (standalone mode). Reloaded when files change.
+    #[arg(long, env = "SWITCHBOARD_MANIFESTS", value_name = "DIR", required_unless_present = "operator", conflicts_with = "operator")]
+    pub manifests: Option<PathBuf>,
+
+    /// The operator's config service (`https://...`) to take config from, instead of
+    /// manifests on disk.
+    #[arg(long, env = "SWITCHBOARD_OPERATOR", value_name = "URL", requires_all = ["operator_token_file", "operator_ca_file"])]
+    pub operator: Option<url::Url>,
+
+    /// File holding the bearer token for the operator (mounted from a Secret); read on
+    /// every connection, so a rotated token takes effect without a restart.
+    #[arg(long, env = "SWITCHBOARD_OPERATOR_TOKEN_FILE", value_name = "FILE")]
+    pub operator_token_file: Option<PathBuf>,
+
+    /// PEM CA certificate(s) the operator's certificate must chain to.
+    #[arg(long, env = "SWITCHBOARD_OPERATOR_CA_FILE", value_name = "FILE")]
+    pub operator_ca_file: Option<PathBuf>,
+
+    /// Where the last good Snapshot from the operator is kept (mode 0600). The proxy
+    /// boots from it when the operator cannot be reached.
+    #[arg(long, env = "SWITCHBOARD_SNAPSHOT_CACHE", value_name = "FILE", default_value = "/var/lib/switchboard/snapshot.json")]
+    pub snapshot_cache: PathBuf,
+
+    /// This proxy's name towards the operator (the pod name in a cluster).
+    #[arg(long, env = "POD_NAME", default_value_t = default_proxy_id())]
+    pub proxy_id: String,
 
     /// Address to serve clients on.
     #[arg(long, env = "SWITCHBOARD_LISTEN", default_value = "0.0.0.0:8080")]
@@ -41,7 +64,7 @@ pub struct Settings {
     pub shutdown_timeout: Duration,
 
     /// Check the manifests, print every object's status, and exit (non-zero on problems).
-    #[arg(long)]
+    #[arg(long, requires = "manifests")]
     pub check: bool,
 }
 
@@ -58,7 +81,12 @@ impl Settings {
     /// Settings for `dir` on a free loopback port, for tests and embedding.
     pub fn for_manifests(dir: impl Into<PathBuf>) -> Self {
         Self {
-            manifests: dir.into(),
+            manifests: Some(dir.into()),
+            operator: None,
+            operator_token_file: None,
+            operator_ca_file: None,
+            snapshot_cache: PathBuf::from("/var/lib/switchboard/snapshot.json"),
+            proxy_id: default_proxy_id(),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             log_format: LogFormat::Text,
             max_body_bytes: 10 * 1024 * 1024,
@@ -66,5 +94,20 @@ impl Settings {
             shutdown_timeout: Duration::from_secs(30),
             check: false,
         }
+    }
+}
+
+/// Outside a pod (no POD_NAME): the host name, or `proxy` when there is none.
+fn default_proxy_id() -> String {
+    let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+    let host: String = host
+        .trim()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+        .collect();
+    if host.is_empty() {
+        "proxy".to_string()
+    } else {
+        host
     }
 }

@@ -68,6 +68,63 @@ impl Inputs {
         replaced.then_some(key)
     }
 
+    /// The object with this key, if present.
+    pub fn get(&self, key: &ObjectKey) -> Option<Object> {
+        match key.kind {
+            ObjectKind::AIProvider => self.providers.get(key).cloned().map(Object::Provider),
+            ObjectKind::AIRoute => self.routes.get(key).cloned().map(Object::Route),
+            ObjectKind::AIConsumer => self.consumers.get(key).cloned().map(Object::Consumer),
+            ObjectKind::AIQuota => self.quotas.get(key).cloned().map(Object::Quota),
+            ObjectKind::Secret => self.secrets.get(key).cloned().map(Object::Secret),
+        }
+    }
+
+    /// Removes the object with this key; true if it was present.
+    pub fn remove(&mut self, key: &ObjectKey) -> bool {
+        match key.kind {
+            ObjectKind::AIProvider => self.providers.remove(key).is_some(),
+            ObjectKind::AIRoute => self.routes.remove(key).is_some(),
+            ObjectKind::AIConsumer => self.consumers.remove(key).is_some(),
+            ObjectKind::AIQuota => self.quotas.remove(key).is_some(),
+            ObjectKind::Secret => self.secrets.remove(key).is_some(),
+        }
+    }
+
+    /// The Secrets an object reads (AIProvider `spec.auth`, AIConsumer `spec.keys`),
+    /// whether or not they exist.
+    pub fn secret_refs(&self, key: &ObjectKey) -> Vec<ObjectKey> {
+        let names: Vec<&str> = match key.kind {
+            ObjectKind::AIProvider => self
+                .providers
+                .get(key)
+                .and_then(|p| p.spec.auth.as_ref())
+                .map(|auth| vec![auth.secret_ref.name.as_str()])
+                .unwrap_or_default(),
+            ObjectKind::AIConsumer => self
+                .consumers
+                .get(key)
+                .map(|c| {
+                    c.spec
+                        .keys
+                        .iter()
+                        .map(|k| k.secret_ref.name.as_str())
+                        .collect()
+                })
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        names
+            .into_iter()
+            .map(|name| key.sibling(ObjectKind::Secret, name))
+            .collect()
+    }
+
+    /// Every Secret some object reads.
+    pub fn referenced_secrets(&self) -> std::collections::BTreeSet<ObjectKey> {
+        let owners = self.providers.keys().chain(self.consumers.keys());
+        owners.flat_map(|key| self.secret_refs(key)).collect()
+    }
+
     /// Builds inputs from objects; a later duplicate replaces an earlier one.
     pub fn from_objects(objects: impl IntoIterator<Item = Object>) -> Self {
         let mut inputs = Self::default();
@@ -89,6 +146,19 @@ impl Object {
             Object::Quota(_) => ObjectKind::AIQuota,
             Object::Secret(_) => ObjectKind::Secret,
         }
+    }
+
+    /// The object as JSON, for comparing two versions.
+    pub fn to_value(&self) -> serde_json::Value {
+        let value = match self {
+            Object::Provider(o) => serde_json::to_value(o),
+            Object::Route(o) => serde_json::to_value(o),
+            Object::Consumer(o) => serde_json::to_value(o),
+            Object::Quota(o) => serde_json::to_value(o),
+            Object::Secret(o) => serde_json::to_value(o),
+        };
+        // Serializing Kubernetes objects cannot fail: maps with string keys only.
+        value.unwrap_or_default()
     }
 
     pub fn key(&self) -> ObjectKey {

@@ -8,6 +8,7 @@
 
 mod consumers;
 mod inputs;
+mod last_good;
 mod providers;
 mod quotas;
 mod refs;
@@ -22,6 +23,7 @@ mod tests;
 use std::collections::BTreeMap;
 
 pub use inputs::{DEFAULT_NAMESPACE, Inputs, Object, ObjectKey, ObjectKind};
+pub use last_good::{KEPT_NOTE, KeptCompile, LastGood, compile_keeping};
 
 use crate::snapshot::Snapshot;
 use crate::v1alpha1::ObjectStatus;

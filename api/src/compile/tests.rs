@@ -2157,3 +2157,145 @@ fn durations_outside_gateway_api_syntax_are_invalid() {
         );
     }
 }
+
+// === compile_keeping: the last accepted version of an object that breaks ===
+
+mod keeping {
+    use super::*;
+    use crate::compile::{KEPT_NOTE, LastGood, compile_keeping};
+
+    /// The openai world with a route through it, compiled and taken as serving.
+    fn serving() -> (InputsBuilder, LastGood) {
+        let world =
+            openai_world().with(route("chat").models(["gpt-4o"]).backend("openai", "gpt-4o"));
+        let inputs = world.build();
+        let compiled = compile(&inputs);
+        assert!(
+            compiled.problems().next().is_none(),
+            "{:#?}",
+            compiled.statuses
+        );
+        (world, LastGood::new(inputs, &compiled))
+    }
+
+    fn without(world: &InputsBuilder, key: &ObjectKey) -> Inputs {
+        let mut inputs = world.build();
+        assert!(inputs.remove(key));
+        inputs
+    }
+
+    fn served_key(compiled: &Compiled) -> String {
+        let provider = &compiled.snapshot.providers["default/openai"];
+        provider.api_key.as_ref().unwrap().expose().to_string()
+    }
+
+    #[test]
+    fn a_deleted_secret_keeps_the_provider_serving_with_its_last_key() {
+        let (world, last_good) = serving();
+        let inputs = without(&world, &key(ObjectKind::Secret, "openai-key"));
+        let kept = compile_keeping(&inputs, Some(&last_good));
+        assert_eq!(kept.kept, BTreeSet::from([pkey("openai")]));
+        assert_eq!(served_key(&kept.compiled), OPENAI_KEY);
+        assert!(kept.compiled.snapshot.routes.contains_key("default/chat"));
+        assert_rejected(
+            &kept.compiled,
+            &pkey("openai"),
+            reasons::SECRET_NOT_FOUND,
+            &["openai-key", KEPT_NOTE],
+        );
+        // The route is fine: its provider still serves.
+        assert_healthy(&kept.compiled, &rkey("chat"));
+        // Without a serving config, the provider and the route drop out.
+        let fresh = compile_keeping(&inputs, None);
+        assert!(fresh.kept.is_empty());
+        assert!(fresh.compiled.snapshot.providers.is_empty());
+        assert!(fresh.compiled.snapshot.routes.is_empty());
+    }
+
+    #[test]
+    fn a_broken_edit_keeps_the_last_accepted_spec() {
+        let (world, last_good) = serving();
+        let broken = world.clone().with(
+            provider("openai")
+                .openai()
+                .secret("openai-key", "apiKey")
+                .endpoint("not a url")
+                .models(["gpt-4o"]),
+        );
+        let kept = compile_keeping(&broken.build(), Some(&last_good));
+        assert_eq!(kept.kept, BTreeSet::from([pkey("openai")]));
+        let provider = &kept.compiled.snapshot.providers["default/openai"];
+        assert!(
+            provider.models.contains_key("gpt-4o-mini"),
+            "the old spec serves"
+        );
+        assert_rejected(
+            &kept.compiled,
+            &pkey("openai"),
+            reasons::INVALID,
+            &[KEPT_NOTE],
+        );
+    }
+
+    #[test]
+    fn rotations_deletions_and_new_broken_objects_take_effect_at_once() {
+        let (world, last_good) = serving();
+        let rotated = world
+            .clone()
+            .with(secret("openai-key").string("apiKey", "sk-rotated-key-0002"));
+        let kept = compile_keeping(&rotated.build(), Some(&last_good));
+        assert!(kept.kept.is_empty());
+        assert_eq!(served_key(&kept.compiled), "sk-rotated-key-0002");
+
+        let deleted = without(&world, &rkey("chat"));
+        let kept = compile_keeping(&deleted, Some(&last_good));
+        assert!(kept.kept.is_empty());
+        assert!(kept.compiled.snapshot.routes.is_empty());
+
+        let new_broken = world
+            .clone()
+            .with(route("broken").models(["x"]).backend("missing", "x"));
+        let kept = compile_keeping(&new_broken.build(), Some(&last_good));
+        assert!(kept.kept.is_empty());
+        assert!(!kept.compiled.snapshot.routes.contains_key("default/broken"));
+        assert!(kept.compiled.snapshot.routes.contains_key("default/chat"));
+    }
+}
+
+// === Snapshot::validate ===
+
+#[test]
+fn validate_accepts_compiled_snapshots_and_refuses_tampered_or_dangling_ones() {
+    let compiled = openai_world()
+        .with(route("chat").models(["gpt-4o"]).backend("openai", "gpt-4o"))
+        .compile();
+    compiled.snapshot.validate().unwrap();
+
+    let mut tampered = compiled.snapshot.clone();
+    tampered
+        .routes
+        .get_mut("default/chat")
+        .unwrap()
+        .request_timeout_ms = Some(1);
+    assert!(tampered.validate().unwrap_err().contains("does not match"));
+
+    let mut dangling = compiled.snapshot.clone();
+    dangling.providers.clear();
+    let dangling = dangling.seal();
+    assert!(
+        dangling
+            .validate()
+            .unwrap_err()
+            .contains("unknown provider")
+    );
+
+    let mut unknown_route = compiled.snapshot.clone();
+    unknown_route.routes.clear();
+    let unknown_route = unknown_route.seal();
+    assert!(
+        unknown_route
+            .validate()
+            .unwrap_err()
+            .contains("unknown route")
+    );
+}

@@ -219,6 +219,28 @@ fn typed<T: DeserializeOwned>(value: Value) -> Result<T, String> {
     })
 }
 
+/// Loads and serves `dir`, then watches it. Fails if the manifests cannot be read or
+/// parsed; objects that do not compile are logged and left out.
+pub fn start(dir: PathBuf, gateway: Arc<Gateway>) -> anyhow::Result<WatchGuard> {
+    let compiled = load_and_compile(&dir).map_err(|errors| {
+        let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        anyhow::anyhow!("cannot load manifests:\n  {}", lines.join("\n  "))
+    })?;
+    log_problems(&compiled);
+    let serving = accepted(&compiled);
+    let runtime = Runtime::build(compiled.snapshot, None)?;
+    tracing::info!(
+        version = %runtime.version(),
+        providers = runtime.snapshot.providers.len(),
+        routes = runtime.snapshot.routes.len(),
+        consumers = runtime.snapshot.consumers.len(),
+        "config loaded from {}",
+        dir.display()
+    );
+    gateway.runtime.swap(runtime);
+    watch(dir, gateway, serving)
+}
+
 /// Reads and compiles `dir`.
 pub fn load_and_compile(dir: &Path) -> Result<Compiled, Vec<ManifestError>> {
     load(dir).map(|inputs| compile(&inputs))

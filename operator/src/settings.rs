@@ -1,0 +1,87 @@
+//! Static startup settings of `switchboard-operator run`, parsed once from flags and
+//! environment variables.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+/// Settings of the control plane.
+#[derive(Debug, Clone, Args)]
+pub struct Settings {
+    /// Kubeconfig to use instead of the in-cluster config or $KUBECONFIG (for running the
+    /// operator from a laptop against a cluster).
+    #[arg(long, env = "SWITCHBOARD_KUBECONFIG", value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Namespaces to watch, comma-separated; empty watches all namespaces.
+    #[arg(long, env = "SWITCHBOARD_NAMESPACES", value_delimiter = ',')]
+    pub namespaces: Vec<String>,
+
+    /// Address of the config service proxies connect to (HTTPS).
+    #[arg(long, env = "SWITCHBOARD_CONFIG_LISTEN", default_value = "0.0.0.0:8443")]
+    pub config_listen: SocketAddr,
+
+    /// Address of /metrics, /healthz, /readyz and /debug/* (plain HTTP).
+    #[arg(long, env = "SWITCHBOARD_ADMIN_LISTEN", default_value = "0.0.0.0:9090")]
+    pub admin_listen: SocketAddr,
+
+    /// PEM certificate chain the config service presents.
+    #[arg(long, env = "SWITCHBOARD_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: PathBuf,
+
+    /// PEM private key of that certificate.
+    #[arg(long, env = "SWITCHBOARD_TLS_KEY", value_name = "FILE")]
+    pub tls_key: PathBuf,
+
+    /// File holding the bearer token proxies must present (mounted from a Secret). Read
+    /// on every request, so a rotated token takes effect without a restart.
+    #[arg(long, env = "SWITCHBOARD_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: PathBuf,
+
+    /// This replica's name in the Lease and in Events; the pod name in a cluster.
+    #[arg(long, env = "POD_NAME", default_value_t = default_identity())]
+    pub identity: String,
+
+    /// Namespace of the Lease that elects the replica writing statuses and Events.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub lease_namespace: String,
+
+    /// Name of that Lease.
+    #[arg(long, env = "SWITCHBOARD_LEASE_NAME", default_value = "switchboard-operator")]
+    pub lease_name: String,
+
+    /// How long a leader's Lease lasts without renewal: a dead leader is replaced within it.
+    #[arg(long, env = "SWITCHBOARD_LEASE_DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub lease_duration: Duration,
+
+    /// Changes arriving within this window are compiled together.
+    #[arg(long, env = "SWITCHBOARD_DEBOUNCE", default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub debounce: Duration,
+
+    /// How long the config service holds a proxy's request open when nothing changed.
+    #[arg(long, env = "SWITCHBOARD_POLL_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub poll_timeout: Duration,
+
+    /// Log format: `text` for people, `json` for log pipelines. Levels via RUST_LOG.
+    #[arg(long, env = "SWITCHBOARD_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Outside a pod (no POD_NAME): the host name plus a random suffix, so two operators
+/// started on one laptop do not share an identity.
+fn default_identity() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    let host = if host.is_empty() { "operator".to_string() } else { host };
+    format!("{host}-{:04x}", fastrand::u16(..))
+}
