@@ -32,7 +32,11 @@ pub struct Admin {
 // === impl Admin ===
 
 impl Admin {
-    pub async fn handle(self: Arc<Self>, request: Request<Incoming>, _peer: SocketAddr) -> Response<Body> {
+    pub async fn handle(
+        self: Arc<Self>,
+        request: Request<Incoming>,
+        _peer: SocketAddr,
+    ) -> Response<Body> {
         if request.method() != Method::GET {
             return http_util::error(StatusCode::METHOD_NOT_ALLOWED, "use GET");
         }

@@ -45,7 +45,11 @@ pub struct ConfigService {
 // === impl ConfigService ===
 
 impl ConfigService {
-    pub async fn handle(self: Arc<Self>, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    pub async fn handle(
+        self: Arc<Self>,
+        request: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<Body> {
         let response = self.respond(&request, peer).await;
         self.metrics
             .config_requests
@@ -56,7 +60,10 @@ impl ConfigService {
 
     async fn respond(&self, request: &Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         if request.uri().path() != SNAPSHOT_PATH {
-            return http_util::error(StatusCode::NOT_FOUND, "not found; proxies poll /v1/snapshot");
+            return http_util::error(
+                StatusCode::NOT_FOUND,
+                "not found; proxies poll /v1/snapshot",
+            );
         }
         if request.method() != Method::GET {
             return http_util::error(StatusCode::METHOD_NOT_ALLOWED, "use GET");
@@ -78,9 +85,9 @@ impl ConfigService {
         let _poll = self.proxies.poll(&proxy, &version, peer);
 
         let mut published = self.publisher.subscribe();
-        let wait = query
-            .wait
-            .map_or(self.poll_timeout, |s| Duration::from_secs(s).min(self.poll_timeout));
+        let wait = query.wait.map_or(self.poll_timeout, |s| {
+            Duration::from_secs(s).min(self.poll_timeout)
+        });
         let deadline = tokio::time::sleep(wait);
         tokio::pin!(deadline);
         loop {
@@ -129,7 +136,8 @@ impl ConfigService {
         if bool::from(presented.as_bytes().ct_eq(expected.as_bytes())) {
             return None;
         }
-        let mut response = http_util::error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+        let mut response =
+            http_util::error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
         response
             .headers_mut()
             .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

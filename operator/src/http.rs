@@ -135,7 +135,11 @@ pub fn respond(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -
 pub fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<Body> {
     match serde_json::to_vec_pretty(value) {
         Ok(body) => respond(status, "application/json", body),
-        Err(_) => respond(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", "serialization failed\n"),
+        Err(_) => respond(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "text/plain",
+            "serialization failed\n",
+        ),
     }
 }
 

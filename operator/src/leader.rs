@@ -103,7 +103,9 @@ impl Election {
         let ours = holder == self.config.identity;
         let duration = spec
             .lease_duration_seconds
-            .map_or(self.config.duration, |s| Duration::from_secs(u64::try_from(s).unwrap_or(0)));
+            .map_or(self.config.duration, |s| {
+                Duration::from_secs(u64::try_from(s).unwrap_or(0))
+            });
         let free = holder.is_empty() || observed_at.elapsed() >= duration;
         if !ours && !free {
             self.renewed = None;

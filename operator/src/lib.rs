@@ -15,6 +15,7 @@ pub mod config_service;
 pub mod http;
 pub mod leader;
 pub mod metrics;
+pub mod pki;
 pub mod proxies;
 pub mod publish;
 pub mod reconcile;
@@ -40,8 +41,8 @@ use crate::metrics::Metrics;
 use crate::proxies::ProxyTable;
 use crate::publish::Publisher;
 use crate::reconcile::Context;
-use crate::status::{Decided, StatusWriter};
 pub use crate::settings::Settings;
+use crate::status::{Decided, StatusWriter};
 
 /// Runs the operator until `shutdown` resolves, then gives up the Lease if held.
 pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
@@ -55,7 +56,13 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     let mut tasks = JoinSet::new();
     let (stop_tx, stop_rx) = channel::channel(false);
     let trigger = Arc::new(Notify::new());
-    let stores = watch::start(&client, &settings.namespaces, &trigger, &metrics, &mut tasks);
+    let stores = watch::start(
+        &client,
+        &settings.namespaces,
+        &trigger,
+        &metrics,
+        &mut tasks,
+    );
     let publisher = Publisher::default();
     let table = Arc::new(ProxyTable::new(&settings.identity));
     let reports_changed = Arc::new(Notify::new());
@@ -171,9 +178,9 @@ async fn client(settings: &Settings) -> anyhow::Result<Client> {
                 .await
                 .with_context(|| format!("kubeconfig {} is not usable", path.display()))?
         }
-        None => Config::infer()
-            .await
-            .context("no Kubernetes config: not in a cluster, and no kubeconfig found (use --kubeconfig)")?,
+        None => Config::infer().await.context(
+            "no Kubernetes config: not in a cluster, and no kubeconfig found (use --kubeconfig)",
+        )?,
     };
     Client::try_from(config).context("cannot build a Kubernetes client")
 }

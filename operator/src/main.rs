@@ -22,6 +22,16 @@ enum Command {
     Run(Box<Settings>),
     /// Print every CustomResourceDefinition as YAML, for `kubectl apply -f -`.
     Crds,
+    /// Write a throwaway CA, config-service certificate and token into a directory, for
+    /// running the operator and proxies outside a cluster.
+    DevPki {
+        /// Directory to write ca.pem, tls.crt, tls.key and token into.
+        #[arg(long, default_value = "switchboard-pki")]
+        out: std::path::PathBuf,
+        /// Names and addresses the certificate is valid for.
+        #[arg(long = "host", default_values_t = ["localhost".to_string(), "127.0.0.1".to_string()])]
+        hosts: Vec<String>,
+    },
 }
 
 #[tokio::main]
@@ -34,6 +44,22 @@ async fn main() -> ExitCode {
             }
             Err(error) => {
                 eprintln!("error: cannot render CRDs: {error}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::DevPki { out, hosts } => match switchboard_operator::pki::generate(&out, &hosts) {
+            Ok(pki) => {
+                println!(
+                    "wrote {}, {}, {} and {}",
+                    pki.ca.display(),
+                    pki.cert.display(),
+                    pki.key.display(),
+                    pki.token.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("error: {error:#}");
                 ExitCode::FAILURE
             }
         },

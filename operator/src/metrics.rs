@@ -49,7 +49,9 @@ impl Metrics {
             compiles: IntCounter::new(prefix("compiles_total"), "Compiles run.")?,
             compile_duration: Histogram::with_opts(
                 HistogramOpts::new(prefix("compile_duration_seconds"), "Seconds per compile.")
-                    .buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
+                    .buckets(vec![
+                        0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    ]),
             )?,
             publishes: IntCounter::new(
                 prefix("snapshots_published_total"),
@@ -64,7 +66,10 @@ impl Metrics {
                 "Objects whose current version is broken; their last accepted version serves.",
             )?,
             watch_errors: IntCounterVec::new(
-                Opts::new(prefix("watch_errors_total"), "Watch errors by kind; the watch retries."),
+                Opts::new(
+                    prefix("watch_errors_total"),
+                    "Watch errors by kind; the watch retries.",
+                ),
                 &["kind"],
             )?,
             status_patches: IntCounterVec::new(
@@ -74,7 +79,10 @@ impl Metrics {
             events: IntCounter::new(prefix("events_total"), "Kubernetes Events published.")?,
             leader: IntGauge::new(prefix("leader"), "1 while this replica holds the Lease.")?,
             config_requests: IntCounterVec::new(
-                Opts::new(prefix("config_requests_total"), "Config service requests by HTTP status."),
+                Opts::new(
+                    prefix("config_requests_total"),
+                    "Config service requests by HTTP status.",
+                ),
                 &["code"],
             )?,
             connected_proxies: IntGauge::new(
@@ -89,7 +97,10 @@ impl Metrics {
                 &["proxy", "version"],
             )?,
             config_info: IntGaugeVec::new(
-                Opts::new(prefix("config_info"), "1, with the config version this replica publishes."),
+                Opts::new(
+                    prefix("config_info"),
+                    "1, with the config version this replica publishes.",
+                ),
                 &["version"],
             )?,
             registry,

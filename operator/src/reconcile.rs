@@ -45,8 +45,8 @@ async fn compile_and_publish(ctx: &Context, last_good: Option<LastGood>) -> Last
     let inputs = ctx.stores.inputs();
     let started = Instant::now();
     // Compile is CPU work that grows with the object count: keep it off the runtime.
-    let compiled = tokio::task::spawn_blocking(move || compile_keeping(&inputs, last_good.as_ref()))
-        .await;
+    let compiled =
+        tokio::task::spawn_blocking(move || compile_keeping(&inputs, last_good.as_ref())).await;
     let kept = match compiled {
         Ok(kept) => kept,
         Err(error) => {
@@ -100,7 +100,11 @@ async fn compile_and_publish(ctx: &Context, last_good: Option<LastGood>) -> Last
 fn record_objects(ctx: &Context, kept: &KeptCompile) {
     ctx.metrics.objects.reset();
     for (key, status) in &kept.compiled.statuses {
-        let accepted = if status.is_accepted() { "true" } else { "false" };
+        let accepted = if status.is_accepted() {
+            "true"
+        } else {
+            "false"
+        };
         ctx.metrics
             .objects
             .with_label_values(&[key.kind.to_string().as_str(), accepted])

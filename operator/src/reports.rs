@@ -45,7 +45,9 @@ pub struct Reports {
 
 impl std::fmt::Debug for Reports {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Reports").field("identity", &self.identity).finish()
+        f.debug_struct("Reports")
+            .field("identity", &self.identity)
+            .finish()
     }
 }
 
@@ -113,7 +115,10 @@ async fn write(
     let lease = Lease {
         metadata: ObjectMeta {
             name: Some(name.to_string()),
-            labels: Some(BTreeMap::from([(REPORT_LABEL.to_string(), label.to_string())])),
+            labels: Some(BTreeMap::from([(
+                REPORT_LABEL.to_string(),
+                label.to_string(),
+            )])),
             annotations: Some(BTreeMap::from([(PROXIES_ANNOTATION.to_string(), proxies)])),
             ..ObjectMeta::default()
         },
@@ -127,9 +132,13 @@ async fn write(
     let mut value = serde_json::to_value(&lease).unwrap_or_default();
     value["apiVersion"] = "coordination.k8s.io/v1".into();
     value["kind"] = "Lease".into();
-    api.patch(name, &PatchParams::apply("switchboard-operator").force(), &Patch::Apply(value))
-        .await
-        .map(|_| ())
+    api.patch(
+        name,
+        &PatchParams::apply("switchboard-operator").force(),
+        &Patch::Apply(value),
+    )
+    .await
+    .map(|_| ())
 }
 
 // === impl Reports ===
@@ -145,9 +154,8 @@ impl Reports {
             let spec = lease.spec.as_ref();
             let holder = spec.and_then(|s| s.holder_identity.as_deref());
             let renewed = spec.and_then(|s| s.renew_time.as_ref());
-            let fresh = renewed.is_some_and(|t| {
-                now.duration_since(t.0).as_secs_f64() < STALE.as_secs_f64()
-            });
+            let fresh = renewed
+                .is_some_and(|t| now.duration_since(t.0).as_secs_f64() < STALE.as_secs_f64());
             holder != Some(self.identity.as_str()) && fresh
         });
         let remote = others.flat_map(|lease| {

@@ -20,7 +20,11 @@ pub struct Settings {
     pub namespaces: Vec<String>,
 
     /// Address of the config service proxies connect to (HTTPS).
-    #[arg(long, env = "SWITCHBOARD_CONFIG_LISTEN", default_value = "0.0.0.0:8443")]
+    #[arg(
+        long,
+        env = "SWITCHBOARD_CONFIG_LISTEN",
+        default_value = "0.0.0.0:8443"
+    )]
     pub config_listen: SocketAddr,
 
     /// Address of /metrics, /healthz, /readyz and /debug/* (plain HTTP).
@@ -49,7 +53,11 @@ pub struct Settings {
     pub lease_namespace: String,
 
     /// Name of that Lease.
-    #[arg(long, env = "SWITCHBOARD_LEASE_NAME", default_value = "switchboard-operator")]
+    #[arg(
+        long,
+        env = "SWITCHBOARD_LEASE_NAME",
+        default_value = "switchboard-operator"
+    )]
     pub lease_name: String,
 
     /// How long a leader's Lease lasts without renewal: a dead leader is replaced within it.
@@ -65,7 +73,12 @@ pub struct Settings {
     pub poll_timeout: Duration,
 
     /// Log format: `text` for people, `json` for log pipelines. Levels via RUST_LOG.
-    #[arg(long, env = "SWITCHBOARD_LOG_FORMAT", value_enum, default_value = "text")]
+    #[arg(
+        long,
+        env = "SWITCHBOARD_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
     pub log_format: LogFormat,
 }
 
@@ -82,6 +95,10 @@ fn default_identity() -> String {
     let host = std::fs::read_to_string("/etc/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_default();
-    let host = if host.is_empty() { "operator".to_string() } else { host };
+    let host = if host.is_empty() {
+        "operator".to_string()
+    } else {
+        host
+    };
     format!("{host}-{:04x}", fastrand::u16(..))
 }

@@ -109,11 +109,15 @@ impl StatusWriter {
     }
 
     fn wrote(&self, key: &ObjectKey, desired: &ObjectStatus) -> bool {
-        self.written_mut().get(key).is_some_and(|w| same(w, desired))
+        self.written_mut()
+            .get(key)
+            .is_some_and(|w| same(w, desired))
     }
 
     fn written_mut(&self) -> std::sync::MutexGuard<'_, BTreeMap<ObjectKey, ObjectStatus>> {
-        self.written.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.written
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// True when the patch was written.
@@ -128,14 +132,20 @@ impl StatusWriter {
         let api: Api<DynamicObject> =
             Api::namespaced_with(self.client.clone(), &key.namespace, &resource);
         let patch = Patch::Merge(serde_json::json!({ "status": status }));
-        match api.patch_status(&key.name, &PatchParams::default(), &patch).await {
+        match api
+            .patch_status(&key.name, &PatchParams::default(), &patch)
+            .await
+        {
             Ok(_) => {
                 self.metrics.status_patches.with_label_values(&["ok"]).inc();
                 tracing::debug!(object = %key, "status updated");
                 true
             }
             Err(error) => {
-                self.metrics.status_patches.with_label_values(&["error"]).inc();
+                self.metrics
+                    .status_patches
+                    .with_label_values(&["error"])
+                    .inc();
                 tracing::warn!(object = %key, %error, "cannot update status; retried on the next change");
                 false
             }
@@ -216,7 +226,10 @@ pub fn desired_status(
             "no proxy is connected to the operator".to_string(),
         )
     } else {
-        let serving = proxies.iter().filter(|p| p.version == decided.version).count();
+        let serving = proxies
+            .iter()
+            .filter(|p| p.version == decided.version)
+            .count();
         if serving == proxies.len() {
             (
                 ConditionStatus::True,
@@ -237,9 +250,13 @@ pub fn desired_status(
     };
     let mut desired = compiled.clone();
     desired.conditions.retain(|c| c.type_ != types::PROGRAMMED);
-    desired
-        .conditions
-        .push(Condition::new(types::PROGRAMMED, status, reason, message, generation));
+    desired.conditions.push(Condition::new(
+        types::PROGRAMMED,
+        status,
+        reason,
+        message,
+        generation,
+    ));
     desired
 }
 
@@ -279,7 +296,6 @@ fn truncate(text: &str, max: usize) -> String {
     format!("{}...", &text[..end])
 }
 
-
 /// Keeps statuses current while this replica leads: after each compile, when proxies
 /// connect or report a version (here or at another replica), and every `GRACE` so that
 /// disconnected proxies are noticed.
@@ -309,3 +325,6 @@ pub async fn run(
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -36,11 +36,20 @@ impl Debug for Stores {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print the Secret store's content.
         f.debug_struct("Stores")
-            .field("providers", &self.providers.iter().map(Store::len).sum::<usize>())
+            .field(
+                "providers",
+                &self.providers.iter().map(Store::len).sum::<usize>(),
+            )
             .field("routes", &self.routes.iter().map(Store::len).sum::<usize>())
-            .field("consumers", &self.consumers.iter().map(Store::len).sum::<usize>())
+            .field(
+                "consumers",
+                &self.consumers.iter().map(Store::len).sum::<usize>(),
+            )
             .field("quotas", &self.quotas.iter().map(Store::len).sum::<usize>())
-            .field("secrets", &self.secrets.iter().map(Store::len).sum::<usize>())
+            .field(
+                "secrets",
+                &self.secrets.iter().map(Store::len).sum::<usize>(),
+            )
             .finish()
     }
 }
@@ -173,7 +182,9 @@ impl Stores {
     }
 }
 
-fn all<K: Resource<DynamicType = ()> + Clone + 'static>(stores: &[Store<K>]) -> impl Iterator<Item = K> + '_ {
+fn all<K: Resource<DynamicType = ()> + Clone + 'static>(
+    stores: &[Store<K>],
+) -> impl Iterator<Item = K> + '_ {
     stores
         .iter()
         .flat_map(Store::state)

@@ -1,0 +1,207 @@
+//! The config service over real TLS on loopback: token checks, long polls, version
+//! reports, and a client that does not trust the certificate.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use switchboard_api::Snapshot;
+use switchboard_operator::config_service::{ConfigService, VERSION_HEADER};
+use switchboard_operator::metrics::Metrics;
+use switchboard_operator::proxies::ProxyTable;
+use switchboard_operator::publish::Publisher;
+use switchboard_operator::{http, pki};
+
+struct Service {
+    url: String,
+    token: String,
+    ca: Vec<u8>,
+    publisher: Publisher,
+    proxies: Arc<ProxyTable>,
+    _dir: tempdir::Dir,
+}
+
+mod tempdir {
+    /// A directory removed on drop.
+    pub struct Dir(pub std::path::PathBuf);
+    impl Dir {
+        pub fn new(label: &str) -> Self {
+            let path = std::env::temp_dir().join(format!(
+                "sb-{label}-{}-{}",
+                std::process::id(),
+                fastrand::u32(..)
+            ));
+            std::fs::create_dir_all(&path).unwrap();
+            Self(path)
+        }
+    }
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+async fn start() -> Service {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempdir::Dir::new("config-service");
+    let files = pki::generate(&dir.0, &["localhost".to_string()]).unwrap();
+    let tls = http::tls_acceptor(&files.cert, &files.key).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let publisher = Publisher::default();
+    let proxies = Arc::new(ProxyTable::new("replica-1"));
+    let service = Arc::new(ConfigService {
+        publisher: publisher.clone(),
+        proxies: proxies.clone(),
+        token_file: files.token.clone(),
+        poll_timeout: Duration::from_secs(30),
+        metrics: Arc::new(Metrics::new().unwrap()),
+    });
+    tokio::spawn(http::serve(
+        listener,
+        Some(tls),
+        move |request, peer| service.clone().handle(request, peer),
+        std::future::pending(),
+    ));
+    Service {
+        // The certificate names localhost; connect by name, resolved to loopback.
+        url: format!("https://localhost:{port}/v1/snapshot"),
+        token: std::fs::read_to_string(&files.token).unwrap(),
+        ca: std::fs::read(&files.ca).unwrap(),
+        publisher,
+        proxies,
+        _dir: dir,
+    }
+}
+
+fn client(ca: &[u8]) -> reqwest::Client {
+    reqwest::Client::builder()
+        .tls_certs_only(reqwest::Certificate::from_pem_bundle(ca).unwrap())
+        .resolve("localhost", ([127, 0, 0, 1], 0).into())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+fn snapshot(marker: &str) -> Snapshot {
+    let mut snapshot = Snapshot::default();
+    snapshot.models.insert(marker.to_string(), Vec::new());
+    snapshot.seal()
+}
+
+#[tokio::test]
+async fn refuses_missing_and_wrong_tokens_and_bad_queries() {
+    let service = start().await;
+    let client = client(&service.ca);
+    let response = client
+        .get(format!("{}?proxy=p1", service.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    assert_eq!(response.headers()["www-authenticate"], "Bearer");
+    let response = client
+        .get(format!("{}?proxy=p1", service.url))
+        .bearer_auth("wrong-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    let body = response.text().await.unwrap();
+    assert!(!body.contains(&service.token), "{body}");
+    let response = client
+        .get(format!("{}?proxy=bad%20id", service.url))
+        .bearer_auth(&service.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    assert!(
+        service.proxies.connected().is_empty(),
+        "refused polls are not proxies"
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_does_not_trust_the_ca_cannot_connect() {
+    let service = start().await;
+    let other = tempdir::Dir::new("other-ca");
+    let other_ca =
+        std::fs::read(pki::generate(&other.0, &["localhost".into()]).unwrap().ca).unwrap();
+    let error = client(&other_ca)
+        .get(format!("{}?proxy=p1", service.url))
+        .bearer_auth(&service.token)
+        .send()
+        .await
+        .unwrap_err();
+    assert!(error.is_connect() || error.is_request(), "{error:?}");
+}
+
+#[tokio::test]
+async fn a_poll_waits_for_a_new_version_and_reports_what_the_proxy_serves() {
+    let service = start().await;
+    let client = client(&service.ca);
+    let v1 = snapshot("v1");
+    service.publisher.publish(&v1);
+
+    // A proxy with nothing gets the current Snapshot at once.
+    let response = client
+        .get(format!("{}?proxy=p1&version=", service.url))
+        .bearer_auth(&service.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()[VERSION_HEADER], v1.version.as_str());
+    let received: Snapshot = response.json().await.unwrap();
+    assert_eq!(received, v1);
+
+    // Holding v1, it waits; a publish answers the waiting poll.
+    let url = format!("{}?proxy=p1&version={}&wait=20", service.url, v1.version);
+    let poll = tokio::spawn({
+        let client = client.clone();
+        let token = service.token.clone();
+        async move { client.get(url).bearer_auth(token).send().await.unwrap() }
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while service
+        .proxies
+        .connected()
+        .first()
+        .map(|p| p.version.clone())
+        != Some(v1.version.clone())
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the proxy never reported v1"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!poll.is_finished(), "the poll waits while nothing changed");
+    let v2 = snapshot("v2");
+    service.publisher.publish(&v2);
+    let response = tokio::time::timeout(Duration::from_secs(5), poll)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()[VERSION_HEADER], v2.version.as_str());
+
+    // Nothing new within `wait`: 304.
+    let response = client
+        .get(format!(
+            "{}?proxy=p1&version={}&wait=1",
+            service.url, v2.version
+        ))
+        .bearer_auth(&service.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 304);
+    let proxies = service.proxies.connected();
+    assert_eq!(proxies.len(), 1);
+    assert_eq!(
+        (proxies[0].id.as_str(), proxies[0].version.as_str()),
+        ("p1", v2.version.as_str())
+    );
+}
