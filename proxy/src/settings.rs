@@ -12,7 +12,13 @@ use clap::{Parser, ValueEnum};
 pub struct Settings {
     /// Directory of YAML manifests (AIProvider, AIRoute, AIConsumer, AIQuota, Secret) to
     /// serve from (standalone mode). Reloaded when files change.
-    #[arg(long, env = "SWITCHBOARD_MANIFESTS", value_name = "DIR", required_unless_present = "operator", conflicts_with = "operator")]
+    #[arg(
+        long,
+        env = "SWITCHBOARD_MANIFESTS",
+        value_name = "DIR",
+        required_unless_present = "operator",
+        conflicts_with = "operator"
+    )]
     pub manifests: Option<PathBuf>,
 
     /// The operator's config service (`https://...`) to take config from, instead of
@@ -31,7 +37,12 @@ pub struct Settings {
 
     /// Where the last good Snapshot from the operator is kept (mode 0600). The proxy
     /// boots from it when the operator cannot be reached.
-    #[arg(long, env = "SWITCHBOARD_SNAPSHOT_CACHE", value_name = "FILE", default_value = "/var/lib/switchboard/snapshot.json")]
+    #[arg(
+        long,
+        env = "SWITCHBOARD_SNAPSHOT_CACHE",
+        value_name = "FILE",
+        default_value = "/var/lib/switchboard/snapshot.json"
+    )]
     pub snapshot_cache: PathBuf,
 
     /// This proxy's name towards the operator (the pod name in a cluster).

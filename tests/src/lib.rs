@@ -8,6 +8,10 @@
 //! Every wait here is bounded, and every process is killed when its handle drops, so a
 //! broken proxy fails a test instead of hanging it.
 
+pub mod cluster;
+pub mod fake_upstream;
+pub mod kube_emulator;
+
 use std::fs::{self, File};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -24,7 +28,7 @@ pub const QUICKSTART_KEY: &str = "sk-switchboard-quickstart";
 const READY_WITHIN: Duration = Duration::from_secs(10);
 
 /// Poll interval for every bounded wait.
-const POLL: Duration = Duration::from_millis(50);
+pub(crate) const POLL: Duration = Duration::from_millis(50);
 
 /// The workspace root (this crate lives in `<workspace>/tests`).
 pub fn workspace_root() -> PathBuf {
@@ -104,78 +108,48 @@ impl Drop for TempDir {
 
 // === Proxy ===
 
-/// A running `switchboard-proxy` process; killed on drop.
+/// A child process whose output goes to a log file; killed on drop.
 #[derive(Debug)]
-pub struct Proxy {
+pub struct Process {
     child: Child,
-    pub addr: SocketAddr,
     log_path: PathBuf,
     _log_dir: TempDir,
 }
 
-impl Proxy {
-    /// Starts the proxy on `manifests` with extra flags and waits until `/readyz` is 200.
-    pub async fn start(manifests: &Path, args: &[&str]) -> Self {
-        Self::start_with_env(manifests, args, &[]).await
-    }
-
-    /// As `start`, with extra environment variables (`RUST_LOG` is cleared unless given).
-    pub async fn start_with_env(manifests: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
-        let bin = proxy_bin();
+impl Process {
+    /// Starts `bin` with `args`; `RUST_LOG` is cleared unless `env` sets it.
+    pub fn spawn(bin: &Path, args: &[String], env: &[(&str, &str)]) -> Self {
         let log_dir = TempDir::new("logs");
-        // The free port can be taken between our probe and the proxy's bind; retry then.
-        for attempt in 1..=3 {
-            let port = free_port();
-            let addr = SocketAddr::from(([127, 0, 0, 1], port));
-            let log_path = log_dir.path().join(format!("proxy-{attempt}.log"));
-            let log = File::create(&log_path).expect("create log file");
-            let mut command = Command::new(&bin);
-            command
-                .arg("--manifests")
-                .arg(manifests)
-                .arg("--listen")
-                .arg(addr.to_string())
-                .args(args)
-                .env_remove("RUST_LOG")
-                .envs(env.iter().copied())
-                .stdin(Stdio::null())
-                .stdout(Stdio::from(log.try_clone().expect("clone log file")))
-                .stderr(Stdio::from(log));
-            let mut child = command.spawn().expect("spawn switchboard-proxy");
-            match wait_ready(&mut child, addr).await {
-                Ok(()) => {
-                    return Proxy {
-                        child,
-                        addr,
-                        log_path,
-                        _log_dir: log_dir,
-                    };
-                }
-                Err(exited) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    let logs = read_lossy(&log_path);
-                    if exited && logs.contains("cannot listen") && attempt < 3 {
-                        continue;
-                    }
-                    panic!("switchboard-proxy did not become ready on {addr}; its output:\n{logs}");
-                }
-            }
+        let log_path = log_dir.path().join("output.log");
+        let log = File::create(&log_path).expect("create log file");
+        let child = Command::new(bin)
+            .args(args)
+            .env_remove("RUST_LOG")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log.try_clone().expect("clone log file")))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
+        Self {
+            child,
+            log_path,
+            _log_dir: log_dir,
         }
-        unreachable!("the loop returns or panics")
     }
 
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
 
-    /// `http://127.0.0.1:PORT`.
-    pub fn base_url(&self) -> String {
-        format!("http://{}", self.addr)
+    pub fn has_exited(&mut self) -> bool {
+        self.child.try_wait().ok().flatten().is_some()
     }
 
-    pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+    /// SIGKILL, and reap: a crash, as far as everyone else can tell.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Everything the process wrote to stdout and stderr so far.
@@ -243,12 +217,92 @@ impl Proxy {
     }
 }
 
-impl Drop for Proxy {
+impl Drop for Process {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+            self.kill();
         }
+    }
+}
+
+// === Proxy ===
+
+/// A running `switchboard-proxy` process; killed on drop. Derefs to its `Process`.
+#[derive(Debug)]
+pub struct Proxy {
+    process: Process,
+    pub addr: SocketAddr,
+}
+
+impl std::ops::Deref for Proxy {
+    type Target = Process;
+    fn deref(&self) -> &Process {
+        &self.process
+    }
+}
+
+impl std::ops::DerefMut for Proxy {
+    fn deref_mut(&mut self) -> &mut Process {
+        &mut self.process
+    }
+}
+
+impl Proxy {
+    /// Starts the proxy on `manifests` with extra flags and waits until `/readyz` is 200.
+    pub async fn start(manifests: &Path, args: &[&str]) -> Self {
+        Self::start_with_env(manifests, args, &[]).await
+    }
+
+    /// As `start`, with extra environment variables (`RUST_LOG` is cleared unless given).
+    pub async fn start_with_env(manifests: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let manifests = manifests.display().to_string();
+        let mut all = vec!["--manifests", manifests.as_str()];
+        all.extend_from_slice(args);
+        Self::start_args(&all, env).await
+    }
+
+    /// Starts the proxy with exactly these flags (plus `--listen`) and waits until
+    /// `/readyz` is 200.
+    pub async fn start_args(args: &[&str], env: &[(&str, &str)]) -> Self {
+        // The free port can be taken between our probe and the proxy's bind; retry then.
+        for attempt in 1..=3 {
+            let mut proxy = Self::spawn_args(args, env).await;
+            match wait_ready(&mut proxy.process, proxy.addr).await {
+                Ok(()) => return proxy,
+                Err(exited) => {
+                    proxy.kill();
+                    let logs = proxy.logs();
+                    if exited && logs.contains("cannot listen") && attempt < 3 {
+                        continue;
+                    }
+                    panic!(
+                        "switchboard-proxy did not become ready on {}; its output:\n{logs}",
+                        proxy.addr
+                    );
+                }
+            }
+        }
+        unreachable!("the loop returns or panics")
+    }
+
+    /// Starts the proxy with these flags on a free port without waiting for readiness.
+    pub async fn spawn_args(args: &[&str], env: &[(&str, &str)]) -> Self {
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let mut all: Vec<String> = vec!["--listen".into(), addr.to_string()];
+        all.extend(args.iter().map(ToString::to_string));
+        Self {
+            process: Process::spawn(&proxy_bin(), &all, env),
+            addr,
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
     }
 }
 
@@ -257,12 +311,12 @@ fn read_lossy(path: &Path) -> String {
 }
 
 /// Waits for `/readyz`; `Err(true)` if the process exited, `Err(false)` on timeout.
-async fn wait_ready(child: &mut Child, addr: SocketAddr) -> Result<(), bool> {
+async fn wait_ready(process: &mut Process, addr: SocketAddr) -> Result<(), bool> {
     let client = http_client();
     let url = format!("http://{addr}/readyz");
     let deadline = Instant::now() + READY_WITHIN;
     while Instant::now() < deadline {
-        if child.try_wait().ok().flatten().is_some() {
+        if process.has_exited() {
             return Err(true);
         }
         let ready = client

@@ -85,7 +85,9 @@ pub fn start(config: OperatorConfig, gateway: Arc<Gateway>) -> anyhow::Result<Sy
             ),
         },
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-        Err(error) => tracing::warn!(file = %config.cache.display(), %error, "cannot read the cached config"),
+        Err(error) => {
+            tracing::warn!(file = %config.cache.display(), %error, "cannot read the cached config")
+        }
     }
     Ok(SyncTask(tokio::spawn(run(config, client, gateway))))
 }
@@ -160,11 +162,7 @@ async fn poll(
         .append_pair("proxy", &config.proxy_id)
         .append_pair("version", version)
         .append_pair("wait", &WAIT.as_secs().to_string());
-    let response = client
-        .get(url)
-        .bearer_auth(token.trim())
-        .send()
-        .await?;
+    let response = client.get(url).bearer_auth(token.trim()).send().await?;
     match response.status().as_u16() {
         200 => Ok(Some(response.bytes().await?)),
         304 => Ok(None),
@@ -194,7 +192,9 @@ async fn save(path: &Path, body: Bytes) {
     let result = tokio::task::spawn_blocking(move || write_private(&path, &body)).await;
     match result {
         Ok(Ok(())) => {}
-        Ok(Err(error)) => tracing::warn!(%error, "cannot keep the config on disk; a restart without the operator would serve nothing"),
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "cannot keep the config on disk; a restart without the operator would serve nothing")
+        }
         Err(error) => tracing::warn!(%error, "cannot keep the config on disk"),
     }
 }

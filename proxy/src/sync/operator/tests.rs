@@ -90,7 +90,11 @@ fn the_cache_file_is_private_and_replaced_atomically() {
     assert_eq!(fs::read(&path).unwrap(), b"second");
     let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "{mode:o}");
-    let dir_mode = fs::metadata(path.parent().unwrap()).unwrap().permissions().mode() & 0o777;
+    let dir_mode = fs::metadata(path.parent().unwrap())
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
     assert_eq!(dir_mode, 0o700, "{dir_mode:o}");
     assert!(!path.with_extension("tmp").exists());
     fs::remove_dir_all(&dir).unwrap();
