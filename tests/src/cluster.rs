@@ -9,23 +9,11 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::kube_emulator::KubeEmulator;
-use crate::{POLL, Process, Proxy, TempDir, free_port, http_client, workspace_root};
+use crate::{POLL, Process, Proxy, TempDir, free_port, http_client, release_bin};
 
-/// The operator binary: `$SWITCHBOARD_OPERATOR_BIN`, or the release build next to the proxy.
+/// The operator binary: `$SWITCHBOARD_OPERATOR_BIN`, or the release build.
 pub fn operator_bin() -> PathBuf {
-    let path = match std::env::var_os("SWITCHBOARD_OPERATOR_BIN") {
-        Some(path) => PathBuf::from(path),
-        None => std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| workspace_root().join("target"))
-            .join("release/switchboard-operator"),
-    };
-    assert!(
-        path.is_file(),
-        "switchboard-operator not found at {}: build it first: cargo build --release -p switchboard-operator",
-        path.display()
-    );
-    path
+    release_bin("switchboard-operator", "SWITCHBOARD_OPERATOR_BIN")
 }
 
 /// CA, server certificate and token from `switchboard-operator dev-pki`.

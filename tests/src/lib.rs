@@ -40,16 +40,23 @@ pub fn workspace_root() -> PathBuf {
 
 /// The proxy binary to run.
 pub fn proxy_bin() -> PathBuf {
-    let path = match std::env::var_os("SWITCHBOARD_PROXY_BIN") {
+    release_bin("switchboard-proxy", "SWITCHBOARD_PROXY_BIN")
+}
+
+/// `$env_var` if set, otherwise `$CARGO_TARGET_DIR/release/<name>` (default
+/// `<workspace>/target`); panics with the build command when it is missing.
+pub fn release_bin(name: &str, env_var: &str) -> PathBuf {
+    let path = match std::env::var_os(env_var) {
         Some(path) => PathBuf::from(path),
         None => std::env::var_os("CARGO_TARGET_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|| workspace_root().join("target"))
-            .join("release/switchboard-proxy"),
+            .join("release")
+            .join(name),
     };
     assert!(
         path.is_file(),
-        "switchboard-proxy not found at {}: build it first: cargo build --release -p switchboard-proxy",
+        "{name} not found at {}: build it first: cargo build --release -p {name}",
         path.display()
     );
     path

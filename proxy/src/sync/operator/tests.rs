@@ -1,7 +1,7 @@
 use std::os::unix::fs::PermissionsExt;
 
 use switchboard_api::compile::{Inputs, Object};
-use switchboard_api::v1alpha1::{AIProvider, AIProviderSpec, ProviderModel, ProviderType};
+use switchboard_api::v1alpha1::AIProvider;
 
 use super::*;
 use crate::Settings;
@@ -18,25 +18,13 @@ fn gateway() -> Gateway {
 
 /// A compiled Snapshot with one echo provider.
 fn snapshot() -> Snapshot {
-    let mut provider = AIProvider::new(
-        "echo",
-        AIProviderSpec {
-            type_: ProviderType::Echo,
-            endpoint: None,
-            auth: None,
-            azure: None,
-            anthropic: None,
-            models: vec![ProviderModel {
-                name: "m".into(),
-                upstream_name: None,
-                pricing: None,
-            }],
-            timeouts: None,
-            tls: None,
-            echo: None,
-        },
-    );
-    provider.metadata.namespace = Some("default".into());
+    let provider: AIProvider = serde_json::from_value(serde_json::json!({
+        "apiVersion": "switchboard.dev/v1alpha1",
+        "kind": "AIProvider",
+        "metadata": {"name": "echo", "namespace": "default"},
+        "spec": {"type": "echo", "models": [{"name": "m"}]}
+    }))
+    .unwrap();
     let compiled = switchboard_api::compile(&Inputs::from_objects([Object::Provider(provider)]));
     assert_eq!(compiled.snapshot.providers.len(), 1);
     compiled.snapshot
