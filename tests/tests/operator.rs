@@ -505,14 +505,31 @@ async fn kubectl_applies_the_quickstart_and_lists_routes_with_their_conditions()
         (status == 200).then_some(())
     })
     .await;
-    eventually(
-        "Programmed in kubectl get",
+    let listed = eventually(
+        "Programmed=True in kubectl get",
         Duration::from_secs(5),
         || async {
             let listed = tokio::task::block_in_place(|| kubectl(&["get", "airoutes", "-A"]));
             let _ = cluster_ref;
-            (listed.contains("echo") && listed.contains("True")).then_some(listed)
+            (column(&listed, "echo", "PROGRAMMED") == Some("True".to_string())).then_some(listed)
         },
     )
     .await;
+    assert_eq!(
+        column(&listed, "echo", "ACCEPTED").as_deref(),
+        Some("True"),
+        "{listed}"
+    );
+}
+
+/// The cell of column `header` in the row named `name` of `kubectl get` output.
+fn column(table: &str, name: &str, header: &str) -> Option<String> {
+    let mut lines = table.lines();
+    let headers: Vec<&str> = lines.next()?.split_whitespace().collect();
+    let index = headers.iter().position(|h| *h == header)?;
+    let name_index = headers.iter().position(|h| *h == "NAME")?;
+    lines
+        .map(|line| line.split_whitespace().collect::<Vec<_>>())
+        .find(|cells| cells.get(name_index) == Some(&name))
+        .and_then(|cells| cells.get(index).map(ToString::to_string))
 }

@@ -29,6 +29,11 @@ use super::{ObjectStatus, SecretKeyRef};
         json_path = ".status.conditions[?(@.type==\"ResolvedRefs\")].status"
     ),
     printcolumn(
+        name = "Programmed",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Programmed\")].status"
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"

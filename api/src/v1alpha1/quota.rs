@@ -28,6 +28,11 @@ use super::ObjectStatus;
         json_path = ".status.conditions[?(@.type==\"Accepted\")].status"
     ),
     printcolumn(
+        name = "Programmed",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Programmed\")].status"
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"

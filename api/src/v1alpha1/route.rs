@@ -36,6 +36,11 @@ use super::{DURATION_PATTERN, ObjectStatus};
         priority = 1
     ),
     printcolumn(
+        name = "Programmed",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Programmed\")].status"
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use serde_json::json;
-use switchboard_api::compile::{Inputs, LastGood, Object, compile_keeping};
 use switchboard_api::compile;
+use switchboard_api::compile::{Inputs, LastGood, Object, compile_keeping};
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -54,9 +54,18 @@ fn main() -> anyhow::Result<()> {
         inputs.secrets.len()
     );
     println!("compile():              {}", summary(&mut plain));
-    println!("compile_keeping():      {}  (what the operator runs)", summary(&mut keeping));
-    println!("Snapshot::validate():   {:.1} ms  (what each proxy runs)", ms(validate));
-    println!("Snapshot JSON:          {:.1} MiB", bytes as f64 / 1024.0 / 1024.0);
+    println!(
+        "compile_keeping():      {}  (what the operator runs)",
+        summary(&mut keeping)
+    );
+    println!(
+        "Snapshot::validate():   {:.1} ms  (what each proxy runs)",
+        ms(validate)
+    );
+    println!(
+        "Snapshot JSON:          {:.1} MiB",
+        bytes as f64 / 1024.0 / 1024.0
+    );
     Ok(())
 }
 

@@ -118,7 +118,7 @@ async fn run(config: OperatorConfig, client: reqwest::Client, gateway: Arc<Gatew
             .unwrap_or_default();
         let failed = match poll(&client, &config, &version).await {
             Ok(None) => false,
-            Ok(Some(body)) => match accept(&body, &gateway) {
+            Ok(Some(body)) => match accept_off_runtime(body.clone(), &gateway).await {
                 Ok(runtime) => {
                     let new = runtime.version().to_string();
                     gateway.runtime.swap(runtime);
@@ -174,6 +174,15 @@ async fn poll(
             })
         }
     }
+}
+
+/// `accept` on a blocking thread: a large Snapshot takes tens of milliseconds to parse,
+/// check and build, which must not stall requests on the runtime's threads.
+async fn accept_off_runtime(body: Bytes, gateway: &Arc<Gateway>) -> Result<Runtime, String> {
+    let gateway = gateway.clone();
+    tokio::task::spawn_blocking(move || accept(&body, &gateway))
+        .await
+        .map_err(|e| format!("building the config failed: {e}"))?
 }
 
 /// Parses, validates and builds a Snapshot; the Runtime to swap in.
