@@ -445,7 +445,7 @@ async fn http_errors_tables_and_watch_history() {
         let (_, table) = send(http.get(&routes).header("accept", accept)).await;
         assert_eq!(table["kind"], "Table");
         let columns: Vec<&str> = table["columnDefinitions"].as_array().unwrap().iter().filter_map(|c| c["name"].as_str()).collect();
-        assert_eq!(columns, ["Name", "Models", "Accepted", "Refs", "Reason", "Age"]);
+        assert_eq!(columns, ["Name", "Models", "Accepted", "Refs", "Reason", "Programmed", "Age"]);
         let cells = &table["rows"][0]["cells"];
         assert_eq!(cells[0], "chat");
         assert_eq!(cells[1], r#"["m"]"#);

@@ -375,6 +375,45 @@ async fn a_new_leader_takes_over_status_writing_within_the_lease_duration() {
         .clone();
     assert_eq!(v0, v1);
 
+    // One proxy per replica: the leader counts both (through the replicas' reports)
+    // before it calls a route Programmed.
+    let caches = TempDir::new("caches");
+    let _proxies = [
+        cluster
+            .proxy(
+                "proxy-a",
+                operators[0].as_ref().unwrap(),
+                &caches.path().join("a.json"),
+            )
+            .await,
+        cluster
+            .proxy(
+                "proxy-b",
+                operators[1].as_ref().unwrap(),
+                &caches.path().join("b.json"),
+            )
+            .await,
+    ];
+    cluster.api.apply(route("chat", "chat", "fake"));
+    // (A proxy the leader has not heard of yet cannot hold it back; reports arrive
+    // within about 100 ms, and old versions in them hold it back until they do.)
+    eventually(
+        "Programmed by both proxies",
+        Duration::from_secs(10),
+        || async {
+            condition(&cluster, "AIRoute", "chat", "Programmed").filter(|c| {
+                c["status"] == "True" && c["message"].as_str().unwrap_or_default().contains("all 2")
+            })
+        },
+    )
+    .await;
+    let all = operators[leader]
+        .as_ref()
+        .unwrap()
+        .admin_json("/debug/proxies")
+        .await;
+    assert_eq!(all["allReplicas"].as_array().unwrap().len(), 2, "{all}");
+
     let mut dead = operators[leader].take().unwrap();
     dead.process.kill();
     let killed = Instant::now();
@@ -414,6 +453,27 @@ async fn a_new_leader_takes_over_status_writing_within_the_lease_duration() {
         lease["spec"]["holderIdentity"],
         operators[leader].as_ref().unwrap().identity.as_str()
     );
+
+    // A leader stopped with SIGTERM gives the Lease up instead of letting it expire.
+    let mut stopping = operators[leader].take().unwrap();
+    stopping.process.sigterm();
+    assert!(
+        stopping
+            .process
+            .wait_exit(Duration::from_secs(10))
+            .await
+            .is_some()
+    );
+    let lease = cluster
+        .api
+        .get(
+            "coordination.k8s.io/v1",
+            "Lease",
+            Some("switchboard-system"),
+            "switchboard-operator",
+        )
+        .unwrap();
+    assert!(lease["spec"]["holderIdentity"].is_null(), "{lease}");
 }
 
 #[tokio::test]
