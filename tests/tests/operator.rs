@@ -440,15 +440,7 @@ async fn a_new_leader_takes_over_status_writing_within_the_lease_duration() {
     )
     .await;
     assert_eq!(accepted["reason"], "ProviderNotFound");
-    let lease = cluster
-        .api
-        .get(
-            "coordination.k8s.io/v1",
-            "Lease",
-            Some("switchboard-system"),
-            "switchboard-operator",
-        )
-        .unwrap();
+    let lease = election_lease(&cluster);
     assert_eq!(
         lease["spec"]["holderIdentity"],
         operators[leader].as_ref().unwrap().identity.as_str()
@@ -464,7 +456,12 @@ async fn a_new_leader_takes_over_status_writing_within_the_lease_duration() {
             .await
             .is_some()
     );
-    let lease = cluster
+    let lease = election_lease(&cluster);
+    assert!(lease["spec"]["holderIdentity"].is_null(), "{lease}");
+}
+
+fn election_lease(cluster: &Cluster) -> Value {
+    cluster
         .api
         .get(
             "coordination.k8s.io/v1",
@@ -472,8 +469,7 @@ async fn a_new_leader_takes_over_status_writing_within_the_lease_duration() {
             Some("switchboard-system"),
             "switchboard-operator",
         )
-        .unwrap();
-    assert!(lease["spec"]["holderIdentity"].is_null(), "{lease}");
+        .expect("the election Lease exists")
 }
 
 #[tokio::test]
