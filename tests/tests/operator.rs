@@ -307,10 +307,21 @@ async fn proxies_serve_without_the_operator_and_restart_from_their_last_good_sna
     let url = operator.config_url();
 
     // The cache holds the Snapshot, readable by its owner only.
+    // (Written just after the swap that made the proxy ready, so wait for it.)
     let cache = caches.path().join("proxy-1.json");
-    let mode =
-        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&cache).unwrap().permissions());
+    let metadata = eventually("the cache file", Duration::from_secs(5), || async {
+        std::fs::metadata(&cache).ok()
+    })
+    .await;
+    let mode = std::os::unix::fs::PermissionsExt::mode(&metadata.permissions());
     assert_eq!(mode & 0o777, 0o600);
+    for i in 2..=3 {
+        let other = caches.path().join(format!("proxy-{i}.json"));
+        eventually("every cache file", Duration::from_secs(5), || async {
+            other.exists().then_some(())
+        })
+        .await;
+    }
 
     operator.process.kill();
     for proxy in &proxies {
