@@ -345,14 +345,19 @@ async fn proxies_serve_without_the_operator_and_restart_from_their_last_good_sna
     let args = cluster.proxy_args("proxy-4", &url, &fresh);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let unready = Proxy::spawn_args(&args, &[]).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let status = http_client()
-        .get(unready.url("/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .status();
+    let status = eventually("the proxy to listen", Duration::from_secs(10), || async {
+        let response = http_client()
+            .get(unready.url("/readyz"))
+            .send()
+            .await
+            .ok()?;
+        Some(response.status())
+    })
+    .await;
     assert_eq!(status, 503);
+    unready
+        .wait_for_log_line(0, &["no config from the operator"], Duration::from_secs(5))
+        .await;
 }
 
 #[tokio::test]
