@@ -95,8 +95,35 @@ pub struct Route {
     pub headers: Vec<HeaderMatch>,
     /// Valid backends, in the order the AIRoute lists them.
     pub backends: Vec<Backend>,
-    /// Overrides the provider's request timeout.
+    /// Overrides the provider's request timeout (per attempt).
     pub request_timeout_ms: Option<u64>,
+    /// Limit on the whole request, across attempts.
+    #[serde(default)]
+    pub total_timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub retry: Retry,
+}
+
+/// Retry and fallback policy, defaults applied.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retry {
+    /// Attempts in all, the first included.
+    pub attempts: u32,
+    pub backoff_ms: u64,
+    pub max_backoff_ms: u64,
+    /// Retries may add at most this percentage of the route's requests.
+    pub budget_percent: u32,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Self {
+            attempts: 3,
+            backoff_ms: 100,
+            max_backoff_ms: 2_000,
+            budget_percent: 20,
+        }
+    }
 }
 
 /// A header condition. For `RegularExpression`, `value` is a valid, anchored pattern.

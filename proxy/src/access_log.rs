@@ -32,6 +32,8 @@ pub struct RequestLog {
     pub provider: Option<String>,
     pub model: Option<String>,
     pub upstream_model: Option<String>,
+    /// Upstream attempts made (0 when none was: an error before routing).
+    pub attempts: u32,
     pub status: u16,
     pub error: Option<&'static str>,
     pub stream: bool,
@@ -62,6 +64,7 @@ struct JsonLine<'a> {
     model: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     upstream_model: Option<&'a str>,
+    attempts: u32,
     stream: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     stream_outcome: Option<&'static str>,
@@ -97,6 +100,7 @@ impl RequestLog {
             provider: None,
             model: None,
             upstream_model: None,
+            attempts: 0,
             status: 0,
             error: None,
             stream: false,
@@ -132,6 +136,7 @@ impl RequestLog {
             provider: self.provider.as_deref(),
             model: self.model.as_deref(),
             upstream_model: self.upstream_model.as_deref(),
+            attempts: self.attempts,
             stream: self.stream,
             stream_outcome: self.stream_outcome.map(StreamOutcome::as_str),
             error: self.error,
@@ -162,6 +167,7 @@ impl RequestLog {
             provider = self.provider.as_deref(),
             model = self.model.as_deref(),
             upstream_model = self.upstream_model.as_deref(),
+            attempts = self.attempts,
             stream = self.stream,
             stream_outcome = self.stream_outcome.map(StreamOutcome::as_str),
             error = self.error,

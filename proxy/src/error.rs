@@ -182,6 +182,44 @@ impl ProxyError {
         }
     }
 
+    /// Whether another attempt (on another backend, or later on the same one) may
+    /// succeed: the provider was unreachable, slow, overloaded, rate limited or broken.
+    /// A request the provider refused as such (400, 401, 403, 404...) fails the same
+    /// everywhere, and errors of the gateway's own are about the client's request.
+    pub fn is_retryable(&self) -> bool {
+        use ProxyError::*;
+        match self {
+            UpstreamConnect
+            | UpstreamTimeout(_)
+            | UpstreamStatus { .. }
+            | UpstreamOverloaded { .. }
+            | UpstreamProtocol => true,
+            UpstreamRefused { status, .. } => *status == StatusCode::TOO_MANY_REQUESTS,
+            MissingKey
+            | InvalidKey
+            | UnknownModel(_)
+            | BadRequest(_)
+            | BodyTooLarge { .. }
+            | BodyTimeout(_)
+            | NotFound(_)
+            | MethodNotAllowed { .. }
+            | NotReady
+            | UpstreamAuth(_) => false,
+        }
+    }
+
+    /// `Retry-After` in seconds, when the provider sent one (HTTP dates are ignored).
+    pub fn retry_after_delay(&self) -> Option<Duration> {
+        let seconds = self
+            .retry_after()?
+            .to_str()
+            .ok()?
+            .trim()
+            .parse::<u64>()
+            .ok()?;
+        Some(Duration::from_secs(seconds))
+    }
+
     /// A short label for logs and metrics.
     pub fn kind(&self) -> &'static str {
         self.class().code

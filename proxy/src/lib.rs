@@ -15,6 +15,7 @@ pub mod error;
 pub mod formats;
 pub mod ir;
 pub mod pipeline;
+pub mod plan;
 pub mod providers;
 pub mod routing;
 pub mod runtime;

@@ -17,13 +17,21 @@ use crate::client_api::{self, openai};
 use crate::error::ProxyError;
 use crate::formats;
 use crate::ir::{ClientApi, Operation};
+use crate::plan::{self, RetryBudget};
 use crate::providers::{self, Call, Reply};
 use crate::runtime::{Runtime, RuntimeHandle};
 use crate::settings::Settings;
 use crate::{auth, routing};
+use switchboard_api::snapshot::Route;
 
 /// Header carrying the request id, both ways.
 pub const REQUEST_ID: &str = "x-request-id";
+/// Response header: the provider (`namespace/name`) that answered.
+pub const PROVIDER_HEADER: &str = "x-switchboard-provider";
+/// Response header: the model name sent to that provider.
+pub const MODEL_HEADER: &str = "x-switchboard-model";
+/// Response header: upstream attempts made, the answering one included.
+pub const ATTEMPTS_HEADER: &str = "x-switchboard-attempts";
 
 /// State shared by every request.
 #[derive(Debug)]
@@ -59,6 +67,7 @@ pub async fn handle(gateway: Arc<Gateway>, request: Request<Incoming>) -> Respon
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(REQUEST_ID, value);
     }
+    answered_by(&log, response.headers_mut());
 
     log.status = response.status().as_u16();
     log.headers_after = Some(started.elapsed());
@@ -70,6 +79,24 @@ pub async fn handle(gateway: Arc<Gateway>, request: Request<Incoming>) -> Respon
         log.emit(started);
     }
     response
+}
+
+/// Which provider and model answered, and after how many attempts (also on errors,
+/// where they name the last attempt).
+fn answered_by(log: &RequestLog, headers: &mut HeaderMap) {
+    if log.attempts == 0 {
+        return;
+    }
+    let values = [
+        (PROVIDER_HEADER, log.provider.as_deref()),
+        (MODEL_HEADER, log.upstream_model.as_deref()),
+    ];
+    for (name, value) in values {
+        if let Some(value) = value.and_then(|v| HeaderValue::from_str(v).ok()) {
+            headers.insert(name, value);
+        }
+    }
+    headers.insert(ATTEMPTS_HEADER, HeaderValue::from(log.attempts));
 }
 
 async fn dispatch(
@@ -185,42 +212,15 @@ async fn proxy(
 
     let (route_id, route) = routing::select(runtime, consumer, &request.model, &parts.headers)?;
     log.route = Some(route_id.to_string());
-    let unknown = || ProxyError::UnknownModel(request.model.clone());
-    let backend = routing::pick_backend(route).ok_or_else(unknown)?;
-    let provider = runtime.provider(&backend.provider).ok_or_else(unknown)?;
-    let model = provider
-        .config
-        .models
-        .get(&backend.model)
-        .ok_or_else(unknown)?;
-    log.provider = Some(backend.provider.clone());
-    log.upstream_model = Some(model.upstream_name.clone());
-
-    let kind = provider.config.kind;
-    if !providers::supports(kind, request.operation) {
-        return Err(ProxyError::BadRequest(format!(
-            "the provider serving '{}' has no {} API",
-            request.model,
-            request.operation.path().trim_start_matches('/')
-        )));
-    }
-    if request.chat.is_none() && !providers::speaks(kind, request.api) {
-        // Only OpenAI requests arrive untyped; they are typed when translated.
-        request.chat = Some(formats::openai::parse_request(&request.body)?);
-    }
-
-    let timeout_ms = route
-        .request_timeout_ms
-        .unwrap_or(provider.config.request_timeout_ms);
-    let end_log = stream_log.clone();
-    let reply = providers::call(Call {
-        request: &request,
-        provider,
-        upstream_model: &model.upstream_name,
-        timeout: Duration::from_millis(timeout_ms),
+    let reply = attempt(
+        runtime,
+        route_id,
+        route,
+        &mut request,
         request_id,
-        on_stream_end: Box::new(move |end| end_log.end(end)),
-    })
+        log,
+        stream_log,
+    )
     .await?;
 
     Ok(match reply {
@@ -243,6 +243,141 @@ async fn proxy(
             ))
         }
     })
+}
+
+/// Tries the route's backends in plan order until one answers, within the route's
+/// attempt limit, retry budget and total timeout. Retryable failures (see
+/// `ProxyError::is_retryable`) move on to the next backend at once; a backend tried
+/// before is tried again after a jittered backoff, and not before its `Retry-After`
+/// (one asking for more than `maxBackoff` is not tried again). Other failures return
+/// at once. A stream fails over only until the provider answers with its headers;
+/// after that the reply is the client's, and a failure ends the stream with an error
+/// event.
+async fn attempt(
+    runtime: &Runtime,
+    route_id: &str,
+    route: &Route,
+    request: &mut crate::ir::Request,
+    request_id: &str,
+    log: &mut RequestLog,
+    stream_log: &StreamLog,
+) -> Result<Reply, ProxyError> {
+    let operation = request.operation;
+    let plan = plan::order(route, |b| {
+        runtime
+            .provider(&b.provider)
+            .is_some_and(|p| providers::supports(p.config.kind, operation))
+    });
+    if plan.is_empty() {
+        return Err(
+            match route
+                .backends
+                .first()
+                .and_then(|b| runtime.provider(&b.provider))
+            {
+                Some(_) => ProxyError::BadRequest(format!(
+                    "the providers serving '{}' have no {} API",
+                    request.model,
+                    operation.path().trim_start_matches('/')
+                )),
+                None => ProxyError::UnknownModel(request.model.clone()),
+            },
+        );
+    }
+    let policy = &route.retry;
+    let budget = runtime.retry_budget(route_id);
+    if let Some(budget) = budget {
+        budget.deposit();
+    }
+    let started = Instant::now();
+    let total = route.total_timeout_ms.map(Duration::from_millis);
+    let backoff = Duration::from_millis(policy.backoff_ms);
+    let max_backoff = Duration::from_millis(policy.max_backoff_ms);
+    let mut last_error: Option<ProxyError> = None;
+    // Per plan entry: not before this instant (its Retry-After), or not again at all
+    // (it asked for longer than `maxBackoff`).
+    let mut not_before: Vec<Option<Instant>> = vec![None; plan.len()];
+    let mut given_up = vec![false; plan.len()];
+    let mut cursor = 0;
+    for attempt in 0..policy.attempts as usize {
+        let Some(step) = (cursor..cursor + plan.len()).find(|s| !given_up[s % plan.len()]) else {
+            break;
+        };
+        cursor = step + 1;
+        let index = step % plan.len();
+        let backend = plan[index];
+        if last_error.is_some() {
+            if !budget.is_none_or(RetryBudget::withdraw) {
+                tracing::debug!(route = route_id, "retry budget spent; not retrying");
+                break;
+            }
+            // A backend tried before waits a backoff, and at least its Retry-After.
+            let round = (step / plan.len()) as u32;
+            let mut delay = if round > 0 {
+                plan::backoff(backoff, max_backoff, round)
+            } else {
+                Duration::ZERO
+            };
+            if let Some(at) = not_before[index] {
+                delay = delay.max(at.saturating_duration_since(Instant::now()));
+            }
+            if total.is_some_and(|t| started.elapsed() + delay >= t) {
+                break;
+            }
+            tokio::time::sleep(delay).await;
+        }
+        let Some(provider) = runtime.provider(&backend.provider) else {
+            continue;
+        };
+        let Some(model) = provider.config.models.get(&backend.model) else {
+            continue;
+        };
+        log.attempts = attempt as u32 + 1;
+        log.provider = Some(backend.provider.clone());
+        log.upstream_model = Some(model.upstream_name.clone());
+        if request.chat.is_none() && !providers::speaks(provider.config.kind, request.api) {
+            // Only OpenAI requests arrive untyped; they are typed when translated.
+            request.chat = Some(formats::openai::parse_request(&request.body)?);
+        }
+        let mut timeout = Duration::from_millis(
+            route
+                .request_timeout_ms
+                .unwrap_or(provider.config.request_timeout_ms),
+        );
+        if let Some(total) = total {
+            timeout = timeout.min(total.saturating_sub(started.elapsed()));
+        }
+        let end_log = stream_log.clone();
+        let result = providers::call(Call {
+            request,
+            provider,
+            upstream_model: &model.upstream_name,
+            timeout,
+            request_id,
+            on_stream_end: Box::new(move |end| end_log.end(end)),
+        })
+        .await;
+        match result {
+            Ok(reply) => return Ok(reply),
+            Err(error) if error.is_retryable() => {
+                match error.retry_after_delay() {
+                    Some(asked) if asked > max_backoff => given_up[index] = true,
+                    Some(asked) => not_before[index] = Some(Instant::now() + asked),
+                    None => {}
+                }
+                tracing::debug!(
+                    request_id,
+                    provider = %backend.provider,
+                    attempt = attempt + 1,
+                    error = %error,
+                    "attempt failed; trying the next backend"
+                );
+                last_error = Some(error);
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    Err(last_error.unwrap_or(ProxyError::UpstreamConnect))
 }
 
 /// A client must finish sending its request body within this time.

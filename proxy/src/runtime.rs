@@ -12,6 +12,7 @@ use regex::Regex;
 use switchboard_api::Snapshot;
 use switchboard_api::snapshot::{Consumer, HeaderMatchType, Provider, Route};
 
+use crate::plan::RetryBudget;
 use crate::providers::UpstreamUrls;
 use crate::upstream::{self, ClientError};
 
@@ -24,6 +25,8 @@ pub struct Runtime {
     /// Compiled regular expressions by route id, index-aligned with `Route::headers`.
     header_regexes: HashMap<String, Vec<Option<Regex>>>,
     providers: HashMap<String, Arc<ProviderRuntime>>,
+    /// Retry budget by route id. A reload starts each budget afresh.
+    retry_budgets: HashMap<String, RetryBudget>,
 }
 
 /// A provider's config with its pooled client.
@@ -87,11 +90,18 @@ impl Runtime {
             header_regexes.insert(id.clone(), regexes);
         }
 
+        let retry_budgets = snapshot
+            .routes
+            .iter()
+            .map(|(id, route)| (id.clone(), RetryBudget::new(&route.retry)))
+            .collect();
+
         Ok(Self {
             snapshot: Arc::new(snapshot),
             consumers_by_key,
             header_regexes,
             providers,
+            retry_budgets,
         })
     }
 
@@ -125,6 +135,10 @@ impl Runtime {
                     .is_some_and(|re| re.is_match(value)),
             }
         })
+    }
+
+    pub fn retry_budget(&self, route_id: &str) -> Option<&RetryBudget> {
+        self.retry_budgets.get(route_id)
     }
 
     pub fn provider(&self, id: &str) -> Option<&Arc<ProviderRuntime>> {

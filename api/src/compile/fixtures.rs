@@ -21,7 +21,7 @@ use crate::v1alpha1::{
     AIRouteSpec, AzureSettings, ConsumerKey, EchoSettings, FailurePolicy, HeaderMatch,
     HeaderMatchType, ModelPricing, ProviderAuth, ProviderModel, ProviderTimeouts, ProviderTls,
     ProviderType, QuotaLimit, QuotaMetric, QuotaTarget, QuotaWindow, RouteBackend, RouteReference,
-    RouteTimeouts, SecretKeyRef,
+    RouteRetry, RouteTimeouts, SecretKeyRef,
 };
 
 /// A creation timestamp `seconds` after the Unix epoch.
@@ -274,6 +274,7 @@ pub fn route(name: &str) -> RouteBuilder {
             headers: Vec::new(),
             backends: Vec::new(),
             timeouts: None,
+            retry: None,
         },
     );
     object.metadata.namespace = Some(DEFAULT_NAMESPACE.to_string());
@@ -329,9 +330,25 @@ impl RouteBuilder {
     }
 
     pub fn request_timeout(mut self, duration: &str) -> Self {
-        self.0.spec.timeouts = Some(RouteTimeouts {
-            request: Some(duration.to_string()),
-        });
+        self.0
+            .spec
+            .timeouts
+            .get_or_insert_with(RouteTimeouts::default)
+            .request = Some(duration.to_string());
+        self
+    }
+
+    pub fn total_timeout(mut self, duration: &str) -> Self {
+        self.0
+            .spec
+            .timeouts
+            .get_or_insert_with(RouteTimeouts::default)
+            .total = Some(duration.to_string());
+        self
+    }
+
+    pub fn retry(mut self, retry: RouteRetry) -> Self {
+        self.0.spec.retry = Some(retry);
         self
     }
 

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::inputs::{Inputs, ObjectKey, ObjectKind};
 use super::refs::{age, cel_rules, duration_ms};
 use super::status::{Problem, Verdict};
-use crate::snapshot::{Backend, HeaderMatch, Provider, Route};
+use crate::snapshot::{Backend, HeaderMatch, Provider, Retry, Route};
 use crate::v1alpha1::condition::reasons;
 use crate::v1alpha1::{AIRoute, HeaderMatchType, ObjectStatus};
 
@@ -126,6 +126,34 @@ fn compile_one(
         None
     });
 
+    let mut duration = |value: Option<&str>, field: &str| {
+        duration_ms(value, field).unwrap_or_else(|problem| {
+            verdict.reject(problem);
+            None
+        })
+    };
+    let timeouts = spec.timeouts.as_ref();
+    let total_timeout_ms = duration(
+        timeouts.and_then(|t| t.total.as_deref()),
+        "spec.timeouts.total",
+    );
+    let defaults = Retry::default();
+    let retry_spec = spec.retry.clone().unwrap_or_default();
+    let retry = Retry {
+        attempts: retry_spec
+            .attempts
+            .unwrap_or(defaults.attempts)
+            .clamp(1, 10),
+        backoff_ms: duration(retry_spec.backoff.as_deref(), "spec.retry.backoff")
+            .unwrap_or(defaults.backoff_ms),
+        max_backoff_ms: duration(retry_spec.max_backoff.as_deref(), "spec.retry.maxBackoff")
+            .unwrap_or(defaults.max_backoff_ms),
+        budget_percent: retry_spec
+            .budget_percent
+            .unwrap_or(defaults.budget_percent)
+            .min(100),
+    };
+
     let mut backends = Vec::new();
     for (i, backend) in spec.backends.iter().enumerate() {
         let field = format!("spec.backends[{i}]");
@@ -189,6 +217,8 @@ fn compile_one(
         headers,
         backends,
         request_timeout_ms,
+        total_timeout_ms,
+        retry,
     })
 }
 

@@ -2299,3 +2299,55 @@ fn validate_accepts_compiled_snapshots_and_refuses_tampered_or_dangling_ones() {
             .contains("unknown route")
     );
 }
+
+// === retry and total timeout ===
+
+#[test]
+fn retry_policy_and_total_timeout_compile_with_defaults() {
+    use crate::snapshot::Retry;
+    use crate::v1alpha1::RouteRetry;
+    let compiled = openai_world()
+        .with(route("plain").models(["a"]).backend("openai", "gpt-4o"))
+        .with(
+            route("tuned")
+                .models(["b"])
+                .backend("openai", "gpt-4o")
+                .total_timeout("45s")
+                .retry(RouteRetry {
+                    attempts: Some(5),
+                    backoff: Some("250ms".into()),
+                    max_backoff: Some("5s".into()),
+                    budget_percent: Some(50),
+                }),
+        )
+        .with(
+            route("broken")
+                .models(["c"])
+                .backend("openai", "gpt-4o")
+                .retry(RouteRetry {
+                    backoff: Some("soon".into()),
+                    ..RouteRetry::default()
+                }),
+        )
+        .compile();
+    let plain = &compiled.snapshot.routes["default/plain"];
+    assert_eq!(plain.retry, Retry::default());
+    assert_eq!(plain.total_timeout_ms, None);
+    let tuned = &compiled.snapshot.routes["default/tuned"];
+    assert_eq!(
+        tuned.retry,
+        Retry {
+            attempts: 5,
+            backoff_ms: 250,
+            max_backoff_ms: 5_000,
+            budget_percent: 50
+        }
+    );
+    assert_eq!(tuned.total_timeout_ms, Some(45_000));
+    assert_rejected(
+        &compiled,
+        &rkey("broken"),
+        reasons::INVALID,
+        &["spec.retry.backoff"],
+    );
+}

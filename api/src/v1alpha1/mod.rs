@@ -24,7 +24,9 @@ pub use provider::{
 pub use quota::{
     AIQuota, AIQuotaSpec, FailurePolicy, QuotaLimit, QuotaMetric, QuotaTarget, QuotaWindow,
 };
-pub use route::{AIRoute, AIRouteSpec, HeaderMatch, HeaderMatchType, RouteBackend, RouteTimeouts};
+pub use route::{
+    AIRoute, AIRouteSpec, HeaderMatch, HeaderMatchType, RouteBackend, RouteRetry, RouteTimeouts,
+};
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};

@@ -70,6 +70,40 @@ pub struct AIRouteSpec {
     /// Timeouts for requests on this route.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeouts: Option<RouteTimeouts>,
+
+    /// Retries and fallback when a backend fails. Defaults apply when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RouteRetry>,
+}
+
+/// How failed attempts are retried: on the next backend in the plan (the other
+/// backends of the tier, then the next tiers), then again from the start with backoff.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteRetry {
+    /// Attempts in all, the first included; 1 turns retries and fallback off. Default 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10))]
+    pub attempts: Option<u32>,
+
+    /// Wait before trying a backend again, doubled on each further try and jittered.
+    /// Moving on to a backend not yet tried does not wait. Default 100ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub backoff: Option<String>,
+
+    /// The longest such wait, and the longest `Retry-After` from a provider that is
+    /// honoured; a provider asking for longer is not tried again. Default 2s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub max_backoff: Option<String>,
+
+    /// Retries (and fallbacks) may add at most this percentage of the route's requests,
+    /// plus a few per second, so that an outage does not multiply the load on the
+    /// providers. Default 20.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
+    pub budget_percent: Option<u32>,
 }
 
 /// A request header condition.
@@ -131,6 +165,12 @@ pub struct RouteTimeouts {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = DURATION_PATTERN))]
     pub request: Option<String>,
+
+    /// Time for the whole request across every attempt, retries and backoff included.
+    /// No limit beyond the attempts' own when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub total: Option<String>,
 }
 
 fn default_weight() -> u32 {

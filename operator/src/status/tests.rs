@@ -23,6 +23,7 @@ fn route(status: Option<ObjectStatus>) -> AIRoute {
             headers: Vec::new(),
             backends: Vec::new(),
             timeouts: None,
+            retry: None,
         },
     );
     route.metadata.namespace = Some("default".into());

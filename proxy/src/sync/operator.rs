@@ -227,14 +227,10 @@ fn write_private(path: &Path, body: &[u8]) -> std::io::Result<()> {
     fs::rename(&temporary, path)
 }
 
-/// Exponential with "equal jitter": half the step fixed, half random, so a fleet of
-/// proxies does not reconnect in lockstep after an operator restart.
+/// Jittered, so a fleet of proxies does not reconnect in lockstep after an operator
+/// restart.
 fn backoff(failures: u32) -> Duration {
-    let step = BACKOFF_MIN
-        .saturating_mul(1u32 << failures.min(16))
-        .min(BACKOFF_MAX);
-    let half = step / 2;
-    half + half.mul_f64(fastrand::f64())
+    crate::plan::backoff(BACKOFF_MIN, BACKOFF_MAX, failures.saturating_add(1))
 }
 
 #[cfg(test)]

@@ -52,6 +52,8 @@ pub enum Reply {
     Delayed(Duration, Box<Reply>),
     /// Sends one piece, then breaks the connection.
     CutAfter(Bytes),
+    /// Another reply with `Retry-After: seconds`.
+    RetryAfter(u64, Box<Reply>),
 }
 
 type Handler = dyn Fn(&Received) -> Reply + Send + Sync;
@@ -178,6 +180,13 @@ async fn respond(reply: Reply) -> Response<FakeBody> {
         Reply::Delayed(delay, reply) => {
             tokio::time::sleep(delay).await;
             Box::pin(respond(*reply)).await
+        }
+        Reply::RetryAfter(seconds, reply) => {
+            let mut response = Box::pin(respond(*reply)).await;
+            response
+                .headers_mut()
+                .insert("retry-after", seconds.to_string().parse().unwrap());
+            response
         }
         Reply::CutAfter(piece) => {
             let stream = futures_util::stream::iter([

@@ -62,6 +62,8 @@ fn accepts_a_valid_snapshot_and_refuses_garbage_tampering_and_dangling_reference
                 priority: 0,
             }],
             request_timeout_ms: None,
+            total_timeout_ms: None,
+            retry: Default::default(),
         },
     );
     let error = accept(&body(&dangling.seal()), &gateway).unwrap_err();
