@@ -11,7 +11,9 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-pub use crate::v1alpha1::{FailurePolicy, HeaderMatchType, ProviderType, QuotaMetric, QuotaWindow};
+pub use crate::v1alpha1::{
+    FailurePolicy, HeaderMatchType, ProviderType, QuotaMetric, QuotaWindow, Strategy,
+};
 
 /// The compiled configuration.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
@@ -100,8 +102,34 @@ pub struct Route {
     /// Limit on the whole request, across attempts.
     #[serde(default)]
     pub total_timeout_ms: Option<u64>,
+    /// Limit, per attempt, on the time to a stream's first event.
+    #[serde(default)]
+    pub first_token_timeout_ms: Option<u64>,
     #[serde(default)]
     pub retry: Retry,
+    #[serde(default)]
+    pub strategy: Strategy,
+    #[serde(default)]
+    pub circuit: Circuit,
+}
+
+/// Passive circuit breaking, defaults applied.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Circuit {
+    /// Consecutive failures that eject a backend; 0: never.
+    pub consecutive_failures: u32,
+    pub ejection_ms: u64,
+    pub max_ejection_ms: u64,
+}
+
+impl Default for Circuit {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: 5,
+            ejection_ms: 10_000,
+            max_ejection_ms: 300_000,
+        }
+    }
 }
 
 /// Retry and fallback policy, defaults applied.

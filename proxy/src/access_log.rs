@@ -8,13 +8,13 @@
 //! tracing, for humans.
 
 use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 
 use crate::ir::Usage;
-use crate::providers::{StreamEnd, StreamOutcome};
+use crate::providers::{StreamEnd, StreamEndHook, StreamOutcome};
 use crate::settings::LogFormat;
 
 /// The tracing target of access lines; `RUST_LOG=switchboard::access=off` silences them.
@@ -237,5 +237,48 @@ impl StreamLog {
         log.usage = end.usage;
         log.stream_outcome = Some(end.outcome);
         log.emit(self.started);
+    }
+}
+
+/// Passes a stream's end on to the request's `StreamLog` only for the attempt whose
+/// reply goes to the client: a failed attempt's stream ends too, when it is dropped. An
+/// end that arrives before the choice (a stream whole in its first read) waits for it.
+#[derive(Debug)]
+pub struct AttemptEnd {
+    log: StreamLog,
+    /// Whether this attempt was chosen, and an end that arrived before that.
+    state: Mutex<(bool, Option<StreamEnd>)>,
+}
+
+impl AttemptEnd {
+    pub fn new(log: &StreamLog) -> Arc<Self> {
+        Arc::new(Self {
+            log: log.clone(),
+            state: Mutex::new((false, None)),
+        })
+    }
+
+    /// The hook to give the attempt's provider call.
+    pub fn hook(self: &Arc<Self>) -> StreamEndHook {
+        let gate = self.clone();
+        Box::new(move |end| {
+            let mut state = gate.state.lock().unwrap_or_else(PoisonError::into_inner);
+            if state.0 {
+                drop(state);
+                gate.log.end(end);
+            } else {
+                state.1 = Some(end);
+            }
+        })
+    }
+
+    /// This attempt's reply goes to the client.
+    pub fn choose(&self) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.0 = true;
+        if let Some(end) = state.1.take() {
+            drop(state);
+            self.log.end(end);
+        }
     }
 }

@@ -2,7 +2,8 @@
 //! requests to providers, from a Snapshot compiled by `switchboard_api::compile`.
 //!
 //! Follow a request: `server` -> `pipeline` -> `client_api` -> `auth` -> `routing` ->
-//! `providers` -> `upstream` -> back through `providers` and `client_api` -> `access_log`.
+//! `plan` (with `health`) -> attempts in `pipeline` -> `providers` -> `upstream` -> back
+//! through `providers` and `client_api` -> `access_log`.
 
 // Library code handles every error; tests may unwrap (see .clippy.toml).
 #![warn(clippy::unwrap_used, clippy::expect_used)]
@@ -13,6 +14,7 @@ pub mod body;
 pub mod client_api;
 pub mod error;
 pub mod formats;
+pub mod health;
 pub mod ir;
 pub mod pipeline;
 pub mod plan;

@@ -1,6 +1,7 @@
 //! The request path, as one readable script:
-//! authenticate -> read and parse the body -> pick a route and backend -> call the
-//! provider -> respond, then log. Each step is a call into the module that owns it.
+//! authenticate -> read and parse the body -> pick a route -> plan the backends -> call
+//! them in turn (retries, fallback) -> respond, then log. Each step is a call into the
+//! module that owns it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,17 +12,20 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
-use crate::access_log::{RequestLog, StreamLog};
+use crate::access_log::{AttemptEnd, RequestLog, StreamLog};
 use crate::body::{Body, full};
 use crate::client_api::{self, openai};
 use crate::error::ProxyError;
 use crate::formats;
+use crate::health::CircuitView;
+use crate::ir::chat::StreamEvent;
 use crate::ir::{ClientApi, Operation};
-use crate::plan::{self, RetryBudget};
+use crate::plan::{self, Candidate, RetryBudget};
 use crate::providers::{self, Call, Reply};
 use crate::runtime::{Runtime, RuntimeHandle};
 use crate::settings::Settings;
 use crate::{auth, routing};
+use futures_util::StreamExt;
 use switchboard_api::snapshot::Route;
 
 /// Header carrying the request id, both ways.
@@ -263,11 +267,7 @@ async fn attempt(
     stream_log: &StreamLog,
 ) -> Result<Reply, ProxyError> {
     let operation = request.operation;
-    let plan = plan::order(route, |b| {
-        runtime
-            .provider(&b.provider)
-            .is_some_and(|p| providers::supports(p.config.kind, operation))
-    });
+    let plan = plan::order(route.strategy, candidates(runtime, route, operation));
     if plan.is_empty() {
         return Err(
             match route
@@ -284,6 +284,8 @@ async fn attempt(
             },
         );
     }
+    // Every backend is ejected: the plan holds the one ejected longest ago; try it.
+    let forced = plan.iter().all(|c| c.ejected_since.is_some());
     let policy = &route.retry;
     let budget = runtime.retry_budget(route_id);
     if let Some(budget) = budget {
@@ -298,21 +300,37 @@ async fn attempt(
     // (it asked for longer than `maxBackoff`).
     let mut not_before: Vec<Option<Instant>> = vec![None; plan.len()];
     let mut given_up = vec![false; plan.len()];
-    let mut cursor = 0;
-    for attempt in 0..policy.attempts as usize {
-        let Some(step) = (cursor..cursor + plan.len()).find(|s| !given_up[s % plan.len()]) else {
-            break;
-        };
-        cursor = step + 1;
+    let mut attempts = 0;
+    // Steps walk the plan round and round; a step whose backend the circuit refuses
+    // (ejected meanwhile, or probed by another request) is skipped without counting
+    // as an attempt, and a whole round of refusals ends the request.
+    let mut refused_in_a_row = 0;
+    let mut step = 0;
+    while attempts < policy.attempts && refused_in_a_row < plan.len() {
         let index = step % plan.len();
-        let backend = plan[index];
+        let round = (step / plan.len()) as u32;
+        step += 1;
+        if given_up[index] {
+            refused_in_a_row += 1;
+            continue;
+        }
+        let backend = plan[index].backend;
+        let (Some(provider), Some(health)) =
+            (runtime.provider(&backend.provider), runtime.health(backend))
+        else {
+            refused_in_a_row += 1;
+            continue;
+        };
+        let Some(model) = provider.config.models.get(&backend.model) else {
+            refused_in_a_row += 1;
+            continue;
+        };
         if last_error.is_some() {
             if !budget.is_none_or(RetryBudget::withdraw) {
                 tracing::debug!(route = route_id, "retry budget spent; not retrying");
                 break;
             }
             // A backend tried before waits a backoff, and at least its Retry-After.
-            let round = (step / plan.len()) as u32;
             let mut delay = if round > 0 {
                 plan::backoff(backoff, max_backoff, round)
             } else {
@@ -326,13 +344,13 @@ async fn attempt(
             }
             tokio::time::sleep(delay).await;
         }
-        let Some(provider) = runtime.provider(&backend.provider) else {
+        let Some(tracked) = health.begin(forced) else {
+            refused_in_a_row += 1;
             continue;
         };
-        let Some(model) = provider.config.models.get(&backend.model) else {
-            continue;
-        };
-        log.attempts = attempt as u32 + 1;
+        refused_in_a_row = 0;
+        attempts += 1;
+        log.attempts = attempts;
         log.provider = Some(backend.provider.clone());
         log.upstream_model = Some(model.upstream_name.clone());
         if request.chat.is_none() && !providers::speaks(provider.config.kind, request.api) {
@@ -347,19 +365,29 @@ async fn attempt(
         if let Some(total) = total {
             timeout = timeout.min(total.saturating_sub(started.elapsed()));
         }
-        let end_log = stream_log.clone();
+        let end = AttemptEnd::new(stream_log);
         let result = providers::call(Call {
             request,
             provider,
             upstream_model: &model.upstream_name,
             timeout,
             request_id,
-            on_stream_end: Box::new(move |end| end_log.end(end)),
+            on_stream_end: end.hook(),
         })
         .await;
+        let first_token = route.first_token_timeout_ms.map(Duration::from_millis);
+        let result = match result {
+            Ok(reply) => first_event(reply, first_token).await,
+            Err(error) => Err(error),
+        };
         match result {
-            Ok(reply) => return Ok(reply),
+            Ok(reply) => {
+                end.choose();
+                tracked.succeeded();
+                return Ok(reply);
+            }
             Err(error) if error.is_retryable() => {
+                tracked.failed(&route.circuit);
                 match error.retry_after_delay() {
                     Some(asked) if asked > max_backoff => given_up[index] = true,
                     Some(asked) => not_before[index] = Some(Instant::now() + asked),
@@ -368,16 +396,108 @@ async fn attempt(
                 tracing::debug!(
                     request_id,
                     provider = %backend.provider,
-                    attempt = attempt + 1,
+                    attempt = attempts,
                     error = %error,
                     "attempt failed; trying the next backend"
                 );
                 last_error = Some(error);
             }
+            // The provider answered: alive, and the request is at fault; no verdict.
             Err(error) => return Err(error),
         }
     }
-    Err(last_error.unwrap_or(ProxyError::UpstreamConnect))
+    Err(last_error.unwrap_or(ProxyError::UpstreamOverloaded {
+        retry_after: None,
+        message: Some("every backend of the route is ejected after failing".to_string()),
+    }))
+}
+
+/// Waits for a stream's first event, so that a stream which fails or stays silent
+/// before sending anything can still fail over: the client has received nothing yet.
+/// Whole replies pass through.
+async fn first_event(reply: Reply, within: Option<Duration>) -> Result<Reply, ProxyError> {
+    let deadline = async {
+        match within {
+            Some(within) => tokio::time::sleep(within).await,
+            None => std::future::pending().await,
+        }
+    };
+    let silent = || ProxyError::UpstreamTimeout(within.unwrap_or_default());
+    match reply {
+        Reply::NativeStream(mut body) => {
+            let first = tokio::select! {
+                first = body.frame() => first,
+                () = deadline => return Err(silent()),
+            };
+            match first {
+                Some(Ok(frame)) => {
+                    let rest = http_body_util::BodyStream::new(body);
+                    let stream = futures_util::stream::once(async { Ok(frame) }).chain(rest);
+                    Ok(Reply::NativeStream(BodyExt::boxed_unsync(
+                        http_body_util::StreamBody::new(stream),
+                    )))
+                }
+                Some(Err(_)) | None => Err(ProxyError::UpstreamProtocol),
+            }
+        }
+        Reply::ChatStream(mut events) => {
+            // A read may decode to no events (a keep-alive comment): wait for one.
+            let first_batch = async {
+                loop {
+                    match events.next().await {
+                        Some(batch) if batch.is_empty() => continue,
+                        other => return other,
+                    }
+                }
+            };
+            let first = tokio::select! {
+                first = first_batch => first,
+                () = deadline => return Err(silent()),
+            };
+            match first {
+                Some(batch) if batch.iter().any(|e| matches!(e, StreamEvent::Error(_))) => {
+                    Err(ProxyError::UpstreamProtocol)
+                }
+                Some(batch) => Ok(Reply::ChatStream(Box::pin(
+                    futures_util::stream::once(async { batch }).chain(events),
+                ))),
+                None => Err(ProxyError::UpstreamProtocol),
+            }
+        }
+        whole @ (Reply::Native { .. } | Reply::Chat(_)) => Ok(whole),
+    }
+}
+
+/// The route's backends that can serve `operation`, with what the plan weighs them by.
+fn candidates<'r>(runtime: &Runtime, route: &'r Route, operation: Operation) -> Vec<Candidate<'r>> {
+    let now = Instant::now();
+    route
+        .backends
+        .iter()
+        .filter_map(|backend| {
+            let provider = runtime.provider(&backend.provider)?;
+            if !providers::supports(provider.config.kind, operation) {
+                return None;
+            }
+            let health = runtime.health(backend)?;
+            let price = provider
+                .config
+                .models
+                .get(&backend.model)
+                .and_then(|m| m.pricing)
+                .map(|p| p.input_per_million + p.output_per_million);
+            Some(Candidate {
+                backend,
+                in_flight: health.in_flight(),
+                latency: health.latency(),
+                price,
+                ejected_since: match health.view(now) {
+                    CircuitView::Ejected(since) => Some(since),
+                    CircuitView::Closed | CircuitView::HalfOpen => None,
+                },
+            })
+        })
+        .collect()
 }
 
 /// A client must finish sending its request body within this time.

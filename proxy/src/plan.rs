@@ -1,50 +1,105 @@
 //! The attempt plan for a request: the order in which a route's backends are tried, how
 //! long to wait before trying one again, and the budget that bounds retries.
 //!
-//! Order: the lowest priority tier first; within a tier, a weighted random order (the
-//! first pick follows the weights, the others follow as fallbacks); then the next
-//! tiers the same way. Backends with weight 0 take no traffic and are not tried.
+//! Order: the lowest priority tier first; within a tier, the route's strategy (by
+//! default a weighted random order: the first pick follows the weights, the others
+//! follow as fallbacks); then the next tiers the same way. Backends with weight 0 take
+//! no traffic, and ejected ones (see `health`) none while they are ejected.
 //! When attempts remain after every backend was tried, the plan starts over, and a
 //! backend tried before waits an exponential, jittered backoff first.
 
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use switchboard_api::snapshot::{Backend, Retry, Route};
+use switchboard_api::snapshot::{Backend, Retry, Strategy};
 
-/// Backends in the order to try them; `usable` filters out those that cannot serve
-/// the request at all (a provider without the operation's API).
-pub fn order(route: &Route, usable: impl Fn(&Backend) -> bool) -> Vec<&Backend> {
-    let mut tiers: Vec<u32> = route.backends.iter().map(|b| b.priority).collect();
+/// What the plan knows about one backend.
+#[derive(Debug, Clone, Copy)]
+pub struct Candidate<'r> {
+    pub backend: &'r Backend,
+    /// Requests this proxy has in flight to it.
+    pub in_flight: u32,
+    /// Moving average of its latency, once measured.
+    pub latency: Option<Duration>,
+    /// Its model's input plus output price per million tokens, when priced.
+    pub price: Option<f64>,
+    /// Since when its circuit has been open, if it is ejected.
+    pub ejected_since: Option<Instant>,
+}
+
+/// The order in which to try `candidates` (the backends that can serve the request):
+/// tier by tier, each tier ordered by `strategy`. Ejected backends are left out;
+/// when every backend is ejected, the one ejected longest ago is tried rather than
+/// failing outright.
+pub fn order(strategy: Strategy, candidates: Vec<Candidate<'_>>) -> Vec<Candidate<'_>> {
+    let (live, ejected): (Vec<_>, Vec<_>) = candidates
+        .into_iter()
+        .filter(|c| c.backend.weight > 0)
+        .partition(|c| c.ejected_since.is_none());
+    if live.is_empty() {
+        return ejected
+            .into_iter()
+            .min_by_key(|c| c.ejected_since)
+            .into_iter()
+            .collect();
+    }
+    let mut tiers: Vec<u32> = live.iter().map(|c| c.backend.priority).collect();
     tiers.sort_unstable();
     tiers.dedup();
-    let mut plan = Vec::with_capacity(route.backends.len());
+    let mut plan = Vec::with_capacity(live.len());
     for tier in tiers {
-        let mut remaining: Vec<&Backend> = route
-            .backends
+        let in_tier: Vec<Candidate<'_>> = live
             .iter()
-            .filter(|b| b.priority == tier && b.weight > 0 && usable(b))
+            .filter(|c| c.backend.priority == tier)
+            .copied()
             .collect();
-        while !remaining.is_empty() {
-            let index = weighted_index(&remaining);
-            plan.push(remaining.swap_remove(index));
-        }
+        plan.extend(order_tier(strategy, in_tier));
     }
     plan
 }
 
+fn order_tier(strategy: Strategy, mut tier: Vec<Candidate<'_>>) -> Vec<Candidate<'_>> {
+    // Every strategy starts from a weighted random order, so that ties (and the
+    // weighted strategy itself) follow the weights.
+    let mut ordered = Vec::with_capacity(tier.len());
+    while !tier.is_empty() {
+        let index = weighted_index(&tier);
+        ordered.push(tier.swap_remove(index));
+    }
+    match strategy {
+        Strategy::Weighted => {}
+        Strategy::LeastInFlight => {
+            // Power of two choices: of the first two weighted draws, the less busy
+            // goes first; the rest follow from least to most busy.
+            if ordered.len() >= 2 && ordered[1].in_flight < ordered[0].in_flight {
+                ordered.swap(0, 1);
+            }
+            if ordered.len() > 2 {
+                ordered[1..].sort_by_key(|c| c.in_flight);
+            }
+        }
+        // Stable sorts: equal keys keep their weighted order.
+        Strategy::LowestLatency => ordered.sort_by_key(|c| c.latency.unwrap_or_default()),
+        Strategy::LowestCost => ordered.sort_by(|a, b| {
+            let key = |c: &Candidate<'_>| c.price.unwrap_or(f64::INFINITY);
+            key(a).total_cmp(&key(b))
+        }),
+    }
+    ordered
+}
+
 /// An index drawn with probability proportional to weight.
-fn weighted_index(backends: &[&Backend]) -> usize {
-    let total: u64 = backends.iter().map(|b| u64::from(b.weight)).sum();
+fn weighted_index(candidates: &[Candidate<'_>]) -> usize {
+    let total: u64 = candidates.iter().map(|c| u64::from(c.backend.weight)).sum();
     let mut ticket = fastrand::u64(0..total.max(1));
-    for (i, backend) in backends.iter().enumerate() {
-        let weight = u64::from(backend.weight);
+    for (i, candidate) in candidates.iter().enumerate() {
+        let weight = u64::from(candidate.backend.weight);
         if ticket < weight {
             return i;
         }
         ticket -= weight;
     }
-    backends.len() - 1
+    candidates.len() - 1
 }
 
 /// Exponential with "equal jitter": half the step fixed, half random, so clients that
@@ -130,48 +185,103 @@ mod tests {
         }
     }
 
-    fn route(backends: Vec<Backend>) -> Route {
-        Route {
-            models: ["m".to_string()].into(),
-            headers: vec![],
-            backends,
-            request_timeout_ms: None,
-            total_timeout_ms: None,
-            retry: Retry::default(),
+    fn candidate(backend: &Backend) -> Candidate<'_> {
+        Candidate {
+            backend,
+            in_flight: 0,
+            latency: None,
+            price: None,
+            ejected_since: None,
         }
     }
 
-    fn names(plan: &[&Backend]) -> Vec<String> {
-        plan.iter().map(|b| b.provider.clone()).collect()
+    fn names(plan: &[Candidate<'_>]) -> Vec<String> {
+        plan.iter().map(|c| c.backend.provider.clone()).collect()
     }
 
     #[test]
     fn lower_tiers_come_first_and_zero_weights_never() {
-        let r = route(vec![
+        let backends = [
             backend("fallback", 5, 1),
             backend("zero", 0, 0),
             backend("primary", 1, 0),
-        ]);
+        ];
         for _ in 0..200 {
-            assert_eq!(names(&order(&r, |_| true)), ["primary", "fallback"]);
+            let plan = order(Strategy::Weighted, backends.iter().map(candidate).collect());
+            assert_eq!(names(&plan), ["primary", "fallback"]);
         }
-        assert_eq!(names(&order(&r, |b| b.provider != "primary")), ["fallback"]);
     }
 
     #[test]
     fn first_picks_follow_the_weights_and_the_rest_follow_as_fallbacks() {
-        let r = route(vec![backend("a", 3, 0), backend("b", 1, 0)]);
+        let backends = [backend("a", 3, 0), backend("b", 1, 0)];
         let mut first_a = 0;
         for _ in 0..4000 {
-            let plan = order(&r, |_| true);
+            let plan = order(Strategy::Weighted, backends.iter().map(candidate).collect());
             assert_eq!(plan.len(), 2);
-            if plan[0].provider == "a" {
+            if plan[0].backend.provider == "a" {
                 first_a += 1;
-                assert_eq!(plan[1].provider, "b");
+                assert_eq!(plan[1].backend.provider, "b");
             }
         }
         // Expected 3000; a fair weighted pick lands well inside this band.
         assert!((2700..3300).contains(&first_a), "a first {first_a} times");
+    }
+
+    #[test]
+    fn ejected_backends_are_skipped_unless_all_are() {
+        let t0 = Instant::now();
+        let backends = [backend("a", 1, 0), backend("b", 1, 0), backend("c", 1, 1)];
+        let mut candidates: Vec<_> = backends.iter().map(candidate).collect();
+        candidates[0].ejected_since = Some(t0);
+        for _ in 0..50 {
+            assert_eq!(
+                names(&order(Strategy::Weighted, candidates.clone())),
+                ["b", "c"]
+            );
+        }
+        candidates[1].ejected_since = Some(t0 + Duration::from_secs(1));
+        candidates[2].ejected_since = Some(t0 + Duration::from_secs(2));
+        assert_eq!(
+            names(&order(Strategy::Weighted, candidates)),
+            ["a"],
+            "ejected longest ago"
+        );
+    }
+
+    #[test]
+    fn strategies_order_each_tier_by_their_signal() {
+        let backends = [
+            backend("a", 1, 0),
+            backend("b", 1, 0),
+            backend("c", 1, 0),
+            backend("z", 1, 1),
+        ];
+        let mut candidates: Vec<_> = backends.iter().map(candidate).collect();
+        candidates[0].in_flight = 9;
+        candidates[1].in_flight = 1;
+        candidates[2].in_flight = 5;
+        candidates[3].in_flight = 0;
+        candidates[0].latency = Some(Duration::from_millis(300));
+        candidates[1].latency = Some(Duration::from_millis(100));
+        candidates[2].latency = None; // not measured yet: goes first
+        candidates[0].price = Some(1.0);
+        candidates[1].price = None; // unpriced: goes last
+        candidates[2].price = Some(0.5);
+        for _ in 0..50 {
+            assert_eq!(
+                names(&order(Strategy::LowestLatency, candidates.clone())),
+                ["c", "b", "a", "z"]
+            );
+            assert_eq!(
+                names(&order(Strategy::LowestCost, candidates.clone())),
+                ["c", "a", "b", "z"]
+            );
+            let least = order(Strategy::LeastInFlight, candidates.clone());
+            // The less busy of two random draws first: never the busiest of the three.
+            assert_ne!(least[0].backend.provider, "a");
+            assert_eq!(least[3].backend.provider, "z", "tiers still hold");
+        }
     }
 
     #[test]

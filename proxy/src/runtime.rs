@@ -10,8 +10,9 @@ use std::sync::Arc;
 use arc_swap::ArcSwapOption;
 use regex::Regex;
 use switchboard_api::Snapshot;
-use switchboard_api::snapshot::{Consumer, HeaderMatchType, Provider, Route};
+use switchboard_api::snapshot::{Backend, Consumer, HeaderMatchType, Provider, Route};
 
+use crate::health::BackendHealth;
 use crate::plan::RetryBudget;
 use crate::providers::UpstreamUrls;
 use crate::upstream::{self, ClientError};
@@ -27,6 +28,8 @@ pub struct Runtime {
     providers: HashMap<String, Arc<ProviderRuntime>>,
     /// Retry budget by route id. A reload starts each budget afresh.
     retry_budgets: HashMap<String, RetryBudget>,
+    /// Passive health by backend (`health_key`), carried over across reloads.
+    health: HashMap<String, Arc<BackendHealth>>,
 }
 
 /// A provider's config with its pooled client.
@@ -96,12 +99,22 @@ impl Runtime {
             .map(|(id, route)| (id.clone(), RetryBudget::new(&route.retry)))
             .collect();
 
+        let mut health = HashMap::new();
+        for backend in snapshot.routes.values().flat_map(|r| &r.backends) {
+            let key = health_key(backend);
+            let carried = previous.and_then(|p| p.health.get(&key)).cloned();
+            health
+                .entry(key)
+                .or_insert_with(|| carried.unwrap_or_default());
+        }
+
         Ok(Self {
             snapshot: Arc::new(snapshot),
             consumers_by_key,
             header_regexes,
             providers,
             retry_budgets,
+            health,
         })
     }
 
@@ -137,6 +150,11 @@ impl Runtime {
         })
     }
 
+    /// What this proxy knows about a backend's health and load.
+    pub fn health(&self, backend: &Backend) -> Option<&Arc<BackendHealth>> {
+        self.health.get(&health_key(backend))
+    }
+
     pub fn retry_budget(&self, route_id: &str) -> Option<&RetryBudget> {
         self.retry_budgets.get(route_id)
     }
@@ -144,6 +162,11 @@ impl Runtime {
     pub fn provider(&self, id: &str) -> Option<&Arc<ProviderRuntime>> {
         self.providers.get(id)
     }
+}
+
+/// A backend is one provider model, whichever routes use it.
+fn health_key(backend: &Backend) -> String {
+    format!("{}#{}", backend.provider, backend.model)
 }
 
 // === impl RuntimeHandle ===

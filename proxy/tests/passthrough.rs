@@ -185,11 +185,11 @@ async fn stream_events_reach_the_client_before_the_upstream_finishes() {
     let (upstream, feed) = FakeProvider::held().await;
     let (_m, proxy) = gateway(&upstream, "openai", "").await;
     let request = r#"{"model":"smart","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"hi"}]}"#;
+    // The upstream sends one event and holds the rest until the client sees it. (The
+    // proxy answers once a stream's first event is in: until then it may fail over.)
+    feed.send(sse(&chunk("first"))).await.unwrap();
     let response = post(&proxy, "/v1/chat/completions", request).await;
     let mut stream = response.bytes_stream();
-
-    // The upstream has sent one event and holds the rest until the client sees it.
-    feed.send(sse(&chunk("first"))).await.unwrap();
     let first = tokio::time::timeout(Duration::from_secs(5), stream.next())
         .await
         .expect("first event arrives while the upstream stream is still open")
@@ -297,9 +297,9 @@ async fn a_client_that_goes_away_cancels_the_upstream_stream() {
     let (upstream, feed) = FakeProvider::held().await;
     let (_m, proxy) = gateway(&upstream, "openai", "").await;
     let request = r#"{"model":"smart","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    feed.send(sse(&chunk("first"))).await.unwrap();
     let response = post(&proxy, "/v1/chat/completions", request).await;
     let mut stream = response.bytes_stream();
-    feed.send(sse(&chunk("first"))).await.unwrap();
     stream.next().await.unwrap().unwrap();
 
     drop(stream);

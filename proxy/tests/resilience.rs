@@ -278,3 +278,212 @@ async fn the_retry_budget_keeps_an_outage_from_multiplying_load() {
     );
     assert!(hits > f64::from(requests), "some retries still happen");
 }
+
+const SAME_TIER: &str = "    - {provider: a, model: m}\n    - {provider: b, model: m}\n";
+
+#[tokio::test]
+async fn an_ejected_backend_gets_no_traffic_until_its_probe_then_recovers() {
+    // `a` fails its first two requests, then works.
+    let a = failing(2, 500).await;
+    let b = failing(0, 200).await;
+    let manifests = world(
+        &a,
+        Some(&b),
+        SAME_TIER,
+        "  circuitBreaker: {consecutiveFailures: 2, ejection: 1500ms}\n",
+    );
+    let proxy = support::proxy(&manifests).await;
+    // Every request succeeds (falling back to b) while a collects its two failures.
+    while a.hits.load(Ordering::SeqCst) < 2 {
+        let response = post(&proxy, "/v1/chat/completions", chat(false)).await;
+        assert_eq!(response.status(), 200);
+    }
+    let ejected_at = Instant::now();
+    for _ in 0..20 {
+        assert_eq!(
+            post(&proxy, "/v1/chat/completions", chat(false))
+                .await
+                .status(),
+            200
+        );
+    }
+    if ejected_at.elapsed() < Duration::from_millis(1400) {
+        assert_eq!(a.hits.load(Ordering::SeqCst), 2, "no traffic while ejected");
+    }
+    tokio::time::sleep(Duration::from_millis(1600).saturating_sub(ejected_at.elapsed())).await;
+    // Half-open: one probe succeeds and a takes traffic again.
+    for _ in 0..20 {
+        assert_eq!(
+            post(&proxy, "/v1/chat/completions", chat(false))
+                .await
+                .status(),
+            200
+        );
+    }
+    let recovered = a.hits.load(Ordering::SeqCst) - 2;
+    assert!(
+        recovered >= 3,
+        "a served {recovered} of 20 after recovering"
+    );
+}
+
+#[tokio::test]
+async fn when_every_backend_is_ejected_the_one_ejected_longest_ago_is_tried() {
+    let a = failing(usize::MAX, 500).await;
+    let manifests = world(
+        &a,
+        None,
+        "    - {provider: a, model: m}\n",
+        "  retry: {attempts: 1}\n  circuitBreaker: {consecutiveFailures: 1, ejection: 1m}\n",
+    );
+    let proxy = support::proxy(&manifests).await;
+    for _ in 0..3 {
+        let response = post(&proxy, "/v1/chat/completions", chat(false)).await;
+        assert_eq!(response.status(), 502);
+    }
+    assert_eq!(
+        a.hits.load(Ordering::SeqCst),
+        3,
+        "tried rather than failing outright"
+    );
+}
+
+#[tokio::test]
+async fn least_in_flight_avoids_a_busy_backend() {
+    let a = FakeProvider::start(|_| {
+        Reply::Delayed(Duration::from_millis(800), Box::new(json(200, OK)))
+    })
+    .await;
+    let b = failing(0, 200).await;
+    let manifests = world(&a, Some(&b), SAME_TIER, "  strategy: LeastInFlight\n");
+    let proxy = std::sync::Arc::new(support::proxy(&manifests).await);
+    let mut requests = Vec::new();
+    for _ in 0..24 {
+        let proxy = proxy.clone();
+        requests.push(tokio::spawn(async move {
+            post(&proxy, "/v1/chat/completions", chat(false))
+                .await
+                .status()
+        }));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for request in requests {
+        assert_eq!(request.await.unwrap(), 200);
+    }
+    // Weighted random would send it about 12 (5 or fewer: 0.3% likely); each request
+    // there stays in flight 800 ms, so it only wins ties with b.
+    let slow = a.hits.load(Ordering::SeqCst);
+    assert!(slow <= 5, "the busy backend got {slow} of 24");
+}
+
+#[tokio::test]
+async fn lowest_latency_and_lowest_cost_prefer_the_better_backend() {
+    let slow = FakeProvider::start(|_| {
+        Reply::Delayed(Duration::from_millis(150), Box::new(json(200, OK)))
+    })
+    .await;
+    let fast = failing(0, 200).await;
+    let manifests = world(&slow, Some(&fast), SAME_TIER, "  strategy: LowestLatency\n");
+    let proxy = support::proxy(&manifests).await;
+    for _ in 0..20 {
+        assert_eq!(
+            post(&proxy, "/v1/chat/completions", chat(false))
+                .await
+                .status(),
+            200
+        );
+    }
+    // Each is measured once (unmeasured backends go first), then the fast one wins.
+    assert!(
+        slow.hits.load(Ordering::SeqCst) <= 2,
+        "slow got {}",
+        slow.hits.load(Ordering::SeqCst)
+    );
+
+    let dear = failing(0, 200).await;
+    let cheap = failing(0, 200).await;
+    let manifests = Manifests::new();
+    manifests.write("consumer.yaml", &consumer_yaml("app", ""));
+    let priced = |name: &str, url: &str, price: f64| {
+        provider_yaml(name, "openai-compatible", url, &[], "")
+            .replace("  models:\n", &format!("  models:\n    - {{name: m, pricing: {{inputPerMillion: {price}, outputPerMillion: {price}}}}}\n"))
+    };
+    manifests.write("a.yaml", &priced("a", &dear.url(), 10.0));
+    manifests.write("b.yaml", &priced("b", &cheap.url(), 0.5));
+    manifests.write(
+        "route.yaml",
+        &format!("apiVersion: switchboard.dev/v1alpha1\nkind: AIRoute\nmetadata: {{name: r}}\nspec:\n  models: [m]\n  strategy: LowestCost\n  backends:\n{SAME_TIER}"),
+    );
+    let proxy = support::proxy(&manifests).await;
+    for _ in 0..10 {
+        let response = post(&proxy, "/v1/chat/completions", chat(false)).await;
+        assert_eq!(header(&response, "x-switchboard-provider"), "default/b");
+    }
+    assert_eq!(dear.hits.load(Ordering::SeqCst), 0);
+}
+
+const CHUNK: &str = r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":"hi"},"finish_reason":null}]}"#;
+
+fn good_stream() -> Reply {
+    Reply::Stream(vec![
+        (Duration::ZERO, sse(CHUNK)),
+        (Duration::ZERO, sse("[DONE]")),
+    ])
+}
+
+async fn stream_text(response: reqwest::Response) -> String {
+    String::from_utf8(response.bytes().await.unwrap().to_vec()).unwrap()
+}
+
+#[tokio::test]
+async fn a_stream_that_stays_silent_or_fails_before_its_first_event_fails_over() {
+    let b = FakeProvider::start(|_| good_stream()).await;
+    // Silent: headers, then nothing for 5 s.
+    let silent =
+        FakeProvider::start(|_| Reply::Stream(vec![(Duration::from_secs(5), sse(CHUNK))])).await;
+    // Broken: headers, then the stream ends with no event at all.
+    let empty = FakeProvider::start(|_| Reply::Stream(Vec::new())).await;
+    for a in [&silent, &empty] {
+        let manifests = world(
+            a,
+            Some(&b),
+            PRIMARY_AND_FALLBACK,
+            "  timeouts: {firstToken: 300ms}\n",
+        );
+        let proxy = support::proxy(&manifests).await;
+        let started = Instant::now();
+        let response = post(&proxy, "/v1/chat/completions", chat(true)).await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(header(&response, "x-switchboard-provider"), "default/b");
+        assert_eq!(header(&response, "x-switchboard-attempts"), "2");
+        let text = stream_text(response).await;
+        assert!(
+            text.contains("\"content\":\"hi\"") && text.ends_with("data: [DONE]\n\n"),
+            "{text}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_stream_that_breaks_after_its_first_event_ends_with_an_error_and_no_failover() {
+    let a = FakeProvider::start(|_| Reply::CutAfter(sse(CHUNK))).await;
+    let b = FakeProvider::start(|_| good_stream()).await;
+    let manifests = world(&a, Some(&b), PRIMARY_AND_FALLBACK, "");
+    let proxy = support::proxy(&manifests).await;
+    let response = post(&proxy, "/v1/chat/completions", chat(true)).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(header(&response, "x-switchboard-provider"), "default/a");
+    let text = stream_text(response).await;
+    assert!(text.contains("\"content\":\"hi\""), "{text}");
+    assert!(text.contains("upstream_stream_error"), "{text}");
+    assert_eq!(
+        b.hits.load(Ordering::SeqCst),
+        0,
+        "the client had bytes: no failover"
+    );
+}

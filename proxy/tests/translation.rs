@@ -634,15 +634,15 @@ async fn the_first_token_is_not_held_back() {
     let (upstream, feed) = FakeProvider::held().await;
     let (_m, proxy) = gateway(&upstream, "anthropic").await;
     let request = r#"{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
-    let response = post(&proxy, "/v1/chat/completions", request).await;
-    let mut stream = response.bytes_stream();
-
     let documented = golden("anthropic/stream_text.sse");
     let mut events = documented.split_inclusive("\n\n");
-    // message_start, content_block_start, ping, the first text delta.
+    // message_start, content_block_start, ping, the first text delta. (The proxy
+    // answers once the stream's first event is in: until then it may fail over.)
     for event in events.by_ref().take(4) {
         feed.send(Bytes::from(event.to_string())).await.unwrap();
     }
+    let response = post(&proxy, "/v1/chat/completions", request).await;
+    let mut stream = response.bytes_stream();
     let mut seen = String::new();
     while !seen.contains("\"content\":\"Hello\"") {
         let chunk = tokio::time::timeout(Duration::from_secs(5), stream.next())

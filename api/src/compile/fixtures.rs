@@ -275,6 +275,8 @@ pub fn route(name: &str) -> RouteBuilder {
             backends: Vec::new(),
             timeouts: None,
             retry: None,
+            strategy: None,
+            circuit_breaker: None,
         },
     );
     object.metadata.namespace = Some(DEFAULT_NAMESPACE.to_string());

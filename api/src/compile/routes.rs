@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::inputs::{Inputs, ObjectKey, ObjectKind};
 use super::refs::{age, cel_rules, duration_ms};
 use super::status::{Problem, Verdict};
-use crate::snapshot::{Backend, HeaderMatch, Provider, Retry, Route};
+use crate::snapshot::{Backend, Circuit, HeaderMatch, Provider, Retry, Route};
 use crate::v1alpha1::condition::reasons;
 use crate::v1alpha1::{AIRoute, HeaderMatchType, ObjectStatus};
 
@@ -137,6 +137,10 @@ fn compile_one(
         timeouts.and_then(|t| t.total.as_deref()),
         "spec.timeouts.total",
     );
+    let first_token_timeout_ms = duration(
+        timeouts.and_then(|t| t.first_token.as_deref()),
+        "spec.timeouts.firstToken",
+    );
     let defaults = Retry::default();
     let retry_spec = spec.retry.clone().unwrap_or_default();
     let retry = Retry {
@@ -152,6 +156,21 @@ fn compile_one(
             .budget_percent
             .unwrap_or(defaults.budget_percent)
             .min(100),
+    };
+
+    let circuit_defaults = Circuit::default();
+    let breaker = spec.circuit_breaker.clone().unwrap_or_default();
+    let circuit = Circuit {
+        consecutive_failures: breaker
+            .consecutive_failures
+            .unwrap_or(circuit_defaults.consecutive_failures),
+        ejection_ms: duration(breaker.ejection.as_deref(), "spec.circuitBreaker.ejection")
+            .unwrap_or(circuit_defaults.ejection_ms),
+        max_ejection_ms: duration(
+            breaker.max_ejection.as_deref(),
+            "spec.circuitBreaker.maxEjection",
+        )
+        .unwrap_or(circuit_defaults.max_ejection_ms),
     };
 
     let mut backends = Vec::new();
@@ -218,7 +237,10 @@ fn compile_one(
         backends,
         request_timeout_ms,
         total_timeout_ms,
+        first_token_timeout_ms,
         retry,
+        strategy: spec.strategy.unwrap_or_default(),
+        circuit,
     })
 }
 

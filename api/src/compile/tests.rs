@@ -2351,3 +2351,52 @@ fn retry_policy_and_total_timeout_compile_with_defaults() {
         &["spec.retry.backoff"],
     );
 }
+
+#[test]
+fn strategy_circuit_breaker_and_first_token_timeout_compile() {
+    use crate::snapshot::{Circuit, Strategy};
+    use crate::v1alpha1::CircuitBreaker;
+    let mut tuned = route("tuned")
+        .models(["b"])
+        .backend("openai", "gpt-4o")
+        .build();
+    tuned.spec.strategy = Some(Strategy::LowestLatency);
+    tuned.spec.circuit_breaker = Some(CircuitBreaker {
+        consecutive_failures: Some(2),
+        ejection: Some("30s".into()),
+        max_ejection: Some("10m".into()),
+    });
+    tuned.spec.timeouts = Some(crate::v1alpha1::RouteTimeouts {
+        first_token: Some("3s".into()),
+        ..Default::default()
+    });
+    let mut broken = route("broken")
+        .models(["c"])
+        .backend("openai", "gpt-4o")
+        .build();
+    broken.spec.circuit_breaker = Some(CircuitBreaker {
+        ejection: Some("a while".into()),
+        ..Default::default()
+    });
+    let compiled = openai_world()
+        .with(Object::Route(tuned))
+        .with(Object::Route(broken))
+        .compile();
+    let tuned = &compiled.snapshot.routes["default/tuned"];
+    assert_eq!(tuned.strategy, Strategy::LowestLatency);
+    assert_eq!(
+        tuned.circuit,
+        Circuit {
+            consecutive_failures: 2,
+            ejection_ms: 30_000,
+            max_ejection_ms: 600_000
+        }
+    );
+    assert_eq!(tuned.first_token_timeout_ms, Some(3_000));
+    assert_rejected(
+        &compiled,
+        &rkey("broken"),
+        reasons::INVALID,
+        &["spec.circuitBreaker.ejection"],
+    );
+}

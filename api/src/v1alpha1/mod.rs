@@ -25,7 +25,8 @@ pub use quota::{
     AIQuota, AIQuotaSpec, FailurePolicy, QuotaLimit, QuotaMetric, QuotaTarget, QuotaWindow,
 };
 pub use route::{
-    AIRoute, AIRouteSpec, HeaderMatch, HeaderMatchType, RouteBackend, RouteRetry, RouteTimeouts,
+    AIRoute, AIRouteSpec, CircuitBreaker, HeaderMatch, HeaderMatchType, RouteBackend, RouteRetry,
+    RouteTimeouts, Strategy,
 };
 
 use schemars::JsonSchema;

@@ -74,6 +74,58 @@ pub struct AIRouteSpec {
     /// Retries and fallback when a backend fails. Defaults apply when omitted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RouteRetry>,
+
+    /// How a backend is chosen within a priority tier. Default `Weighted`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<Strategy>,
+
+    /// Passive circuit breaking: a backend that keeps failing is ejected for a while.
+    /// Defaults apply when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_breaker: Option<CircuitBreaker>,
+}
+
+/// How a backend is chosen within a priority tier.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, JsonSchema,
+)]
+pub enum Strategy {
+    /// At random, in proportion to `weight`.
+    #[default]
+    Weighted,
+    /// The less busy of two backends drawn by weight ("power of two choices"): the one
+    /// with fewer requests in flight from this proxy.
+    LeastInFlight,
+    /// The backend with the lowest recent latency (an exponentially weighted moving
+    /// average of the time to the provider's response: the whole answer, or a
+    /// stream's headers). Backends not measured yet go first, so all get measured.
+    LowestLatency,
+    /// The backend whose model is cheapest by its AIProvider pricing (input plus
+    /// output per million tokens); backends without prices go last.
+    LowestCost,
+}
+
+/// Ejects a backend after consecutive failures, for an interval that doubles with each
+/// ejection in a row; when it ends, one request probes the backend, and success lets it
+/// back. Failures are what retries count as failures (unreachable, timeouts, 5xx, 429).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CircuitBreaker {
+    /// Consecutive failures that eject a backend; 0 turns circuit breaking off.
+    /// Default 5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 1000))]
+    pub consecutive_failures: Option<u32>,
+
+    /// First ejection's length. Default 10s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub ejection: Option<String>,
+
+    /// The longest ejection. Default 5m.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub max_ejection: Option<String>,
 }
 
 /// How failed attempts are retried: on the next backend in the plan (the other
@@ -165,6 +217,13 @@ pub struct RouteTimeouts {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = DURATION_PATTERN))]
     pub request: Option<String>,
+
+    /// For streams: time from the request to the first event. A stream that sends
+    /// nothing within it (or fails before its first event) fails over to the next
+    /// backend, since the client has received nothing yet. No limit when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub first_token: Option<String>,
 
     /// Time for the whole request across every attempt, retries and backoff included.
     /// No limit beyond the attempts' own when omitted.

@@ -24,6 +24,8 @@ fn route(status: Option<ObjectStatus>) -> AIRoute {
             backends: Vec::new(),
             timeouts: None,
             retry: None,
+            strategy: None,
+            circuit_breaker: None,
         },
     );
     route.metadata.namespace = Some("default".into());
