@@ -61,6 +61,8 @@ fn world(a: &FakeProvider, b: Option<&FakeProvider>, backends: &str, extra: &str
     manifests
 }
 
+const ONLY_A: &str = "    - {provider: a, model: m}\n";
+
 const PRIMARY_AND_FALLBACK: &str =
     "    - {provider: a, model: m}\n    - {provider: b, model: m, priority: 1}\n";
 
@@ -136,7 +138,7 @@ async fn attempts_are_bounded_and_backed_off_on_a_single_backend() {
     let manifests = world(
         &a,
         None,
-        "    - {provider: a, model: m}\n",
+        ONLY_A,
         "  retry: {attempts: 3, backoff: 50ms, maxBackoff: 200ms}\n",
     );
     let proxy = support::proxy(&manifests).await;
@@ -158,12 +160,7 @@ async fn attempts_are_bounded_and_backed_off_on_a_single_backend() {
 
     // A route with attempts: 1 never retries.
     let b = failing(usize::MAX, 503).await;
-    let manifests = world(
-        &b,
-        None,
-        "    - {provider: a, model: m}\n",
-        "  retry: {attempts: 1}\n",
-    );
+    let manifests = world(&b, None, ONLY_A, "  retry: {attempts: 1}\n");
     let proxy = support::proxy(&manifests).await;
     let _ = post(&proxy, "/v1/chat/completions", chat(false)).await;
     assert_eq!(b.hits.load(Ordering::SeqCst), 1);
@@ -180,12 +177,7 @@ async fn retry_after_is_honoured_up_to_max_backoff() {
         }
     })
     .await;
-    let manifests = world(
-        &a,
-        None,
-        "    - {provider: a, model: m}\n",
-        "  retry: {maxBackoff: 2s}\n",
-    );
+    let manifests = world(&a, None, ONLY_A, "  retry: {maxBackoff: 2s}\n");
     let proxy = support::proxy(&manifests).await;
     let started = Instant::now();
     let response = post(&proxy, "/v1/chat/completions", chat(false)).await;
@@ -200,7 +192,7 @@ async fn retry_after_is_honoured_up_to_max_backoff() {
     // Asking for longer than maxBackoff: not tried again; the 429 and its Retry-After
     // reach the client.
     let b = FakeProvider::start(|_| Reply::RetryAfter(30, Box::new(json(429, FAILED)))).await;
-    let manifests = world(&b, None, "    - {provider: a, model: m}\n", "");
+    let manifests = world(&b, None, ONLY_A, "");
     let proxy = support::proxy(&manifests).await;
     let response = post(&proxy, "/v1/chat/completions", chat(false)).await;
     assert_eq!(response.status(), 429);
@@ -237,7 +229,7 @@ async fn a_slow_backend_times_out_per_attempt_and_the_total_bounds_the_request()
     let manifests = world(
         &slow,
         None,
-        "    - {provider: a, model: m}\n",
+        ONLY_A,
         "  timeouts: {request: 10s, total: 400ms}\n",
     );
     let proxy = support::proxy(&manifests).await;
@@ -258,7 +250,7 @@ async fn the_retry_budget_keeps_an_outage_from_multiplying_load() {
     let manifests = world(
         &a,
         None,
-        "    - {provider: a, model: m}\n",
+        ONLY_A,
         "  retry: {attempts: 5, backoff: 1ms, maxBackoff: 1ms, budgetPercent: 10}\n",
     );
     let proxy = support::proxy(&manifests).await;
@@ -333,7 +325,7 @@ async fn when_every_backend_is_ejected_the_one_ejected_longest_ago_is_tried() {
     let manifests = world(
         &a,
         None,
-        "    - {provider: a, model: m}\n",
+        ONLY_A,
         "  retry: {attempts: 1}\n  circuitBreaker: {consecutiveFailures: 1, ejection: 1m}\n",
     );
     let proxy = support::proxy(&manifests).await;
