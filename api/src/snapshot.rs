@@ -118,6 +118,11 @@ pub struct Route {
 pub struct Circuit {
     /// Consecutive failures that eject a backend; 0: never.
     pub consecutive_failures: u32,
+    /// Failure percentage over `window_ms` that ejects a backend; 0: never.
+    #[serde(default)]
+    pub error_rate_percent: u32,
+    #[serde(default)]
+    pub window_ms: u64,
     pub ejection_ms: u64,
     pub max_ejection_ms: u64,
 }
@@ -126,6 +131,8 @@ impl Default for Circuit {
     fn default() -> Self {
         Self {
             consecutive_failures: 5,
+            error_rate_percent: 0,
+            window_ms: 30_000,
             ejection_ms: 10_000,
             max_ejection_ms: 300_000,
         }

@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 
 use switchboard_api::snapshot::Circuit;
 
+/// Requests a window needs before its error rate counts.
+const MIN_WINDOW_REQUESTS: u32 = 10;
+
 /// Weight of the newest sample in the latency average.
 const LATENCY_ALPHA: f64 = 0.3;
 
@@ -28,6 +31,8 @@ pub struct BackendHealth {
 #[derive(Debug, Default)]
 struct CircuitState {
     failures: u32,
+    /// Requests and failures in the current error-rate window, and when it began.
+    window: (u32, u32, Option<Instant>),
     /// Ejections in a row (reset by a success).
     ejections: u32,
     ejected_at: Option<Instant>,
@@ -135,7 +140,14 @@ impl Attempt {
         if circuit.ejected_at.is_some() {
             tracing::info!("backend recovered; circuit closed");
         }
-        *circuit = CircuitState::default();
+        let window = circuit.window;
+        *circuit = CircuitState {
+            window,
+            ..CircuitState::default()
+        };
+        // The window only needs the count here; its length is the failing side's
+        // policy, checked when a failure is recorded.
+        circuit.window.0 += 1;
     }
 
     /// The backend failed in a way that counts against it.
@@ -148,8 +160,23 @@ impl Attempt {
         let mut circuit = self.health.lock();
         circuit.probing = false;
         circuit.failures += 1;
-        let trips = policy.consecutive_failures > 0
-            && (self.probe || circuit.failures >= policy.consecutive_failures);
+        let window_ended = circuit.window.2.is_none_or(|began| {
+            now.duration_since(began) > Duration::from_millis(policy.window_ms)
+        });
+        if window_ended {
+            circuit.window = (0, 0, Some(now));
+        }
+        circuit.window.0 += 1;
+        circuit.window.1 += 1;
+        let (requests, failed, _) = circuit.window;
+        let rate_trips = policy.error_rate_percent > 0
+            && requests >= MIN_WINDOW_REQUESTS
+            && failed * 100 >= policy.error_rate_percent * requests;
+        let trips = (policy.consecutive_failures > 0 || policy.error_rate_percent > 0)
+            && (self.probe
+                || (policy.consecutive_failures > 0
+                    && circuit.failures >= policy.consecutive_failures)
+                || rate_trips);
         if trips {
             circuit.ejections += 1;
             let factor = 1u32 << (circuit.ejections - 1).min(16);
@@ -159,6 +186,7 @@ impl Attempt {
             circuit.ejected_at = Some(now);
             circuit.ejected_until = Some(now + length);
             circuit.failures = 0;
+            circuit.window = (0, 0, None);
             tracing::warn!(ejection = ?length, "backend ejected after failing");
         }
     }
@@ -180,9 +208,37 @@ mod tests {
     fn policy(failures: u32) -> Circuit {
         Circuit {
             consecutive_failures: failures,
+            error_rate_percent: 0,
+            window_ms: 1_000,
             ejection_ms: 40,
             max_ejection_ms: 100,
         }
+    }
+
+    #[test]
+    fn a_high_error_rate_ejects_even_without_consecutive_failures() {
+        let health = Arc::new(BackendHealth::default());
+        let p = Circuit {
+            error_rate_percent: 50,
+            ..policy(0)
+        };
+        let t0 = Instant::now();
+        // Alternating: never two failures in a row, but half of them fail.
+        for i in 0..9 {
+            let attempt = health.begin_at(t0, false).unwrap();
+            if i % 2 == 0 {
+                attempt.failed_at(t0, &p);
+            } else {
+                attempt.succeeded();
+            }
+        }
+        assert_eq!(
+            health.view(t0),
+            CircuitView::Closed,
+            "fewer than 10 requests"
+        );
+        health.begin_at(t0, false).unwrap().failed_at(t0, &p);
+        assert_eq!(health.view(t0), CircuitView::Ejected(t0), "6 of 10 failed");
     }
 
     fn ms(t0: Instant, ms: u64) -> Instant {

@@ -164,6 +164,9 @@ fn compile_one(
         consecutive_failures: breaker
             .consecutive_failures
             .unwrap_or(circuit_defaults.consecutive_failures),
+        error_rate_percent: breaker.error_rate_percent.unwrap_or(0).min(100),
+        window_ms: duration(breaker.window.as_deref(), "spec.circuitBreaker.window")
+            .unwrap_or(circuit_defaults.window_ms),
         ejection_ms: duration(breaker.ejection.as_deref(), "spec.circuitBreaker.ejection")
             .unwrap_or(circuit_defaults.ejection_ms),
         max_ejection_ms: duration(

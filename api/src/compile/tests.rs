@@ -2363,6 +2363,8 @@ fn strategy_circuit_breaker_and_first_token_timeout_compile() {
     tuned.spec.strategy = Some(Strategy::LowestLatency);
     tuned.spec.circuit_breaker = Some(CircuitBreaker {
         consecutive_failures: Some(2),
+        error_rate_percent: Some(50),
+        window: Some("1m".into()),
         ejection: Some("30s".into()),
         max_ejection: Some("10m".into()),
     });
@@ -2388,6 +2390,8 @@ fn strategy_circuit_breaker_and_first_token_timeout_compile() {
         tuned.circuit,
         Circuit {
             consecutive_failures: 2,
+            error_rate_percent: 50,
+            window_ms: 60_000,
             ejection_ms: 30_000,
             max_ejection_ms: 600_000
         }

@@ -105,8 +105,8 @@ pub enum Strategy {
     LowestCost,
 }
 
-/// Ejects a backend after consecutive failures, for an interval that doubles with each
-/// ejection in a row; when it ends, one request probes the backend, and success lets it
+/// Ejects a backend after consecutive failures (or a high error rate), for an interval
+/// that doubles with each ejection in a row; when it ends, one request probes the backend, and success lets it
 /// back. Failures are what retries count as failures (unreachable, timeouts, 5xx, 429).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -116,6 +116,17 @@ pub struct CircuitBreaker {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(max = 1000))]
     pub consecutive_failures: Option<u32>,
+
+    /// Also eject a backend when at least this percentage of its requests failed within
+    /// `window` (and there were at least 10). Off when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub error_rate_percent: Option<u32>,
+
+    /// The window `errorRatePercent` looks at. Default 30s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub window: Option<String>,
 
     /// First ejection's length. Default 10s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
