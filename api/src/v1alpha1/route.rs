@@ -98,7 +98,7 @@ pub enum Strategy {
     LeastInFlight,
     /// The backend with the lowest recent latency (an exponentially weighted moving
     /// average of the time to the provider's response: the whole answer, or a
-    /// stream's headers). Backends not measured yet go first, so all get measured.
+    /// stream's first event). Backends not measured yet go first, so all get measured.
     LowestLatency,
     /// The backend whose model is cheapest by its AIProvider pricing (input plus
     /// output per million tokens); backends without prices go last.
