@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# A/B two proxy binaries on the same load: bench/ab.sh BEFORE_BIN AFTER_BIN [rounds]
+# Each round runs BEFORE then AFTER: the proxy pinned to core 1 with one
+# openai-compatible backend (bench-upstream, core 0), then `oha -c 32` for 10 s
+# (non-streaming, after a 3 s warm-up) on core 0. Prints requests/s, p50 and p99.
+# Build a "before" binary with: git worktree add /tmp/before REV && cargo build
+# --release -p switchboard-proxy --manifest-path /tmp/before/Cargo.toml
+set -euo pipefail
+cd "$(dirname "$0")/.."
+before=$1; after=$2; rounds=${3:-2}
+cargo build --release --locked -q -p switchboard-bench --bin bench-upstream
+work="$(mktemp -d)"; trap 'rm -rf "$work"' EXIT
+cat > "$work/gateway.yaml" <<'YAML'
+apiVersion: v1
+kind: Secret
+metadata: {name: up}
+stringData: {key: sk-upstream-bench}
+---
+apiVersion: switchboard.dev/v1alpha1
+kind: AIProvider
+metadata: {name: up}
+spec:
+  type: openai-compatible
+  endpoint: http://127.0.0.1:9000/v1
+  auth: {secretRef: {name: up, key: key}}
+  models: [{name: m}]
+---
+apiVersion: switchboard.dev/v1alpha1
+kind: AIRoute
+metadata: {name: r}
+spec:
+  models: [m]
+  backends: [{provider: up, model: m}]
+---
+apiVersion: switchboard.dev/v1alpha1
+kind: AIConsumer
+metadata: {name: c}
+spec:
+  keys: [{secretRef: {name: ck, key: key}}]
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: ck}
+stringData: {key: sk-bench-consumer-key-0001}
+YAML
+body='{"model":"m","messages":[{"role":"user","content":"hello there, how are you today?"}]}'
+load() {
+  taskset -c 0 oha "$@" -c 32 --no-tui -m POST -H "authorization: Bearer sk-bench-consumer-key-0001" \
+    -H "content-type: application/json" -d "$body" http://127.0.0.1:9100/v1/chat/completions
+}
+run() {
+  local bin=$1 label=$2
+  taskset -c 0 target/release/bench-upstream >/dev/null 2>&1 & local up=$!
+  RUST_LOG=warn taskset -c 1 "$bin" --manifests "$work" --listen 127.0.0.1:9100 >/dev/null 2>&1 & local px=$!
+  sleep 1
+  load -z 3s >/dev/null
+  load -z 10s | grep -E "Requests/sec|50.00%|99.00%" | tr -s ' \t' ' ' | paste -sd' ' | sed "s/^/$label: /"
+  kill "$px" "$up"; wait "$px" "$up" 2>/dev/null || true
+}
+for round in $(seq "$rounds"); do
+  run "$before" "round $round before"
+  run "$after" "round $round after"
+done
