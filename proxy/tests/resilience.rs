@@ -61,6 +61,18 @@ fn world(a: &FakeProvider, b: Option<&FakeProvider>, backends: &str, extra: &str
     manifests
 }
 
+/// `world`, and a proxy serving it (keep the manifests alive as long as the proxy).
+async fn serve(
+    a: &FakeProvider,
+    b: Option<&FakeProvider>,
+    backends: &str,
+    extra: &str,
+) -> (Manifests, switchboard_proxy::Proxy) {
+    let manifests = world(a, b, backends, extra);
+    let proxy = support::proxy(&manifests).await;
+    (manifests, proxy)
+}
+
 const ONLY_A: &str = "    - {provider: a, model: m}\n";
 
 const PRIMARY_AND_FALLBACK: &str =
@@ -78,8 +90,7 @@ fn header<'a>(response: &'a reqwest::Response, name: &str) -> &'a str {
 async fn a_failing_backend_falls_back_to_the_next_tier_and_says_so() {
     let a = failing(usize::MAX, 500).await;
     let b = failing(0, 200).await;
-    let manifests = world(&a, Some(&b), PRIMARY_AND_FALLBACK, "");
-    let proxy = support::proxy(&manifests).await;
+    let (_manifests, proxy) = serve(&a, Some(&b), PRIMARY_AND_FALLBACK, "").await;
     for stream in [false, true] {
         let response = post(&proxy, "/v1/chat/completions", chat(stream)).await;
         assert_eq!(response.status(), 200);
@@ -122,8 +133,7 @@ async fn client_errors_from_the_provider_are_returned_at_once() {
     for status in [400, 401, 404] {
         let a = failing(usize::MAX, status).await;
         let b = failing(0, 200).await;
-        let manifests = world(&a, Some(&b), PRIMARY_AND_FALLBACK, "");
-        let proxy = support::proxy(&manifests).await;
+        let (_manifests, proxy) = serve(&a, Some(&b), PRIMARY_AND_FALLBACK, "").await;
         let response = post(&proxy, "/v1/chat/completions", chat(false)).await;
         assert_ne!(response.status(), 200, "{status}");
         assert_eq!(header(&response, "x-switchboard-attempts"), "1");
@@ -135,13 +145,13 @@ async fn client_errors_from_the_provider_are_returned_at_once() {
 #[tokio::test]
 async fn attempts_are_bounded_and_backed_off_on_a_single_backend() {
     let a = failing(usize::MAX, 503).await;
-    let manifests = world(
+    let (_manifests, proxy) = serve(
         &a,
         None,
         ONLY_A,
         "  retry: {attempts: 3, backoff: 50ms, maxBackoff: 200ms}\n",
-    );
-    let proxy = support::proxy(&manifests).await;
+    )
+    .await;
     let started = Instant::now();
     let response = post(&proxy, "/v1/chat/completions", chat(false)).await;
     assert_eq!(response.status(), 503);
@@ -160,8 +170,7 @@ async fn attempts_are_bounded_and_backed_off_on_a_single_backend() {
 
     // A route with attempts: 1 never retries.
     let b = failing(usize::MAX, 503).await;
-    let manifests = world(&b, None, ONLY_A, "  retry: {attempts: 1}\n");
-    let proxy = support::proxy(&manifests).await;
+    let (_manifests, proxy) = serve(&b, None, ONLY_A, "  retry: {attempts: 1}\n").await;
     let _ = post(&proxy, "/v1/chat/completions", chat(false)).await;
     assert_eq!(b.hits.load(Ordering::SeqCst), 1);
 }
@@ -177,8 +186,7 @@ async fn retry_after_is_honoured_up_to_max_backoff() {
         }
     })
     .await;
-    let manifests = world(&a, None, ONLY_A, "  retry: {maxBackoff: 2s}\n");
-    let proxy = support::proxy(&manifests).await;
+    let (_manifests, proxy) = serve(&a, None, ONLY_A, "  retry: {maxBackoff: 2s}\n").await;
     let started = Instant::now();
     let response = post(&proxy, "/v1/chat/completions", chat(false)).await;
     assert_eq!(response.status(), 200);
@@ -192,8 +200,7 @@ async fn retry_after_is_honoured_up_to_max_backoff() {
     // Asking for longer than maxBackoff: not tried again; the 429 and its Retry-After
     // reach the client.
     let b = FakeProvider::start(|_| Reply::RetryAfter(30, Box::new(json(429, FAILED)))).await;
-    let manifests = world(&b, None, ONLY_A, "");
-    let proxy = support::proxy(&manifests).await;
+    let (_manifests, proxy) = serve(&b, None, ONLY_A, "").await;
     let response = post(&proxy, "/v1/chat/completions", chat(false)).await;
     assert_eq!(response.status(), 429);
     assert_eq!(header(&response, "retry-after"), "30");
@@ -206,13 +213,13 @@ async fn a_slow_backend_times_out_per_attempt_and_the_total_bounds_the_request()
         FakeProvider::start(|_| Reply::Delayed(Duration::from_secs(5), Box::new(json(200, OK))))
             .await;
     let b = failing(0, 200).await;
-    let manifests = world(
+    let (_manifests, proxy) = serve(
         &slow,
         Some(&b),
         PRIMARY_AND_FALLBACK,
         "  timeouts: {request: 300ms}\n",
-    );
-    let proxy = support::proxy(&manifests).await;
+    )
+    .await;
     let started = Instant::now();
     let response = post(&proxy, "/v1/chat/completions", chat(false)).await;
     assert_eq!(response.status(), 200);
@@ -226,13 +233,13 @@ async fn a_slow_backend_times_out_per_attempt_and_the_total_bounds_the_request()
     let slow =
         FakeProvider::start(|_| Reply::Delayed(Duration::from_secs(5), Box::new(json(200, OK))))
             .await;
-    let manifests = world(
+    let (_manifests, proxy) = serve(
         &slow,
         None,
         ONLY_A,
         "  timeouts: {request: 10s, total: 400ms}\n",
-    );
-    let proxy = support::proxy(&manifests).await;
+    )
+    .await;
     let started = Instant::now();
     let response = post(&proxy, "/v1/chat/completions", chat(false)).await;
     assert_eq!(response.status(), 504);
@@ -247,13 +254,13 @@ async fn a_slow_backend_times_out_per_attempt_and_the_total_bounds_the_request()
 #[tokio::test]
 async fn the_retry_budget_keeps_an_outage_from_multiplying_load() {
     let a = failing(usize::MAX, 500).await;
-    let manifests = world(
+    let (_manifests, proxy) = serve(
         &a,
         None,
         ONLY_A,
         "  retry: {attempts: 5, backoff: 1ms, maxBackoff: 1ms, budgetPercent: 10}\n",
-    );
-    let proxy = support::proxy(&manifests).await;
+    )
+    .await;
     let started = Instant::now();
     let requests = 60;
     for _ in 0..requests {
@@ -278,13 +285,13 @@ async fn an_ejected_backend_gets_no_traffic_until_its_probe_then_recovers() {
     // `a` fails its first two requests, then works.
     let a = failing(2, 500).await;
     let b = failing(0, 200).await;
-    let manifests = world(
+    let (_manifests, proxy) = serve(
         &a,
         Some(&b),
         SAME_TIER,
         "  circuitBreaker: {consecutiveFailures: 2, ejection: 1500ms}\n",
-    );
-    let proxy = support::proxy(&manifests).await;
+    )
+    .await;
     // Every request succeeds (falling back to b) while a collects its two failures.
     while a.hits.load(Ordering::SeqCst) < 2 {
         let response = post(&proxy, "/v1/chat/completions", chat(false)).await;
@@ -322,13 +329,13 @@ async fn an_ejected_backend_gets_no_traffic_until_its_probe_then_recovers() {
 #[tokio::test]
 async fn when_every_backend_is_ejected_the_one_ejected_longest_ago_is_tried() {
     let a = failing(usize::MAX, 500).await;
-    let manifests = world(
+    let (_manifests, proxy) = serve(
         &a,
         None,
         ONLY_A,
         "  retry: {attempts: 1}\n  circuitBreaker: {consecutiveFailures: 1, ejection: 1m}\n",
-    );
-    let proxy = support::proxy(&manifests).await;
+    )
+    .await;
     for _ in 0..3 {
         let response = post(&proxy, "/v1/chat/completions", chat(false)).await;
         assert_eq!(response.status(), 502);
@@ -375,8 +382,8 @@ async fn lowest_latency_and_lowest_cost_prefer_the_better_backend() {
     })
     .await;
     let fast = failing(0, 200).await;
-    let manifests = world(&slow, Some(&fast), SAME_TIER, "  strategy: LowestLatency\n");
-    let proxy = support::proxy(&manifests).await;
+    let (_manifests, proxy) =
+        serve(&slow, Some(&fast), SAME_TIER, "  strategy: LowestLatency\n").await;
     for _ in 0..20 {
         assert_eq!(
             post(&proxy, "/v1/chat/completions", chat(false))
@@ -436,13 +443,13 @@ async fn a_stream_that_stays_silent_or_fails_before_its_first_event_fails_over()
     // Broken: headers, then the stream ends with no event at all.
     let empty = FakeProvider::start(|_| Reply::Stream(Vec::new())).await;
     for a in [&silent, &empty] {
-        let manifests = world(
+        let (_manifests, proxy) = serve(
             a,
             Some(&b),
             PRIMARY_AND_FALLBACK,
             "  timeouts: {firstToken: 300ms}\n",
-        );
-        let proxy = support::proxy(&manifests).await;
+        )
+        .await;
         let started = Instant::now();
         let response = post(&proxy, "/v1/chat/completions", chat(true)).await;
         assert_eq!(response.status(), 200);
@@ -465,8 +472,7 @@ async fn a_stream_that_stays_silent_or_fails_before_its_first_event_fails_over()
 async fn a_stream_that_breaks_after_its_first_event_ends_with_an_error_and_no_failover() {
     let a = FakeProvider::start(|_| Reply::CutAfter(sse(CHUNK))).await;
     let b = FakeProvider::start(|_| good_stream()).await;
-    let manifests = world(&a, Some(&b), PRIMARY_AND_FALLBACK, "");
-    let proxy = support::proxy(&manifests).await;
+    let (_manifests, proxy) = serve(&a, Some(&b), PRIMARY_AND_FALLBACK, "").await;
     let response = post(&proxy, "/v1/chat/completions", chat(true)).await;
     assert_eq!(response.status(), 200);
     assert_eq!(header(&response, "x-switchboard-provider"), "default/a");
