@@ -485,3 +485,82 @@ async fn a_stream_that_breaks_after_its_first_event_ends_with_an_error_and_no_fa
         "the client had bytes: no failover"
     );
 }
+
+/// `examples/fallback` as shipped, with its two providers pointed at fake servers: the
+/// OpenAI one is down (503), so the Anthropic one answers, in OpenAI's format.
+#[tokio::test]
+async fn the_fallback_example_fails_over_from_openai_to_anthropic() {
+    let openai = failing(usize::MAX, 503).await;
+    let anthropic_answer = Bytes::from_static(
+        br#"{"id":"msg_1","type":"message","role":"assistant","model":"claude-3-5-haiku-20241022","content":[{"type":"text","text":"from anthropic"}],"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":3,"output_tokens":2}}"#,
+    );
+    let anthropic_stream: Vec<(Duration, Bytes)> = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/golden/anthropic/stream_text.sse"
+    ))
+    .unwrap()
+    .split_inclusive("\n\n")
+    .map(|event| (Duration::ZERO, Bytes::from(event.to_string())))
+    .collect();
+    let anthropic = FakeProvider::start(move |received| {
+        if received.json()["stream"] == true {
+            Reply::Stream(anthropic_stream.clone())
+        } else {
+            Reply::Json(StatusCode::OK, anthropic_answer.clone())
+        }
+    })
+    .await;
+    let example = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/fallback/gateway.yaml"
+    ))
+    .unwrap();
+    let pointed = example
+        .replace(
+            "  type: openai\n",
+            &format!("  type: openai\n  endpoint: {}\n", openai.url()),
+        )
+        .replace(
+            "  type: anthropic\n",
+            &format!("  type: anthropic\n  endpoint: {}\n", anthropic.url()),
+        );
+    assert_ne!(pointed, example, "the example names both provider types");
+    let manifests = Manifests::new();
+    manifests.write("gateway.yaml", &pointed);
+    let proxy = support::proxy(&manifests).await;
+
+    for stream in [false, true] {
+        let response = client()
+            .post(url(&proxy, "/v1/chat/completions"))
+            .bearer_auth("sk-switchboard-my-app-key-change-me")
+            .json(&serde_json::json!({"model": "chat", "stream": stream,
+                "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(
+            header(&response, "x-switchboard-provider"),
+            "default/anthropic"
+        );
+        assert_eq!(
+            header(&response, "x-switchboard-model"),
+            "claude-3-5-haiku-latest"
+        );
+        assert_eq!(header(&response, "x-switchboard-attempts"), "2");
+        let body = response.text().await.unwrap();
+        if stream {
+            assert!(body.ends_with("data: [DONE]\n\n"), "{body}");
+        } else {
+            let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(body["choices"][0]["message"]["content"], "from anthropic");
+        }
+    }
+    assert_eq!(openai.hits.load(Ordering::SeqCst), 2);
+    let sent = anthropic.last();
+    assert_eq!(sent.json()["model"], "claude-3-5-haiku-latest");
+    assert_eq!(
+        sent.headers["x-api-key"], "sk-ant-REPLACE-WITH-YOUR-ANTHROPIC-KEY",
+        "the example's Secret reaches the provider"
+    );
+}
