@@ -69,6 +69,20 @@ pub struct Pricing {
     pub cached_input_per_million: f64,
 }
 
+impl Pricing {
+    /// The price in USD of a request that used `input` prompt tokens (of which
+    /// `cached_input` were read from the provider's prompt cache) and `output`
+    /// completion tokens. Cached tokens are priced at the cached rate, the rest of the
+    /// input at the input rate.
+    pub fn cost_usd(&self, input: u64, cached_input: u64, output: u64) -> f64 {
+        let cached = cached_input.min(input);
+        let per_token = |tokens: u64, per_million: f64| tokens as f64 * per_million / 1e6;
+        per_token(input - cached, self.input_per_million)
+            + per_token(cached, self.cached_input_per_million)
+            + per_token(output, self.output_per_million)
+    }
+}
+
 /// TLS settings towards a provider.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 pub struct Tls {
@@ -294,4 +308,24 @@ impl fmt::Debug for ApiKey {
 /// Proxies hash the presented key the same way and look it up.
 pub fn hash_key(key: &str) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(key.as_bytes())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Pricing;
+
+    #[test]
+    fn cost_prices_cached_input_at_its_own_rate() {
+        let pricing = Pricing {
+            input_per_million: 2.5,
+            output_per_million: 10.0,
+            cached_input_per_million: 1.25,
+        };
+        // 1,000 input of which 400 cached, 500 output:
+        // 600 * 2.5 + 400 * 1.25 + 500 * 10 = 1,500 + 500 + 5,000 per million.
+        let cost = pricing.cost_usd(1_000, 400, 500);
+        assert!((cost - 0.007).abs() < 1e-12, "{cost}");
+        // More cached than input (a provider's rounding) never goes negative.
+        assert!((pricing.cost_usd(10, 20, 0) - 10.0 * 1.25 / 1e6).abs() < 1e-15);
+    }
 }

@@ -1,5 +1,5 @@
-//! One log line per request, emitted when the request is over: at the response for
-//! whole responses, at the stream's end for streams.
+//! The access line: one log line per request, written when the request is over (see
+//! `finish`): at the response for whole responses, at the stream's end for streams.
 //!
 //! In JSON mode the line is serialized straight to stdout in the same shape as the
 //! other (tracing) log lines. Going through tracing's JSON formatter cost a fifth of
@@ -8,20 +8,24 @@
 //! tracing, for humans.
 
 use std::io::Write;
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
+use bytes::Bytes;
 use serde::Serialize;
+use switchboard_api::snapshot::Pricing;
 
-use crate::ir::Usage;
-use crate::providers::{StreamEnd, StreamEndHook, StreamOutcome};
+use crate::ir::{Operation, Usage};
+use crate::metrics::{InFlight, OpenStream};
+use crate::providers::StreamOutcome;
 use crate::settings::LogFormat;
 
 /// The tracing target of access lines; `RUST_LOG=switchboard::access=off` silences them.
 pub const TARGET: &str = "switchboard::access";
 
-/// What is known about a request, filled in as it moves through the pipeline.
-#[derive(Debug, Clone)]
+/// What is known about a request, filled in as it moves through the pipeline. It
+/// lives exactly as long as the request: it counts it in flight (and its stream open)
+/// until it is finished or dropped.
+#[derive(Debug, Default)]
 pub struct RequestLog {
     pub format: LogFormat,
     pub request_id: String,
@@ -32,6 +36,9 @@ pub struct RequestLog {
     pub provider: Option<String>,
     pub model: Option<String>,
     pub upstream_model: Option<String>,
+    pub operation: Option<Operation>,
+    /// Prices of the model that answered (or was tried last); `None`: unpriced.
+    pub pricing: Option<Pricing>,
     /// Upstream attempts made (0 when none was: an error before routing).
     pub attempts: u32,
     pub status: u16,
@@ -39,8 +46,22 @@ pub struct RequestLog {
     pub stream: bool,
     pub usage: Option<Usage>,
     pub stream_outcome: Option<StreamOutcome>,
-    /// Time to response headers.
+    /// Time to response headers; for a stream, that is its first event.
     pub headers_after: Option<Duration>,
+    /// With body logging: the start of the request body.
+    pub request_body: Option<LoggedBody>,
+    /// With body logging: the start of the response body as sent.
+    pub response_body: Option<LoggedBody>,
+    pub in_flight: InFlight,
+    pub open_stream: Option<OpenStream>,
+}
+
+/// The first bytes of a body, as logged.
+#[derive(Debug, Clone)]
+pub struct LoggedBody {
+    pub bytes: Bytes,
+    /// Whether the body went on past `bytes`.
+    pub truncated: bool,
 }
 
 /// An access line as JSON; field names match the tracing JSON lines around it.
@@ -74,11 +95,26 @@ struct JsonLine<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     headers_ms: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    ttft_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     input_tokens: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     output_tokens: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     cached_tokens: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cost_usd: Option<f64>,
+    /// Present (true) when tokens were used on a model without prices.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    unpriced: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_body: Option<std::borrow::Cow<'a, str>>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    request_body_truncated: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_body: Option<std::borrow::Cow<'a, str>>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    response_body_truncated: bool,
 }
 
 // === impl RequestLog ===
@@ -89,6 +125,7 @@ impl RequestLog {
         request_id: String,
         method: http::Method,
         uri: http::Uri,
+        in_flight: InFlight,
     ) -> Self {
         Self {
             format,
@@ -100,6 +137,8 @@ impl RequestLog {
             provider: None,
             model: None,
             upstream_model: None,
+            operation: None,
+            pricing: None,
             attempts: 0,
             status: 0,
             error: None,
@@ -107,21 +146,51 @@ impl RequestLog {
             usage: None,
             stream_outcome: None,
             headers_after: None,
+            request_body: None,
+            response_body: None,
+            in_flight,
+            open_stream: None,
         }
     }
 
-    pub fn emit(&self, started: Instant) {
+    /// Time to the first event of a stream that was answered.
+    pub fn first_token_after(&self) -> Option<Duration> {
+        match self.stream && self.status == 200 {
+            true => self.headers_after,
+            false => None,
+        }
+    }
+
+    /// What the request cost: `None` when no tokens are known or the model has no
+    /// prices (see `unpriced`).
+    pub fn cost_usd(&self) -> Option<f64> {
+        let usage = self.usage?;
+        let pricing = self.pricing?;
+        Some(pricing.cost_usd(
+            usage.prompt_tokens,
+            usage.cached_tokens(),
+            usage.completion_tokens,
+        ))
+    }
+
+    /// Tokens were used on a model without prices: its cost is unknown, not zero.
+    pub fn unpriced(&self) -> bool {
+        self.usage.is_some() && self.pricing.is_none()
+    }
+
+    /// Writes the access line for a request that took `latency`.
+    pub fn emit(&self, latency: Duration, cost_usd: Option<f64>) {
         if !tracing::enabled!(target: TARGET, tracing::Level::INFO) {
             return;
         }
-        let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let latency_ms = latency.as_secs_f64() * 1000.0;
         match self.format {
-            LogFormat::Json => self.write_json(latency_ms),
-            LogFormat::Text => self.trace(latency_ms),
+            LogFormat::Json => self.write_json(latency_ms, cost_usd),
+            LogFormat::Text => self.trace(latency_ms, cost_usd),
         }
     }
 
-    fn write_json(&self, latency_ms: f64) {
+    fn write_json(&self, latency_ms: f64, cost_usd: Option<f64>) {
         let line = JsonLine {
             timestamp: humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
             level: "INFO",
@@ -142,9 +211,16 @@ impl RequestLog {
             error: self.error,
             latency_ms,
             headers_ms: self.headers_after.map(|d| d.as_secs_f64() * 1000.0),
+            ttft_ms: self.first_token_after().map(|d| d.as_secs_f64() * 1000.0),
             input_tokens: self.usage.map(|u| u.prompt_tokens),
             output_tokens: self.usage.map(|u| u.completion_tokens),
             cached_tokens: self.usage.map(|u| u.cached_tokens()),
+            cost_usd,
+            unpriced: self.unpriced(),
+            request_body: self.request_body.as_ref().map(LoggedBody::text),
+            request_body_truncated: self.request_body.as_ref().is_some_and(|b| b.truncated),
+            response_body: self.response_body.as_ref().map(LoggedBody::text),
+            response_body_truncated: self.response_body.as_ref().is_some_and(|b| b.truncated),
         };
         let mut buf = Vec::with_capacity(512);
         if serde_json::to_writer(&mut buf, &line).is_ok() {
@@ -154,7 +230,7 @@ impl RequestLog {
         }
     }
 
-    fn trace(&self, latency_ms: f64) {
+    fn trace(&self, latency_ms: f64, cost_usd: Option<f64>) {
         let usage = self.usage.unwrap_or_default();
         tracing::info!(
             target: TARGET,
@@ -173,112 +249,35 @@ impl RequestLog {
             error = self.error,
             latency_ms,
             headers_ms = self.headers_after.map(|d| d.as_secs_f64() * 1000.0),
+            ttft_ms = self.first_token_after().map(|d| d.as_secs_f64() * 1000.0),
             input_tokens = self.usage.map(|_| usage.prompt_tokens),
             output_tokens = self.usage.map(|_| usage.completion_tokens),
             cached_tokens = self.usage.map(|_| usage.cached_tokens()),
+            cost_usd,
+            unpriced = self.unpriced().then_some(true),
+            request_body = self.request_body.as_ref().map(LoggedBody::text).as_deref(),
+            request_body_truncated = self.request_body.as_ref().and_then(|b| b.truncated.then_some(true)),
+            response_body = self.response_body.as_ref().map(LoggedBody::text).as_deref(),
+            response_body_truncated = self.response_body.as_ref().and_then(|b| b.truncated.then_some(true)),
             "request"
         );
     }
 }
 
-/// Joins a streaming request's log with its stream's end: whichever arrives second
-/// emits the line.
-#[derive(Debug, Clone)]
-pub struct StreamLog {
-    started: Instant,
-    state: Arc<Mutex<Pending>>,
-}
+// === impl LoggedBody ===
 
-#[derive(Debug, Default)]
-enum Pending {
-    #[default]
-    Waiting,
-    Log(Box<RequestLog>),
-    End(StreamEnd),
-    Done,
-}
-
-// === impl StreamLog ===
-
-impl StreamLog {
-    pub fn new(started: Instant) -> Self {
+impl LoggedBody {
+    /// A copy of the first `limit` bytes of `body` (a copy, so that a large body is
+    /// not kept alive for the length of a stream by its logged start).
+    pub fn capture(body: &[u8], limit: usize) -> Self {
         Self {
-            started,
-            state: Arc::default(),
+            bytes: Bytes::copy_from_slice(&body[..body.len().min(limit)]),
+            truncated: body.len() > limit,
         }
     }
 
-    /// The request's log, once its response headers are out.
-    pub fn log(&self, log: RequestLog) {
-        self.arrive(Pending::Log(Box::new(log)));
-    }
-
-    /// The stream's end.
-    pub fn end(&self, end: StreamEnd) {
-        self.arrive(Pending::End(end));
-    }
-
-    fn arrive(&self, arrival: Pending) {
-        let Ok(mut state) = self.state.lock() else {
-            return;
-        };
-        let previous = std::mem::replace(&mut *state, Pending::Done);
-        let (mut log, end) = match (previous, arrival) {
-            (Pending::Waiting, arrival) => {
-                *state = arrival;
-                return;
-            }
-            (Pending::Log(log), Pending::End(end)) | (Pending::End(end), Pending::Log(log)) => {
-                (log, end)
-            }
-            _ => return,
-        };
-        drop(state);
-        log.usage = end.usage;
-        log.stream_outcome = Some(end.outcome);
-        log.emit(self.started);
-    }
-}
-
-/// Passes a stream's end on to the request's `StreamLog` only for the attempt whose
-/// reply goes to the client: a failed attempt's stream ends too, when it is dropped. An
-/// end that arrives before the choice (a stream whole in its first read) waits for it.
-#[derive(Debug)]
-pub struct AttemptEnd {
-    log: StreamLog,
-    /// Whether this attempt was chosen, and an end that arrived before that.
-    state: Mutex<(bool, Option<StreamEnd>)>,
-}
-
-impl AttemptEnd {
-    pub fn new(log: &StreamLog) -> Arc<Self> {
-        Arc::new(Self {
-            log: log.clone(),
-            state: Mutex::new((false, None)),
-        })
-    }
-
-    /// The hook to give the attempt's provider call.
-    pub fn hook(self: &Arc<Self>) -> StreamEndHook {
-        let gate = self.clone();
-        Box::new(move |end| {
-            let mut state = gate.state.lock().unwrap_or_else(PoisonError::into_inner);
-            if state.0 {
-                drop(state);
-                gate.log.end(end);
-            } else {
-                state.1 = Some(end);
-            }
-        })
-    }
-
-    /// This attempt's reply goes to the client.
-    pub fn choose(&self) {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        state.0 = true;
-        if let Some(end) = state.1.take() {
-            drop(state);
-            self.log.end(end);
-        }
+    /// The bytes as text; a multi-byte character cut at the limit shows as U+FFFD.
+    fn text(&self) -> std::borrow::Cow<'_, str> {
+        String::from_utf8_lossy(&self.bytes)
     }
 }

@@ -9,13 +9,16 @@
 #![warn(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod access_log;
+pub mod admin;
 pub mod auth;
 pub mod body;
 pub mod client_api;
 pub mod error;
+pub mod finish;
 pub mod formats;
 pub mod health;
 pub mod ir;
+pub mod metrics;
 pub mod pipeline;
 pub mod plan;
 pub mod providers;
@@ -29,14 +32,13 @@ pub mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
+use crate::metrics::Metrics;
 use crate::pipeline::Gateway;
-use crate::runtime::RuntimeHandle;
 pub use crate::settings::Settings;
 
 /// A running proxy.
@@ -44,6 +46,8 @@ pub use crate::settings::Settings;
 pub struct Proxy {
     /// The address it listens on.
     pub addr: SocketAddr,
+    /// Where `/metrics` is served, unless metrics are off.
+    pub metrics_addr: Option<SocketAddr>,
     pub gateway: Arc<Gateway>,
     shutdown: oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,
@@ -55,16 +59,30 @@ pub struct Proxy {
 /// serves some Snapshot (from the operator or its cache on disk).
 pub async fn start(settings: Settings) -> anyhow::Result<Proxy> {
     install_crypto_provider();
-    let gateway = Arc::new(Gateway {
-        runtime: RuntimeHandle::default(),
-        settings: settings.clone(),
-        draining: AtomicBool::new(false),
-    });
+    let metrics = match settings.metrics_listen.0 {
+        Some(_) => Some(Arc::new(
+            Metrics::new(settings.metrics_consumer_label).context("cannot set up metrics")?,
+        )),
+        None => None,
+    };
+    let gateway = Arc::new(Gateway::new(settings.clone(), metrics.clone()));
     let sync = sync::start(&settings, gateway.clone())?;
     let listener = TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
     let addr = listener.local_addr()?;
+    let (metrics_addr, metrics_task) = match (settings.metrics_listen.0, metrics) {
+        (Some(at), Some(metrics)) => {
+            let listener = TcpListener::bind(at)
+                .await
+                .with_context(|| format!("cannot serve metrics on {at}"))?;
+            let bound = listener.local_addr()?;
+            tracing::info!(addr = %bound, "serving metrics at /metrics");
+            let task = tokio::spawn(admin::serve(listener, metrics, gateway.clone()));
+            (Some(bound), Some(task))
+        }
+        _ => (None, None),
+    };
 
     let (shutdown, shutdown_rx) = oneshot::channel::<()>();
     let serving_gateway = gateway.clone();
@@ -74,10 +92,15 @@ pub async fn start(settings: Settings) -> anyhow::Result<Proxy> {
         };
         server::serve(listener, serving_gateway, stop).await;
         drop(sync);
+        // Metrics stay scrapeable while in-flight requests drain, then stop.
+        if let Some(task) = metrics_task {
+            task.abort();
+        }
     });
     tracing::info!(%addr, "serving");
     Ok(Proxy {
         addr,
+        metrics_addr,
         gateway,
         shutdown,
         task,

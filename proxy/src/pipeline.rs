@@ -12,14 +12,16 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
-use crate::access_log::{AttemptEnd, RequestLog, StreamLog};
+use crate::access_log::{LoggedBody, RequestLog};
 use crate::body::{Body, full};
 use crate::client_api::{self, openai};
 use crate::error::ProxyError;
+use crate::finish::{AttemptEnd, RequestEnd};
 use crate::formats;
 use crate::health::CircuitView;
 use crate::ir::chat::StreamEvent;
 use crate::ir::{ClientApi, Operation};
+use crate::metrics::{AttemptOutcome, Metrics};
 use crate::plan::{self, Candidate, RetryBudget};
 use crate::providers::{self, Call, Reply};
 use crate::runtime::{Runtime, RuntimeHandle};
@@ -42,28 +44,70 @@ pub const ATTEMPTS_HEADER: &str = "x-switchboard-attempts";
 pub struct Gateway {
     pub runtime: RuntimeHandle,
     pub settings: Settings,
+    /// `None` with `--metrics-listen off`.
+    pub metrics: Option<Arc<Metrics>>,
     /// Set once shutdown begins; `/readyz` then fails.
     pub draining: AtomicBool,
+}
+
+// === impl Gateway ===
+
+impl Gateway {
+    pub fn new(settings: Settings, metrics: Option<Arc<Metrics>>) -> Self {
+        Self {
+            runtime: RuntimeHandle::default(),
+            settings,
+            metrics,
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    /// Serves `runtime` from now on; in-flight requests finish on the one they began with.
+    pub fn install(&self, runtime: Runtime) {
+        if let Some(metrics) = &self.metrics {
+            metrics.config_applied(runtime.version());
+        }
+        self.runtime.swap(runtime);
+    }
+
+    /// A new config was refused; the current one keeps serving.
+    pub fn refused(&self) {
+        if let Some(metrics) = &self.metrics {
+            metrics.config_refused();
+        }
+    }
 }
 
 /// Serves one request. Never fails: errors become responses in the client's format.
 pub async fn handle(gateway: Arc<Gateway>, request: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
     let request_id = request_id(request.headers());
-    let mut log = RequestLog::new(
+    // Health probes arrive every few seconds; keep them out of metrics and the log.
+    let probe = is_probe(request.uri().path());
+    let metrics = gateway.metrics.as_ref().filter(|_| !probe);
+    let end = RequestEnd::new(
+        started,
+        metrics.cloned(),
+        gateway
+            .settings
+            .log_bodies
+            .then_some(gateway.settings.log_body_max_bytes),
+    );
+    let mut pending = end.pending(RequestLog::new(
         gateway.settings.log_format,
         request_id.clone(),
         request.method().clone(),
         request.uri().clone(),
-    );
-    let stream_log = StreamLog::new(started);
+        metrics.map(Metrics::in_flight).unwrap_or_default(),
+    ));
     // Errors are written in the format of the API the path belongs to.
     let api = match request.uri().path() {
         "/v1/messages" => ClientApi::Anthropic,
         _ => ClientApi::OpenAI,
     };
 
-    let result = dispatch(&gateway, request, &request_id, &mut log, &stream_log).await;
+    let result = dispatch(&gateway, request, &request_id, pending.log(), &end).await;
+    let mut log = pending.take();
     let mut response = result.unwrap_or_else(|error| {
         log.error = Some(error.kind());
         client_api::error_response(api, &error)
@@ -75,14 +119,11 @@ pub async fn handle(gateway: Arc<Gateway>, request: Request<Incoming>) -> Respon
 
     log.status = response.status().as_u16();
     log.headers_after = Some(started.elapsed());
-    if is_probe(log.uri.path()) {
-        // Health probes arrive every few seconds; keep them out of the access log.
-    } else if log.stream && response.status() == StatusCode::OK {
-        stream_log.log(log);
-    } else {
-        log.emit(started);
+    if probe {
+        return response;
     }
-    response
+    let stream = log.stream && response.status() == StatusCode::OK;
+    end.respond(log, stream, response)
 }
 
 /// Which provider and model answered, and after how many attempts (also on errors,
@@ -108,7 +149,7 @@ async fn dispatch(
     request: Request<Incoming>,
     request_id: &str,
     log: &mut RequestLog,
-    stream_log: &StreamLog,
+    end: &RequestEnd,
 ) -> Result<Response<Body>, ProxyError> {
     // A Uri clone shares its bytes; the path is matched without copying it.
     let uri = request.uri().clone();
@@ -138,7 +179,7 @@ async fn dispatch(
                 endpoint,
                 request_id,
                 log,
-                stream_log,
+                end,
             )
             .await
         }
@@ -200,32 +241,27 @@ async fn proxy(
     endpoint: ClientEndpoint,
     request_id: &str,
     log: &mut RequestLog,
-    stream_log: &StreamLog,
+    end: &RequestEnd,
 ) -> Result<Response<Body>, ProxyError> {
     let (consumer_id, consumer) = auth::authenticate(runtime, request.headers())?;
     log.consumer = Some(consumer_id.to_string());
 
     let (parts, body) = request.into_parts();
     let body = read_body(&parts.headers, body, gateway.settings.max_body_bytes).await?;
+    if let Some(limit) = end.body_limit() {
+        log.request_body = Some(LoggedBody::capture(&body, limit));
+    }
     let mut request = match endpoint {
         ClientEndpoint::OpenAI(operation) => openai::parse_request(operation, body)?,
         ClientEndpoint::AnthropicMessages => client_api::anthropic::parse_request(body)?,
     };
     log.model = Some(request.model.clone());
+    log.operation = Some(request.operation);
     log.stream = request.stream;
 
     let (route_id, route) = routing::select(runtime, consumer, &request.model, &parts.headers)?;
     log.route = Some(route_id.to_string());
-    let reply = attempt(
-        runtime,
-        route_id,
-        route,
-        &mut request,
-        request_id,
-        log,
-        stream_log,
-    )
-    .await?;
+    let reply = attempt(runtime, route_id, route, &mut request, request_id, log, end).await?;
 
     Ok(match reply {
         Reply::Native { body, usage } => {
@@ -238,12 +274,12 @@ async fn proxy(
             client_api::write_response(request.api, &response)
         }
         Reply::ChatStream(events) => {
-            let stream_log = stream_log.clone();
+            let end = end.clone();
             client_api::event_stream(client_api::stream_body(
                 request.api,
                 request.client_wants_usage,
                 events,
-                Box::new(move |end| stream_log.end(end)),
+                Box::new(move |stream_end| end.stream_ended(stream_end)),
             ))
         }
     })
@@ -264,9 +300,10 @@ async fn attempt(
     request: &mut crate::ir::Request,
     request_id: &str,
     log: &mut RequestLog,
-    stream_log: &StreamLog,
+    end: &RequestEnd,
 ) -> Result<Reply, ProxyError> {
     let operation = request.operation;
+    let metrics = end.metrics();
     let plan = plan::order(route.strategy, candidates(runtime, route, operation));
     if plan.is_empty() {
         return Err(
@@ -306,6 +343,8 @@ async fn attempt(
     // as an attempt, and a whole round of refusals ends the request.
     let mut refused_in_a_row = 0;
     let mut step = 0;
+    // The plan entry of the first attempt: a later attempt elsewhere is a fallback.
+    let mut first_choice = None;
     while attempts < policy.attempts && refused_in_a_row < plan.len() {
         let index = step % plan.len();
         let round = (step / plan.len()) as u32;
@@ -350,9 +389,16 @@ async fn attempt(
         };
         refused_in_a_row = 0;
         attempts += 1;
+        let first = *first_choice.get_or_insert(index);
+        if attempts > 1
+            && let Some(metrics) = metrics
+        {
+            metrics.retry(route_id, index != first);
+        }
         log.attempts = attempts;
         log.provider = Some(backend.provider.clone());
         log.upstream_model = Some(model.upstream_name.clone());
+        log.pricing = model.pricing;
         if request.chat.is_none() && !providers::speaks(provider.config.kind, request.api) {
             // Only OpenAI requests arrive untyped; they are typed when translated.
             request.chat = Some(formats::openai::parse_request(&request.body)?);
@@ -365,14 +411,14 @@ async fn attempt(
         if let Some(total) = total {
             timeout = timeout.min(total.saturating_sub(started.elapsed()));
         }
-        let end = AttemptEnd::new(stream_log);
+        let attempt_end = AttemptEnd::new(end);
         let result = providers::call(Call {
             request,
             provider,
             upstream_model: &model.upstream_name,
             timeout,
             request_id,
-            on_stream_end: end.hook(),
+            on_stream_end: attempt_end.hook(),
         })
         .await;
         let first_token = route.first_token_timeout_ms.map(Duration::from_millis);
@@ -380,9 +426,16 @@ async fn attempt(
             Ok(reply) => first_event(reply, first_token).await,
             Err(error) => Err(error),
         };
+        if let Some(metrics) = metrics {
+            let outcome = match &result {
+                Ok(_) => AttemptOutcome::Success,
+                Err(error) => AttemptOutcome::Failed(error.kind()),
+            };
+            metrics.attempt(&backend.provider, &model.upstream_name, outcome);
+        }
         match result {
             Ok(reply) => {
-                end.choose();
+                attempt_end.choose();
                 tracked.succeeded();
                 return Ok(reply);
             }

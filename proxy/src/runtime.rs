@@ -6,13 +6,14 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use arc_swap::ArcSwapOption;
 use regex::Regex;
 use switchboard_api::Snapshot;
 use switchboard_api::snapshot::{Backend, Consumer, HeaderMatchType, Provider, Route};
 
-use crate::health::BackendHealth;
+use crate::health::{BackendHealth, CircuitView};
 use crate::plan::RetryBudget;
 use crate::providers::UpstreamUrls;
 use crate::upstream::{self, ClientError};
@@ -153,6 +154,21 @@ impl Runtime {
     /// What this proxy knows about a backend's health and load.
     pub fn health(&self, backend: &Backend) -> Option<&Arc<BackendHealth>> {
         self.health.get(&health_key(backend))
+    }
+
+    /// Every backend's circuit as (provider, upstream model name, state).
+    pub fn circuits(&self, now: Instant) -> impl Iterator<Item = (&str, &str, CircuitView)> {
+        self.health.iter().filter_map(move |(key, health)| {
+            let (provider, model) = key.split_once('#')?;
+            let upstream = &self
+                .providers
+                .get(provider)?
+                .config
+                .models
+                .get(model)?
+                .upstream_name;
+            Some((provider, upstream.as_str(), health.view(now)))
+        })
     }
 
     pub fn retry_budget(&self, route_id: &str) -> Option<&RetryBudget> {

@@ -53,6 +53,26 @@ pub struct Settings {
     #[arg(long, env = "SWITCHBOARD_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
 
+    /// Address to serve Prometheus metrics on (`/metrics`), or `off` for no metrics at
+    /// all (none recorded either).
+    #[arg(long, env = "SWITCHBOARD_METRICS_LISTEN", default_value = "0.0.0.0:9091", value_parser = parse_metrics_listen)]
+    pub metrics_listen: MetricsListen,
+
+    /// Whether metrics carry a `consumer` label. Turn it off when consumers are many
+    /// (each one multiplies the series of every counter it touches).
+    #[arg(long, env = "SWITCHBOARD_METRICS_CONSUMER_LABEL", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub metrics_consumer_label: bool,
+
+    /// Put request and response bodies (prompts and completions) in the access log, up
+    /// to `--log-body-max-bytes` each. Off by default: bodies may hold personal data.
+    #[arg(long, env = "SWITCHBOARD_LOG_BODIES")]
+    pub log_bodies: bool,
+
+    /// With `--log-bodies`, the most bytes of each body logged; the rest is cut and
+    /// the line says so.
+    #[arg(long, env = "SWITCHBOARD_LOG_BODY_MAX_BYTES", default_value_t = 4096)]
+    pub log_body_max_bytes: usize,
+
     /// Log format: `text` for people, `json` for log pipelines. Levels via RUST_LOG.
     #[arg(
         long,
@@ -79,9 +99,14 @@ pub struct Settings {
     pub check: bool,
 }
 
+/// Where metrics are served: an address, or nowhere (`off`: none are recorded).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricsListen(pub Option<SocketAddr>);
+
 /// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
+    #[default]
     Text,
     Json,
 }
@@ -99,6 +124,10 @@ impl Settings {
             snapshot_cache: PathBuf::from("/var/lib/switchboard/snapshot.json"),
             proxy_id: default_proxy_id(),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            metrics_listen: MetricsListen(Some(SocketAddr::from(([127, 0, 0, 1], 0)))),
+            metrics_consumer_label: true,
+            log_bodies: false,
+            log_body_max_bytes: 4096,
             log_format: LogFormat::Text,
             max_body_bytes: 10 * 1024 * 1024,
             max_header_bytes: 64 * 1024,
@@ -106,6 +135,17 @@ impl Settings {
             check: false,
         }
     }
+}
+
+/// `off` or a socket address.
+fn parse_metrics_listen(value: &str) -> Result<MetricsListen, String> {
+    if value.eq_ignore_ascii_case("off") {
+        return Ok(MetricsListen(None));
+    }
+    value
+        .parse()
+        .map(|addr| MetricsListen(Some(addr)))
+        .map_err(|e| format!("{e}: expected an address such as 0.0.0.0:9091, or off"))
 }
 
 /// Outside a pod (no POD_NAME): the host name, or `proxy` when there is none.

@@ -215,6 +215,24 @@ async fn a_file_that_does_not_parse_keeps_the_serving_config() {
     manifests.write("route.yaml", "{not: yaml: at all");
     settle().await;
     assert_eq!(version(&proxy), serving);
+    let samples = scrape(&proxy).await;
+    let reloads = |result| {
+        metric(
+            &samples,
+            "switchboard_config_reloads_total",
+            &[("result", result)],
+        )
+    };
+    assert!(reloads("refused") >= 2.0, "refused reloads are counted");
+    assert_eq!(reloads("applied"), 1.0);
+    assert_eq!(
+        metric(
+            &samples,
+            "switchboard_config_info",
+            &[("version", &serving)]
+        ),
+        1.0
+    );
 
     // Fixing the file applies the change.
     manifests.write(
@@ -222,6 +240,24 @@ async fn a_file_that_does_not_parse_keeps_the_serving_config() {
         &route_yaml("r", &["m", "new"], "e", "echo", ""),
     );
     wait_for_new_version(&proxy, &serving).await;
+    let samples = scrape(&proxy).await;
+    assert_eq!(
+        metric(
+            &samples,
+            "switchboard_config_info",
+            &[("version", &serving)]
+        ),
+        0.0,
+        "only the version served is labelled"
+    );
+    assert_eq!(
+        metric(
+            &samples,
+            "switchboard_config_info",
+            &[("version", &version(&proxy))]
+        ),
+        1.0
+    );
     assert_eq!(
         post(&proxy, "/v1/chat/completions", chat("new", false))
             .await

@@ -237,7 +237,7 @@ pub fn start(dir: PathBuf, gateway: Arc<Gateway>) -> anyhow::Result<WatchGuard> 
         "config loaded from {}",
         dir.display()
     );
-    gateway.runtime.swap(runtime);
+    gateway.install(runtime);
     watch(dir, gateway, serving)
 }
 
@@ -345,6 +345,7 @@ fn reload(
             for error in &errors {
                 tracing::error!(%error, "reload refused; still serving config {current_version}");
             }
+            gateway.refused();
             return;
         }
     };
@@ -366,6 +367,7 @@ fn reload(
                  still serving config {current_version}"
             );
         }
+        gateway.refused();
         return;
     }
     if compiled.snapshot.version == current_version {
@@ -377,12 +379,13 @@ fn reload(
     match Runtime::build(compiled.snapshot, current.as_deref()) {
         Ok(runtime) => {
             let version = runtime.version().to_string();
-            gateway.runtime.swap(runtime);
+            gateway.install(runtime);
             *serving = accepted_now;
             tracing::info!(%version, previous = %current_version, "config reloaded");
         }
         Err(error) => {
             tracing::error!(%error, "reload refused; still serving config {current_version}");
+            gateway.refused();
         }
     }
 }

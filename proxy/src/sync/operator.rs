@@ -76,7 +76,7 @@ pub fn start(config: OperatorConfig, gateway: Arc<Gateway>) -> anyhow::Result<Sy
                     file = %config.cache.display(),
                     "serving the last good config from disk until the operator answers"
                 );
-                gateway.runtime.swap(runtime);
+                gateway.install(runtime);
             }
             Err(error) => tracing::warn!(
                 file = %config.cache.display(),
@@ -121,7 +121,7 @@ async fn run(config: OperatorConfig, client: reqwest::Client, gateway: Arc<Gatew
             Ok(Some(body)) => match accept_off_runtime(body.clone(), &gateway).await {
                 Ok(runtime) => {
                     let new = runtime.version().to_string();
-                    gateway.runtime.swap(runtime);
+                    gateway.install(runtime);
                     tracing::info!(version = %new, previous = %version, "config received from the operator");
                     save(&config.cache, body).await;
                     false
@@ -129,6 +129,7 @@ async fn run(config: OperatorConfig, client: reqwest::Client, gateway: Arc<Gatew
                 Err(error) => {
                     // The operator will offer the same Snapshot again: back off.
                     tracing::error!(%error, "refused a config from the operator; still serving {version}");
+                    gateway.refused();
                     true
                 }
             },

@@ -375,3 +375,94 @@ pub async fn assert_error(response: reqwest::Response, status: u16, code: &str) 
 pub fn sse(data: &str) -> Bytes {
     Bytes::from(format!("data: {data}\n\n"))
 }
+
+/// One sample of a Prometheus text exposition.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub name: String,
+    pub labels: Vec<(String, String)>,
+    pub value: f64,
+}
+
+impl Sample {
+    pub fn label(&self, name: &str) -> Option<&str> {
+        self.labels
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Parses Prometheus' text format (what `/metrics` serves); panics on a line it cannot
+/// read, so a malformed exposition fails the test.
+pub fn parse_metrics(text: &str) -> Vec<Sample> {
+    let mut samples = Vec::new();
+    for line in text.lines() {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').expect("a value after the series");
+        let value: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            v => v.parse().unwrap_or_else(|_| panic!("bad value in {line}")),
+        };
+        let (name, labels) = match series.split_once('{') {
+            None => (series.to_string(), Vec::new()),
+            Some((name, rest)) => {
+                let body = rest.strip_suffix('}').expect("labels end with }");
+                (name.to_string(), parse_labels(body))
+            }
+        };
+        samples.push(Sample {
+            name,
+            labels,
+            value,
+        });
+    }
+    samples
+}
+
+fn parse_labels(mut body: &str) -> Vec<(String, String)> {
+    let mut labels = Vec::new();
+    while !body.is_empty() {
+        let (name, rest) = body.split_once("=\"").expect("label=\"value\"");
+        let mut value = String::new();
+        let mut chars = rest.char_indices();
+        let end = loop {
+            match chars.next().expect("closing quote") {
+                (_, '\\') => match chars.next().expect("escape") {
+                    (_, 'n') => value.push('\n'),
+                    (_, c) => value.push(c),
+                },
+                (i, '"') => break i,
+                (_, c) => value.push(c),
+            }
+        };
+        labels.push((name.to_string(), value));
+        body = rest[end + 1..].trim_start_matches(',');
+    }
+    labels
+}
+
+/// The sum of the samples named `name` whose labels include every `(label, value)`.
+pub fn metric(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .filter(|s| s.name == name)
+        .filter(|s| labels.iter().all(|(l, v)| s.label(l) == Some(*v)))
+        .map(|s| s.value)
+        .sum()
+}
+
+/// Scrapes the proxy's `/metrics`.
+pub async fn scrape(proxy: &Proxy) -> Vec<Sample> {
+    let addr = proxy.metrics_addr.expect("metrics are on");
+    let response = client()
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    parse_metrics(&response.text().await.unwrap())
+}

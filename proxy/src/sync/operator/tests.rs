@@ -5,15 +5,10 @@ use switchboard_api::v1alpha1::AIProvider;
 
 use super::*;
 use crate::Settings;
-use crate::runtime::RuntimeHandle;
 
 fn gateway() -> Gateway {
     crate::install_crypto_provider();
-    Gateway {
-        runtime: RuntimeHandle::default(),
-        settings: Settings::for_manifests("/nonexistent"),
-        draining: std::sync::atomic::AtomicBool::new(false),
-    }
+    Gateway::new(Settings::for_manifests("/nonexistent"), None)
 }
 
 /// A compiled Snapshot with one echo provider.

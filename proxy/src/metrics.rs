@@ -1,0 +1,470 @@
+//! The proxy's Prometheus metrics, served at `/metrics` on their own port
+//! (`--metrics-listen`).
+//!
+//! Names and labels follow the OpenTelemetry GenAI semantic conventions where they fit
+//! (`gen_ai_server_request_duration_seconds`, `gen_ai_server_time_to_first_token_seconds`,
+//! `gen_ai_client_token_usage`, labels `gen_ai_operation_name`, `gen_ai_request_model`,
+//! `gen_ai_response_model`, `gen_ai_token_type`); the rest are `switchboard_*`.
+//!
+//! Cardinality stays bounded by the config, never by clients: routes, providers and
+//! consumers are objects someone applied; `gen_ai_request_model` is the model name a
+//! client asked for only once it matched a route (one of the config's names or
+//! aliases), else empty; `gen_ai_response_model` is the upstream model name from the
+//! AIProvider; error types and outcomes are a fixed set. Histograms carry no consumer
+//! label, and the consumer label can be turned off (`--metrics-consumer-label=false`).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use prometheus::{
+    CounterVec, Encoder, Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
+};
+
+use crate::access_log::RequestLog;
+use crate::health::CircuitView;
+use crate::ir::Operation;
+use crate::runtime::Runtime;
+
+/// Label names.
+mod label {
+    pub const ROUTE: &str = "route";
+    pub const PROVIDER: &str = "provider";
+    pub const CONSUMER: &str = "consumer";
+    pub const OPERATION: &str = "gen_ai_operation_name";
+    pub const REQUEST_MODEL: &str = "gen_ai_request_model";
+    pub const RESPONSE_MODEL: &str = "gen_ai_response_model";
+    pub const TOKEN_TYPE: &str = "gen_ai_token_type";
+    pub const STATUS_CLASS: &str = "status_class";
+    pub const ERROR_TYPE: &str = "error_type";
+    pub const OUTCOME: &str = "outcome";
+}
+
+/// Seconds, from a millisecond to ten minutes: a cached answer and a long generation
+/// both land in a bucket that tells them apart.
+const SECONDS_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0,
+    120.0, 300.0, 600.0,
+];
+/// Seconds per output token: a fast small model to a slow large one.
+const PER_TOKEN_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0,
+    2.5,
+];
+/// Output tokens per second.
+const RATE_BUCKETS: &[f64] = &[
+    1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 50.0, 75.0, 100.0, 150.0, 250.0, 500.0, 1000.0, 2500.0,
+];
+/// Tokens per request, as the GenAI conventions recommend (powers of four).
+const TOKEN_BUCKETS: &[f64] = &[
+    1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0,
+    16777216.0, 67108864.0,
+];
+
+/// Every metric the proxy exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Whether series carry the consumer (off: the label is always empty).
+    consumer_label: bool,
+    requests: IntCounterVec,
+    request_duration: HistogramVec,
+    time_to_first_token: HistogramVec,
+    time_per_output_token: HistogramVec,
+    output_tokens_per_second: HistogramVec,
+    token_usage: HistogramVec,
+    tokens: IntCounterVec,
+    cost: CounterVec,
+    unpriced: IntCounterVec,
+    attempts: IntCounterVec,
+    retries: IntCounterVec,
+    fallbacks: IntCounterVec,
+    circuit_state: IntGaugeVec,
+    in_flight: IntGauge,
+    open_streams: IntGauge,
+    config_info: IntGaugeVec,
+    config_reloads: IntCounterVec,
+    config_applied_at: Gauge,
+}
+
+/// Counts a request in flight until dropped.
+#[derive(Debug, Default)]
+pub struct InFlight(Option<Arc<Metrics>>);
+
+/// Counts a stream open until dropped.
+#[derive(Debug)]
+pub struct OpenStream(Arc<Metrics>);
+
+/// How an upstream attempt ended.
+#[derive(Debug, Clone, Copy)]
+pub enum AttemptOutcome {
+    Success,
+    /// Failed with this error type (`ProxyError::kind`).
+    Failed(&'static str),
+}
+
+// === impl Metrics ===
+
+impl Metrics {
+    pub fn new(consumer_label: bool) -> Result<Self, prometheus::Error> {
+        use label::*;
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            IntCounterVec::new(Opts::new(name, help), labels)
+        };
+        let histogram = |name: &str, help: &str, buckets: &[f64], labels: &[&str]| {
+            HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+                labels,
+            )
+        };
+        let backend = [ROUTE, PROVIDER, RESPONSE_MODEL];
+        let metrics = Self {
+            consumer_label,
+            requests: counter(
+                "switchboard_requests_total",
+                "Requests answered, by route, provider, models, operation, consumer, status class and error type.",
+                &[
+                    ROUTE,
+                    PROVIDER,
+                    REQUEST_MODEL,
+                    RESPONSE_MODEL,
+                    OPERATION,
+                    CONSUMER,
+                    STATUS_CLASS,
+                    ERROR_TYPE,
+                ],
+            )?,
+            request_duration: histogram(
+                "gen_ai_server_request_duration_seconds",
+                "Seconds from a request's arrival to the end of its response (a stream's last event).",
+                SECONDS_BUCKETS,
+                &[ROUTE, PROVIDER, RESPONSE_MODEL, OPERATION, STATUS_CLASS],
+            )?,
+            time_to_first_token: histogram(
+                "gen_ai_server_time_to_first_token_seconds",
+                "Seconds from a streamed request's arrival to its first event.",
+                SECONDS_BUCKETS,
+                &backend,
+            )?,
+            time_per_output_token: histogram(
+                "gen_ai_server_time_per_output_token_seconds",
+                "Seconds per output token after the first, for streamed answers.",
+                PER_TOKEN_BUCKETS,
+                &backend,
+            )?,
+            output_tokens_per_second: histogram(
+                "switchboard_output_tokens_per_second",
+                "Output tokens per second of generation (after the first token, for streams).",
+                RATE_BUCKETS,
+                &backend,
+            )?,
+            token_usage: histogram(
+                "gen_ai_client_token_usage",
+                "Tokens per request, by type (input, output).",
+                TOKEN_BUCKETS,
+                &[ROUTE, PROVIDER, RESPONSE_MODEL, OPERATION, TOKEN_TYPE],
+            )?,
+            tokens: counter(
+                "switchboard_tokens_total",
+                "Tokens by type: input (cached included), output, and cached_input (the part of input read from the provider's prompt cache).",
+                &[ROUTE, PROVIDER, RESPONSE_MODEL, CONSUMER, TOKEN_TYPE],
+            )?,
+            cost: CounterVec::new(
+                Opts::new(
+                    "switchboard_cost_usd_total",
+                    "Cost in US dollars, from the AIProvider's per-model prices.",
+                ),
+                &[ROUTE, PROVIDER, RESPONSE_MODEL, CONSUMER],
+            )?,
+            unpriced: counter(
+                "switchboard_unpriced_requests_total",
+                "Requests that used tokens of a model without prices: their cost is unknown, not zero.",
+                &backend,
+            )?,
+            attempts: counter(
+                "switchboard_upstream_attempts_total",
+                "Upstream attempts by outcome: success, or the error type that ended them.",
+                &[PROVIDER, RESPONSE_MODEL, OUTCOME],
+            )?,
+            retries: counter(
+                "switchboard_retries_total",
+                "Upstream attempts after a request's first.",
+                &[ROUTE],
+            )?,
+            fallbacks: counter(
+                "switchboard_fallbacks_total",
+                "Upstream attempts on a backend other than the request's first choice.",
+                &[ROUTE],
+            )?,
+            circuit_state: IntGaugeVec::new(
+                Opts::new(
+                    "switchboard_backend_circuit_state",
+                    "Circuit state per backend: 0 closed, 1 half-open (the next request probes it), 2 open (ejected).",
+                ),
+                &[PROVIDER, RESPONSE_MODEL],
+            )?,
+            in_flight: IntGauge::new(
+                "switchboard_requests_in_flight",
+                "Requests being served (streams until their last event).",
+            )?,
+            open_streams: IntGauge::new(
+                "switchboard_streams_open",
+                "Streamed responses in progress.",
+            )?,
+            config_info: IntGaugeVec::new(
+                Opts::new(
+                    "switchboard_config_info",
+                    "1, labelled with the config version served.",
+                ),
+                &["version"],
+            )?,
+            config_reloads: counter(
+                "switchboard_config_reloads_total",
+                "Configs received, by result: applied, or refused (the previous one keeps serving).",
+                &["result"],
+            )?,
+            config_applied_at: Gauge::new(
+                "switchboard_config_last_applied_timestamp_seconds",
+                "Unix time the served config was applied.",
+            )?,
+            registry,
+        };
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "switchboard_build_info",
+                "1, labelled with the proxy's version.",
+            ),
+            &["version"],
+        )?;
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        metrics.register(Box::new(build_info))?;
+        metrics.register_all()?;
+        Ok(metrics)
+    }
+
+    fn register_all(&self) -> Result<(), prometheus::Error> {
+        self.register(Box::new(self.requests.clone()))?;
+        self.register(Box::new(self.request_duration.clone()))?;
+        self.register(Box::new(self.time_to_first_token.clone()))?;
+        self.register(Box::new(self.time_per_output_token.clone()))?;
+        self.register(Box::new(self.output_tokens_per_second.clone()))?;
+        self.register(Box::new(self.token_usage.clone()))?;
+        self.register(Box::new(self.tokens.clone()))?;
+        self.register(Box::new(self.cost.clone()))?;
+        self.register(Box::new(self.unpriced.clone()))?;
+        self.register(Box::new(self.attempts.clone()))?;
+        self.register(Box::new(self.retries.clone()))?;
+        self.register(Box::new(self.fallbacks.clone()))?;
+        self.register(Box::new(self.circuit_state.clone()))?;
+        self.register(Box::new(self.in_flight.clone()))?;
+        self.register(Box::new(self.open_streams.clone()))?;
+        self.register(Box::new(self.config_info.clone()))?;
+        self.register(Box::new(self.config_reloads.clone()))?;
+        self.register(Box::new(self.config_applied_at.clone()))
+    }
+
+    fn register(
+        &self,
+        collector: Box<dyn prometheus::core::Collector>,
+    ) -> Result<(), prometheus::Error> {
+        self.registry.register(collector)
+    }
+
+    /// A request arrived; it counts as in flight until the guard is dropped.
+    pub fn in_flight(self: &Arc<Self>) -> InFlight {
+        self.in_flight.inc();
+        InFlight(Some(self.clone()))
+    }
+
+    /// A streamed response started; it counts as open until the guard is dropped.
+    pub fn open_stream(self: &Arc<Self>) -> OpenStream {
+        self.open_streams.inc();
+        OpenStream(self.clone())
+    }
+
+    /// A request is over: counts, durations, tokens and cost. `cost_usd` is `None`
+    /// when the answering model has no prices.
+    pub fn request(&self, log: &RequestLog, latency: Duration, cost_usd: Option<f64>) {
+        let route = log.route.as_deref().unwrap_or_default();
+        let provider = log.provider.as_deref().unwrap_or_default();
+        // The client's model name only once it matched a route: bounded by the config.
+        let request_model = match log.route {
+            Some(_) => log.model.as_deref().unwrap_or_default(),
+            None => "",
+        };
+        let response_model = log.upstream_model.as_deref().unwrap_or_default();
+        let operation = log.operation.map(operation_name).unwrap_or_default();
+        let consumer = match self.consumer_label {
+            true => log.consumer.as_deref().unwrap_or_default(),
+            false => "",
+        };
+        let status_class = status_class(log.status);
+        self.requests
+            .with_label_values(&[
+                route,
+                provider,
+                request_model,
+                response_model,
+                operation,
+                consumer,
+                status_class,
+                log.error.unwrap_or_default(),
+            ])
+            .inc();
+        self.request_duration
+            .with_label_values(&[route, provider, response_model, operation, status_class])
+            .observe(latency.as_secs_f64());
+
+        let backend = [route, provider, response_model];
+        let first_token = log.first_token_after();
+        if let Some(first) = first_token {
+            self.time_to_first_token
+                .with_label_values(&backend)
+                .observe(first.as_secs_f64());
+        }
+        let Some(usage) = log.usage else {
+            return;
+        };
+        let output = usage.completion_tokens;
+        // Generation time: after the first token for streams, the whole request otherwise.
+        let generating = latency.saturating_sub(first_token.unwrap_or_default());
+        if output > 0 && !generating.is_zero() {
+            self.output_tokens_per_second
+                .with_label_values(&backend)
+                .observe(output as f64 / generating.as_secs_f64());
+        }
+        if first_token.is_some() && output > 1 {
+            self.time_per_output_token
+                .with_label_values(&backend)
+                .observe(generating.as_secs_f64() / (output - 1) as f64);
+        }
+        for (token_type, count) in [("input", usage.prompt_tokens), ("output", output)] {
+            self.token_usage
+                .with_label_values(&[route, provider, response_model, operation, token_type])
+                .observe(count as f64);
+        }
+        for (token_type, count) in [
+            ("input", usage.prompt_tokens),
+            ("output", output),
+            ("cached_input", usage.cached_tokens()),
+        ] {
+            self.tokens
+                .with_label_values(&[route, provider, response_model, consumer, token_type])
+                .inc_by(count);
+        }
+        match cost_usd {
+            Some(cost) => self
+                .cost
+                .with_label_values(&[route, provider, response_model, consumer])
+                .inc_by(cost),
+            None => self.unpriced.with_label_values(&backend).inc(),
+        }
+    }
+
+    /// One upstream attempt ended.
+    pub fn attempt(&self, provider: &str, response_model: &str, outcome: AttemptOutcome) {
+        let outcome = match outcome {
+            AttemptOutcome::Success => "success",
+            AttemptOutcome::Failed(kind) => kind,
+        };
+        self.attempts
+            .with_label_values(&[provider, response_model, outcome])
+            .inc();
+    }
+
+    /// A request made another attempt; `fallback` when on another backend than its
+    /// first choice.
+    pub fn retry(&self, route: &str, fallback: bool) {
+        self.retries.with_label_values(&[route]).inc();
+        if fallback {
+            self.fallbacks.with_label_values(&[route]).inc();
+        }
+    }
+
+    /// A config was applied and now serves.
+    pub fn config_applied(&self, version: &str) {
+        self.config_info.reset();
+        self.config_info.with_label_values(&[version]).set(1);
+        self.config_reloads.with_label_values(&["applied"]).inc();
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        self.config_applied_at.set(now.as_secs_f64());
+    }
+
+    /// A config was refused; the previous one keeps serving.
+    pub fn config_refused(&self) {
+        self.config_reloads.with_label_values(&["refused"]).inc();
+    }
+
+    /// The text exposition of every metric, with circuit states read from `runtime`.
+    pub fn render(&self, runtime: Option<&Runtime>) -> Vec<u8> {
+        self.circuit_state.reset();
+        if let Some(runtime) = runtime {
+            let now = std::time::Instant::now();
+            for (provider, model, view) in runtime.circuits(now) {
+                let state = match view {
+                    CircuitView::Closed => 0,
+                    CircuitView::HalfOpen => 1,
+                    CircuitView::Ejected(_) => 2,
+                };
+                self.circuit_state
+                    .with_label_values(&[provider, model])
+                    .set(state);
+            }
+        }
+        let mut out = Vec::with_capacity(16 * 1024);
+        // Encoding into a Vec cannot fail on I/O; a metric family that does not encode
+        // would be a bug in this module, and an empty answer says so to the scraper.
+        if let Err(error) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::error!(%error, "cannot encode metrics");
+        }
+        out
+    }
+}
+
+/// `gen_ai.operation.name` of an operation.
+fn operation_name(operation: Operation) -> &'static str {
+    match operation {
+        Operation::ChatCompletions => "chat",
+        Operation::Embeddings => "embeddings",
+    }
+}
+
+fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+// === impl InFlight ===
+
+impl InFlight {
+    /// A guard that counts nothing (health probes).
+    pub fn none() -> Self {
+        Self(None)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(metrics) = &self.0 {
+            metrics.in_flight.dec();
+        }
+    }
+}
+
+// === impl OpenStream ===
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.open_streams.dec();
+    }
+}
