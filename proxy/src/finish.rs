@@ -1,5 +1,5 @@
-//! The end of a request: its cost is worked out once, then its metrics are recorded and
-//! its access line written, in that order, exactly once.
+//! The end of a request: its cost is worked out once, then its span, metrics and access
+//! line are written, in that order, exactly once.
 //!
 //! A whole response ends when its headers are out. A stream ends when its headers are
 //! out *and* its stream has ended (the provider's end carries the usage). With body
@@ -36,6 +36,9 @@ struct Inner {
     metrics: Option<Arc<Metrics>>,
     /// With body logging: the most bytes of each body kept.
     body_limit: Option<usize>,
+    /// The request's span (disabled unless traces are exported); it ends with the
+    /// request, when the last clone of this is dropped.
+    span: tracing::Span,
     state: Mutex<Join>,
 }
 
@@ -66,12 +69,18 @@ pub struct Pending {
 
 impl RequestEnd {
     /// `body_limit`: log bodies, up to that many bytes each.
-    pub fn new(started: Instant, metrics: Option<Arc<Metrics>>, body_limit: Option<usize>) -> Self {
+    pub fn new(
+        started: Instant,
+        metrics: Option<Arc<Metrics>>,
+        body_limit: Option<usize>,
+        span: tracing::Span,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 started,
                 metrics,
                 body_limit,
+                span,
                 state: Mutex::default(),
             }),
         }
@@ -169,6 +178,7 @@ impl RequestEnd {
     fn finish(&self, log: RequestLog) {
         let latency = self.inner.started.elapsed();
         let cost = log.cost_usd();
+        crate::telemetry::record_request(&self.inner.span, &log, cost);
         if let Some(metrics) = &self.inner.metrics {
             metrics.request(&log, latency, cost);
         }

@@ -28,6 +28,7 @@ pub mod server;
 pub mod settings;
 pub mod sse;
 pub mod sync;
+pub mod telemetry;
 pub mod upstream;
 
 use std::net::SocketAddr;

@@ -3,15 +3,16 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use switchboard_proxy::Settings;
-use switchboard_proxy::settings::LogFormat;
 use switchboard_proxy::sync::manifests;
-use tracing_subscriber::EnvFilter;
+use switchboard_proxy::{Settings, telemetry};
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let settings = Settings::parse();
-    init_logging(settings.log_format);
+    let (telemetry, problem) = telemetry::init(settings.log_format);
+    if let Some(problem) = problem {
+        tracing::error!("{problem}");
+    }
     if settings.check {
         return check(&settings);
     }
@@ -25,6 +26,8 @@ async fn main() -> ExitCode {
     shutdown_signal().await;
     tracing::info!("shutdown signal received");
     proxy.shutdown().await;
+    // Flushing the last spans blocks on the exporter (bounded by its timeout).
+    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
     ExitCode::SUCCESS
 }
 
@@ -57,15 +60,6 @@ fn check(settings: &Settings) -> ExitCode {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
-    }
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder.init(),
     }
 }
 

@@ -296,7 +296,7 @@ impl Metrics {
             None => "",
         };
         let response_model = log.upstream_model.as_deref().unwrap_or_default();
-        let operation = log.operation.map(operation_name).unwrap_or_default();
+        let operation = log.operation.map(Operation::name).unwrap_or_default();
         let consumer = match self.consumer_label {
             true => log.consumer.as_deref().unwrap_or_default(),
             false => "",
@@ -423,14 +423,6 @@ impl Metrics {
             tracing::error!(%error, "cannot encode metrics");
         }
         out
-    }
-}
-
-/// `gen_ai.operation.name` of an operation.
-fn operation_name(operation: Operation) -> &'static str {
-    match operation {
-        Operation::ChatCompletions => "chat",
-        Operation::Embeddings => "embeddings",
     }
 }
 

@@ -26,9 +26,11 @@ use crate::plan::{self, Candidate, RetryBudget};
 use crate::providers::{self, Call, Reply};
 use crate::runtime::{Runtime, RuntimeHandle};
 use crate::settings::Settings;
-use crate::{auth, routing};
+use crate::{auth, routing, telemetry};
 use futures_util::StreamExt;
+use switchboard_api::snapshot::ProviderType;
 use switchboard_api::snapshot::Route;
+use tracing::Instrument;
 
 /// Header carrying the request id, both ways.
 pub const REQUEST_ID: &str = "x-request-id";
@@ -85,6 +87,10 @@ pub async fn handle(gateway: Arc<Gateway>, request: Request<Incoming>) -> Respon
     // Health probes arrive every few seconds; keep them out of metrics and the log.
     let probe = is_probe(request.uri().path());
     let metrics = gateway.metrics.as_ref().filter(|_| !probe);
+    let span = match probe {
+        true => tracing::Span::none(),
+        false => telemetry::request_span(request.method(), request.uri().path(), request.headers()),
+    };
     let end = RequestEnd::new(
         started,
         metrics.cloned(),
@@ -92,6 +98,7 @@ pub async fn handle(gateway: Arc<Gateway>, request: Request<Incoming>) -> Respon
             .settings
             .log_bodies
             .then_some(gateway.settings.log_body_max_bytes),
+        span.clone(),
     );
     let mut pending = end.pending(RequestLog::new(
         gateway.settings.log_format,
@@ -106,7 +113,9 @@ pub async fn handle(gateway: Arc<Gateway>, request: Request<Incoming>) -> Respon
         _ => ClientApi::OpenAI,
     };
 
-    let result = dispatch(&gateway, request, &request_id, pending.log(), &end).await;
+    let result = dispatch(&gateway, request, &request_id, pending.log(), &end)
+        .instrument(span)
+        .await;
     let mut log = pending.take();
     let mut response = result.unwrap_or_else(|error| {
         log.error = Some(error.kind());
@@ -255,6 +264,7 @@ async fn proxy(
         ClientEndpoint::OpenAI(operation) => openai::parse_request(operation, body)?,
         ClientEndpoint::AnthropicMessages => client_api::anthropic::parse_request(body)?,
     };
+    request.trace = crate::ir::TraceHeaders::from_headers(&parts.headers);
     log.model = Some(request.model.clone());
     log.operation = Some(request.operation);
     log.stream = request.stream;
@@ -412,25 +422,38 @@ async fn attempt(
             timeout = timeout.min(total.saturating_sub(started.elapsed()));
         }
         let attempt_end = AttemptEnd::new(end);
-        let result = providers::call(Call {
-            request,
-            provider,
-            upstream_model: &model.upstream_name,
-            timeout,
-            request_id,
-            on_stream_end: attempt_end.hook(),
-        })
-        .await;
+        let span = telemetry::attempt_span(
+            operation.name(),
+            provider_name(provider.config.kind),
+            &backend.provider,
+            &model.upstream_name,
+            attempts,
+        );
+        let trace = telemetry::upstream_headers(&span, &request.trace);
         let first_token = route.first_token_timeout_ms.map(Duration::from_millis);
-        let result = match result {
-            Ok(reply) => first_event(reply, first_token).await,
-            Err(error) => Err(error),
+        let result = async {
+            let reply = providers::call(Call {
+                request,
+                provider,
+                upstream_model: &model.upstream_name,
+                timeout,
+                request_id,
+                trace,
+                on_stream_end: attempt_end.hook(),
+            })
+            .await?;
+            first_event(reply, first_token).await
+        }
+        .instrument(span.clone())
+        .await;
+        let outcome = match &result {
+            Ok(_) => AttemptOutcome::Success,
+            Err(error) => {
+                telemetry::attempt_failed(&span, error.kind());
+                AttemptOutcome::Failed(error.kind())
+            }
         };
         if let Some(metrics) = metrics {
-            let outcome = match &result {
-                Ok(_) => AttemptOutcome::Success,
-                Err(error) => AttemptOutcome::Failed(error.kind()),
-            };
             metrics.attempt(&backend.provider, &model.upstream_name, outcome);
         }
         match result {
@@ -522,6 +545,18 @@ async fn first_event(reply: Reply, within: Option<Duration>) -> Result<Reply, Pr
 }
 
 /// The route's backends that can serve `operation`, with what the plan weighs them by.
+/// `gen_ai.provider.name`: the GenAI conventions' names where they have one.
+fn provider_name(kind: ProviderType) -> &'static str {
+    match kind {
+        ProviderType::OpenAI => "openai",
+        ProviderType::AzureOpenAI => "azure.ai.openai",
+        ProviderType::Anthropic => "anthropic",
+        ProviderType::Gemini => "gcp.gemini",
+        ProviderType::OpenAICompatible => "openai_compatible",
+        ProviderType::Echo => "switchboard.echo",
+    }
+}
+
 fn candidates<'r>(runtime: &Runtime, route: &'r Route, operation: Operation) -> Vec<Candidate<'r>> {
     let now = Instant::now();
     route

@@ -1,6 +1,6 @@
-//! A fake OpenAI-compatible provider on loopback for the operator tests: answers every
-//! `POST /v1/chat/completions` with a fixed completion and records the API key each
-//! request carried, so a test can see which key the proxies use.
+//! A fake OpenAI-compatible provider on loopback for the end-to-end tests: answers every
+//! `POST /v1/chat/completions` with a fixed completion and records the headers each
+//! request carried, so a test can see which key (or trace context) the proxies send.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -19,7 +19,7 @@ use tokio::net::TcpListener;
 #[derive(Debug)]
 pub struct FakeUpstream {
     pub addr: SocketAddr,
-    keys: Arc<Mutex<Vec<String>>>,
+    headers: Arc<Mutex<Vec<http::HeaderMap>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -27,23 +27,16 @@ impl FakeUpstream {
     pub async fn start() -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let keys = Arc::new(Mutex::new(Vec::new()));
-        let seen = keys.clone();
+        let headers = Arc::new(Mutex::new(Vec::new()));
+        let seen = headers.clone();
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let seen = seen.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |request: Request<hyper::body::Incoming>| {
-                        let key = request
-                            .headers()
-                            .get("authorization")
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or_default()
-                            .trim_start_matches("Bearer ")
-                            .to_string();
                         seen.lock()
                             .unwrap_or_else(PoisonError::into_inner)
-                            .push(key);
+                            .push(request.headers().clone());
                         let body = json!({
                             "id": "chatcmpl-fake",
                             "object": "chat.completion",
@@ -69,7 +62,11 @@ impl FakeUpstream {
                 });
             }
         });
-        Self { addr, keys, task }
+        Self {
+            addr,
+            headers,
+            task,
+        }
     }
 
     /// `http://127.0.0.1:PORT/v1`, the endpoint an AIProvider points at.
@@ -77,12 +74,26 @@ impl FakeUpstream {
         format!("http://{}/v1", self.addr)
     }
 
-    /// The API keys of the requests received, in order.
-    pub fn keys(&self) -> Vec<String> {
-        self.keys
+    /// The headers of the requests received, in order.
+    pub fn headers(&self) -> Vec<http::HeaderMap> {
+        self.headers
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    /// The API keys of the requests received, in order.
+    pub fn keys(&self) -> Vec<String> {
+        self.headers()
+            .iter()
+            .map(|h| {
+                h.get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .trim_start_matches("Bearer ")
+                    .to_string()
+            })
+            .collect()
     }
 }
 

@@ -37,6 +37,7 @@ pub fn parse_request(body: Bytes) -> Result<Request, ProxyError> {
         body,
         fields: IndexMap::new(),
         chat: Some(chat),
+        trace: Default::default(),
     })
 }
 

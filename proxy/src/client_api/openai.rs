@@ -60,6 +60,7 @@ pub fn parse_request(operation: Operation, body: Bytes) -> Result<Request, Proxy
         body,
         fields,
         chat: None,
+        trace: Default::default(),
     })
 }
 

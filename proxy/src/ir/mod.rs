@@ -41,6 +41,24 @@ pub struct Request {
     pub fields: IndexMap<String, Box<RawValue>>,
     /// The typed chat request, when the request is translated.
     pub chat: Option<chat::ChatRequest>,
+    /// The client's W3C trace context, for the upstream request.
+    pub trace: TraceHeaders,
+}
+
+/// W3C trace context headers (`traceparent`, `tracestate`).
+#[derive(Debug, Clone, Default)]
+pub struct TraceHeaders {
+    pub traceparent: Option<http::HeaderValue>,
+    pub tracestate: Option<http::HeaderValue>,
+}
+
+impl TraceHeaders {
+    pub fn from_headers(headers: &http::HeaderMap) -> Self {
+        Self {
+            traceparent: headers.get("traceparent").cloned(),
+            tracestate: headers.get("tracestate").cloned(),
+        }
+    }
 }
 
 /// Token counts reported by a provider.
@@ -67,6 +85,14 @@ pub struct PromptTokensDetails {
 
 impl Operation {
     pub const ALL: [Operation; 2] = [Operation::ChatCompletions, Operation::Embeddings];
+
+    /// `gen_ai.operation.name` in the OpenTelemetry GenAI conventions.
+    pub fn name(self) -> &'static str {
+        match self {
+            Operation::ChatCompletions => "chat",
+            Operation::Embeddings => "embeddings",
+        }
+    }
 
     /// The path suffix of this operation in OpenAI-shaped APIs.
     pub fn path(self) -> &'static str {

@@ -37,13 +37,19 @@ pub async fn post(
         .get(call.upstream_model, Endpoint::of(request))
         .cloned()
         .ok_or_else(|| ProxyError::UnknownModel(request.model.clone()))?;
-    let builder = call
+    let mut builder = call
         .provider
         .client
         .post(url)
         .header(header::CONTENT_TYPE, "application/json")
         .header("x-request-id", call.request_id)
         .body(body);
+    if let Some(traceparent) = &call.trace.traceparent {
+        builder = builder.header("traceparent", traceparent);
+    }
+    if let Some(tracestate) = &call.trace.tracestate {
+        builder = builder.header("tracestate", tracestate);
+    }
     let key = call.provider.config.api_key.as_ref();
     let builder = provider_headers(builder, key.map(ApiKey::expose));
     let response = send(builder, request.stream, call.timeout).await?;

@@ -24,7 +24,7 @@ use crate::body::Body;
 use crate::error::ProxyError;
 use crate::formats::StreamDecoder;
 use crate::ir::chat::{ChatResponse, StreamError, StreamEvent};
-use crate::ir::{ClientApi, Operation, Request, Usage};
+use crate::ir::{ClientApi, Operation, Request, TraceHeaders, Usage};
 use crate::runtime::ProviderRuntime;
 use crate::sse::{self, EventSplitter};
 
@@ -37,6 +37,8 @@ pub struct Call<'a> {
     /// For a whole response: the time it may take; for a stream: until its headers.
     pub timeout: Duration,
     pub request_id: &'a str,
+    /// W3C trace context to send upstream.
+    pub trace: TraceHeaders,
     pub on_stream_end: StreamEndHook,
 }
 
