@@ -3,7 +3,8 @@
 //!
 //! Follow a request: `server` -> `pipeline` -> `client_api` -> `auth` -> `routing` ->
 //! `plan` (with `health`) -> attempts in `pipeline` -> `providers` -> `upstream` -> back
-//! through `providers` and `client_api` -> `access_log`.
+//! through `providers` and `client_api` -> `finish` (cost, then `telemetry` span,
+//! `metrics`, `access_log`). `admin` serves `/metrics` on its own port.
 
 // Library code handles every error; tests may unwrap (see .clippy.toml).
 #![warn(clippy::unwrap_used, clippy::expect_used)]
