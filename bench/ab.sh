@@ -6,7 +6,8 @@
 #     "RUST_LOG=info target/release/switchboard-proxy --log-format json" 3
 # Each round runs BEFORE then AFTER: the proxy pinned to core 1 with one
 # openai-compatible backend (bench-upstream, core 0), then `oha -c 32` for 10 s
-# (non-streaming, after a 3 s warm-up) on core 0. Prints requests/s, p50 and p99.
+# (non-streaming, after a 3 s warm-up) on core 0, or at a fixed rate with RATE=N.
+# Prints requests/s, p50 and p99.
 # The proxy's output goes to /dev/null; RUST_LOG is `warn` (no access lines) unless the
 # command line sets it.
 # Build a "before" binary with: git worktree add /tmp/before REV && cargo build
@@ -50,8 +51,11 @@ metadata: {name: ck}
 stringData: {key: sk-bench-consumer-key-0001}
 YAML
 body='{"model":"m","messages":[{"role":"user","content":"hello there, how are you today?"}]}'
+# RATE=N: open loop at N requests/s (latency corrected) instead of as fast as possible.
+rate=()
+[ -n "${RATE:-}" ] && rate=(-q "$RATE" --latency-correction)
 load() {
-  taskset -c 0 oha "$@" -c 32 --no-tui -m POST -H "authorization: Bearer sk-bench-consumer-key-0001" \
+  taskset -c 0 oha "$@" "${rate[@]}" -c 32 --no-tui -m POST -H "authorization: Bearer sk-bench-consumer-key-0001" \
     -H "content-type: application/json" -d "$body" http://127.0.0.1:9100/v1/chat/completions
 }
 run() {
