@@ -93,6 +93,17 @@ async fn world() -> (Manifests, Vec<FakeProvider>) {
     (manifests, vec![priced, down])
 }
 
+/// A proxy with route `r` (model `m`) to `upstream` as the priced model `pm`.
+async fn one_route(upstream: &FakeProvider) -> (Manifests, switchboard_proxy::Proxy) {
+    let manifests = Manifests::new();
+    manifests
+        .write("consumer.yaml", &consumer_yaml("app", ""))
+        .write("p.yaml", &provider("p", &upstream.url(), "pm", PRICING))
+        .write("r.yaml", &route_yaml("r", &["m"], "p", "pm", ""));
+    let proxy = proxy(&manifests).await;
+    (manifests, proxy)
+}
+
 #[tokio::test]
 async fn counts_tokens_and_cost_follow_a_known_sequence_of_requests() {
     let (manifests, _upstreams) = world().await;
@@ -295,12 +306,7 @@ async fn counts_tokens_and_cost_follow_a_known_sequence_of_requests() {
 #[tokio::test]
 async fn a_stream_counts_as_open_until_it_ends_and_a_client_that_leaves_is_counted() {
     let (upstream, feed) = FakeProvider::held().await;
-    let manifests = Manifests::new();
-    manifests
-        .write("consumer.yaml", &consumer_yaml("app", ""))
-        .write("p.yaml", &provider("p", &upstream.url(), "pm", PRICING))
-        .write("r.yaml", &route_yaml("r", &["m"], "p", "pm", ""));
-    let proxy = proxy(&manifests).await;
+    let (_manifests, proxy) = one_route(&upstream).await;
 
     // The proxy answers with the first event: feed it before asking.
     let first = r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":"a"},"finish_reason":null}]}"#;
@@ -348,12 +354,7 @@ async fn a_client_that_leaves_before_the_answer_is_counted_as_gone() {
         )
     })
     .await;
-    let manifests = Manifests::new();
-    manifests
-        .write("consumer.yaml", &consumer_yaml("app", ""))
-        .write("p.yaml", &provider("p", &upstream.url(), "pm", PRICING))
-        .write("r.yaml", &route_yaml("r", &["m"], "p", "pm", ""));
-    let proxy = proxy(&manifests).await;
+    let (_manifests, proxy) = one_route(&upstream).await;
 
     let request = client()
         .post(url(&proxy, "/v1/chat/completions"))
