@@ -12,7 +12,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub use crate::v1alpha1::{
-    FailurePolicy, HeaderMatchType, ProviderType, QuotaMetric, QuotaWindow, Strategy,
+    FailurePolicy, HeaderMatchType, MidStreamPolicy, ProviderType, QuotaMetric, QuotaScope,
+    QuotaWindow, Strategy,
 };
 
 /// The compiled configuration.
@@ -218,6 +219,12 @@ pub struct Quota {
     pub models: Option<BTreeSet<String>>,
     pub limits: Vec<QuotaLimit>,
     pub failure_policy: FailurePolicy,
+    pub scope: QuotaScope,
+    /// Output tokens reserved for a request without `max_tokens`.
+    pub default_output_tokens: u32,
+    pub mid_stream: MidStreamPolicy,
+    /// The route (`namespace/name`) requests over a limit go to instead of a 429.
+    pub fallback_route: Option<String>,
 }
 
 /// At most `max` of `metric` per `window`.

@@ -199,7 +199,9 @@ impl StatusWriter {
             ObjectKind::AIProvider => find(&self.stores.providers, key, |o| o.status.clone()),
             ObjectKind::AIRoute => find(&self.stores.routes, key, |o| o.status.clone()),
             ObjectKind::AIConsumer => find(&self.stores.consumers, key, |o| o.status.clone()),
-            ObjectKind::AIQuota => find(&self.stores.quotas, key, |o| o.status.clone()),
+            ObjectKind::AIQuota => find(&self.stores.quotas, key, |o| {
+                o.status.as_ref().map(|s| s.object.clone())
+            }),
             ObjectKind::Secret => None,
         }
     }

@@ -445,6 +445,10 @@ pub fn quota(name: &str) -> QuotaBuilder {
             target: QuotaTarget::default(),
             limits: Vec::new(),
             failure_policy: FailurePolicy::default(),
+            scope: Default::default(),
+            default_output_tokens: None,
+            mid_stream: Default::default(),
+            fallback_route: None,
         },
     );
     object.metadata.namespace = Some(DEFAULT_NAMESPACE.to_string());
@@ -460,6 +464,11 @@ impl QuotaBuilder {
             max,
             window,
         });
+        self
+    }
+
+    pub fn fallback_route(mut self, name: &str) -> Self {
+        self.0.spec.fallback_route = Some(name.to_string());
         self
     }
 

@@ -14,6 +14,9 @@ use crate::snapshot::{Quota, QuotaLimit};
 use crate::v1alpha1::ObjectStatus;
 use crate::v1alpha1::condition::reasons;
 
+/// Output tokens reserved for a request without `max_tokens` when the quota sets none.
+pub const DEFAULT_OUTPUT_TOKENS: u32 = 1024;
+
 /// Compiles every AIQuota; returns the accepted ones by `namespace/name`.
 pub(super) fn compile(
     inputs: &Inputs,
@@ -73,6 +76,23 @@ pub(super) fn compile(
             routes.insert(route.id());
         }
 
+        // A missing fallback route leaves the quota in force, refusing instead.
+        let fallback_route = spec.fallback_route.as_ref().and_then(|name| {
+            let route = key.sibling(ObjectKind::AIRoute, name);
+            if inputs.routes.contains_key(&route) {
+                Some(route.id())
+            } else {
+                verdict.unresolved(Problem::new(
+                    reasons::ROUTE_NOT_FOUND,
+                    format!(
+                        "spec.fallbackRoute: AIRoute {name:?} not found in namespace {:?}; requests over a limit are refused meanwhile",
+                        key.namespace
+                    ),
+                ));
+                None
+            }
+        });
+
         for (i, limit) in spec.limits.iter().enumerate() {
             if !limit.max.is_finite() || limit.max < 0.0 {
                 verdict.reject(Problem::new(
@@ -108,6 +128,12 @@ pub(super) fn compile(
                         })
                         .collect(),
                     failure_policy: spec.failure_policy,
+                    scope: spec.scope,
+                    default_output_tokens: spec
+                        .default_output_tokens
+                        .unwrap_or(DEFAULT_OUTPUT_TOKENS),
+                    mid_stream: spec.mid_stream,
+                    fallback_route,
                 },
             );
         }

@@ -10,7 +10,8 @@ use super::{Compiled, Inputs, Object, ObjectKey, ObjectKind, compile};
 use crate::snapshot::{Snapshot, hash_key};
 use crate::v1alpha1::condition::{reasons, types};
 use crate::v1alpha1::{
-    Condition, ConditionStatus, FailurePolicy, ObjectStatus, ProviderType, QuotaMetric, QuotaWindow,
+    Condition, ConditionStatus, FailurePolicy, MidStreamPolicy, ObjectStatus, ProviderType,
+    QuotaMetric, QuotaScope, QuotaWindow,
 };
 
 // === helpers ===
@@ -442,6 +443,48 @@ fn quota_consumer_selector_matches_labels_in_its_own_namespace() {
     assert_eq!(everyone.models, None);
     assert_eq!(everyone.limits[0].max, 12.5, "CostUSD may be fractional");
     assert_eq!(everyone.failure_policy, FailurePolicy::FailOpen, "default");
+}
+
+#[test]
+fn quota_fallback_route_resolves_or_leaves_the_quota_refusing() {
+    let compiled = openai_world()
+        .with(route("chat").models(["gpt-4o"]).backend("openai", "gpt-4o"))
+        .with(
+            route("cheap")
+                .models(["mini"])
+                .backend("openai", "gpt-4o-mini"),
+        )
+        .with(
+            quota("with-fallback")
+                .requests_per_minute(1.0)
+                .fallback_route("cheap"),
+        )
+        .with(
+            quota("dangling")
+                .requests_per_minute(1.0)
+                .fallback_route("nowhere"),
+        )
+        .compile();
+    assert_healthy(&compiled, &qkey("with-fallback"));
+    let quotas = &compiled.snapshot.quotas;
+    let with_fallback = &quotas["default/with-fallback"];
+    assert_eq!(
+        with_fallback.fallback_route.as_deref(),
+        Some("default/cheap")
+    );
+    assert_eq!(with_fallback.scope, QuotaScope::PerConsumer, "default");
+    assert_eq!(with_fallback.mid_stream, MidStreamPolicy::Cut, "default");
+    assert_eq!(with_fallback.default_output_tokens, 1024, "default");
+
+    // A missing fallback route does not lift the limit: the quota stays, refusing.
+    assert_eq!(quotas["default/dangling"].fallback_route, None);
+    assert!(compiled.statuses[&qkey("dangling")].is_accepted());
+    assert_unresolved(
+        &compiled,
+        &qkey("dangling"),
+        reasons::ROUTE_NOT_FOUND,
+        &["spec.fallbackRoute", "nowhere"],
+    );
 }
 
 // === SecretNotFound ===

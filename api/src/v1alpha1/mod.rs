@@ -22,7 +22,8 @@ pub use provider::{
     ProviderAuth, ProviderModel, ProviderTimeouts, ProviderTls, ProviderType,
 };
 pub use quota::{
-    AIQuota, AIQuotaSpec, FailurePolicy, QuotaLimit, QuotaMetric, QuotaTarget, QuotaWindow,
+    AIQuota, AIQuotaSpec, FailurePolicy, MidStreamPolicy, QuotaLimit, QuotaMetric, QuotaScope,
+    QuotaStatus, QuotaTarget, QuotaUsage, QuotaWindow,
 };
 pub use route::{
     AIRoute, AIRouteSpec, CircuitBreaker, HeaderMatch, HeaderMatchType, RouteBackend, RouteRetry,
