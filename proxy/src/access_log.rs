@@ -7,6 +7,7 @@
 //! every request writes, so it gets its own writer. In text mode it goes through
 //! tracing, for humans.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::time::{Duration, SystemTime};
 
@@ -17,6 +18,7 @@ use switchboard_api::snapshot::Pricing;
 use crate::ir::{Operation, Usage};
 use crate::metrics::{InFlight, OpenStream};
 use crate::providers::StreamOutcome;
+use crate::quota::{RateLimits, Reservation};
 use crate::settings::LogFormat;
 
 /// The tracing target of access lines; `RUST_LOG=switchboard::access=off` silences them.
@@ -54,6 +56,14 @@ pub struct RequestLog {
     pub response_body: Option<LoggedBody>,
     pub in_flight: InFlight,
     pub open_stream: Option<OpenStream>,
+    /// The consumer's labels (its AIConsumer's), for grouping in log queries.
+    pub consumer_labels: Option<BTreeMap<String, String>>,
+    /// What the request holds on its quotas until it is settled.
+    pub reservation: Option<Reservation>,
+    /// Rate-limit headers for the response.
+    pub rate_limits: Option<RateLimits>,
+    /// The quota whose limit sent the request to its fallback route.
+    pub quota_fallback: Option<String>,
 }
 
 /// The first bytes of a body, as logged.
@@ -77,6 +87,8 @@ struct JsonLine<'a> {
     status: u16,
     #[serde(skip_serializing_if = "Option::is_none")]
     consumer: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    consumer_labels: Option<&'a BTreeMap<String, String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     route: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -107,6 +119,8 @@ struct JsonLine<'a> {
     /// Present (true) when tokens were used on a model without prices.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     unpriced: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    quota_fallback: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     request_body: Option<std::borrow::Cow<'a, str>>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -150,7 +164,17 @@ impl RequestLog {
             response_body: None,
             in_flight,
             open_stream: None,
+            consumer_labels: None,
+            reservation: None,
+            rate_limits: None,
+            quota_fallback: None,
         }
+    }
+
+    /// Holds a quota reservation until the request is settled.
+    pub fn hold(&mut self, reservation: Reservation) {
+        self.rate_limits = Some(reservation.rate_limits.clone());
+        self.reservation = Some(reservation);
     }
 
     /// Time to the first event of a stream that was answered.
@@ -201,6 +225,7 @@ impl RequestLog {
             path: self.uri.path(),
             status: self.status,
             consumer: self.consumer.as_deref(),
+            consumer_labels: self.consumer_labels.as_ref(),
             route: self.route.as_deref(),
             provider: self.provider.as_deref(),
             model: self.model.as_deref(),
@@ -217,6 +242,7 @@ impl RequestLog {
             cached_tokens: self.usage.map(|u| u.cached_tokens()),
             cost_usd,
             unpriced: self.unpriced(),
+            quota_fallback: self.quota_fallback.as_deref(),
             request_body: self.request_body.as_ref().map(LoggedBody::text),
             request_body_truncated: self.request_body.as_ref().is_some_and(|b| b.truncated),
             response_body: self.response_body.as_ref().map(LoggedBody::text),
@@ -255,6 +281,8 @@ impl RequestLog {
             cached_tokens = self.usage.map(|_| usage.cached_tokens()),
             cost_usd,
             unpriced = self.unpriced().then_some(true),
+            quota_fallback = self.quota_fallback.as_deref(),
+            consumer_labels = self.consumer_labels.as_ref().map(|l| format!("{l:?}")),
             request_body = self.request_body.as_ref().map(LoggedBody::text).as_deref(),
             request_body_truncated = self.request_body.as_ref().and_then(|b| b.truncated.then_some(true)),
             response_body = self.response_body.as_ref().map(LoggedBody::text).as_deref(),

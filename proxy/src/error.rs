@@ -29,6 +29,18 @@ pub enum ProxyError {
     MethodNotAllowed { method: String, path: String },
     #[error("the gateway is not ready to serve yet")]
     NotReady,
+    /// A quota's limit is reached until its window ends (`retry_after`, seconds).
+    #[error("quota {quota} is exhausted ({limit}); retry after {retry_after:?} seconds")]
+    QuotaExceeded {
+        quota: String,
+        limit: String,
+        retry_after: http::HeaderValue,
+    },
+    /// A quota that fails closed cannot reach the shared counter store.
+    #[error(
+        "quota {quota} cannot be checked right now (its counter store is unavailable and it fails closed); retry shortly"
+    )]
+    QuotaUnavailable { quota: String },
     #[error("upstream provider could not be reached")]
     UpstreamConnect,
     #[error("upstream provider did not answer within {0:?}")]
@@ -133,6 +145,16 @@ impl ProxyError {
                 "method_not_allowed",
             ),
             NotReady => (StatusCode::SERVICE_UNAVAILABLE, "server_error", "not_ready"),
+            QuotaExceeded { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_error",
+                "quota_exceeded",
+            ),
+            QuotaUnavailable { .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                "quota_unavailable",
+            ),
             UpstreamConnect => (
                 StatusCode::BAD_GATEWAY,
                 "upstream_error",
@@ -178,6 +200,7 @@ impl ProxyError {
         match self {
             ProxyError::UpstreamRefused { retry_after, .. }
             | ProxyError::UpstreamOverloaded { retry_after, .. } => retry_after.as_ref(),
+            ProxyError::QuotaExceeded { retry_after, .. } => Some(retry_after),
             _ => None,
         }
     }
@@ -204,6 +227,8 @@ impl ProxyError {
             | NotFound(_)
             | MethodNotAllowed { .. }
             | NotReady
+            | QuotaExceeded { .. }
+            | QuotaUnavailable { .. }
             | UpstreamAuth(_) => false,
         }
     }

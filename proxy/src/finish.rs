@@ -1,5 +1,5 @@
-//! The end of a request: its cost is worked out once, then its span, metrics and access
-//! line are written, in that order, exactly once.
+//! The end of a request: its cost is worked out once, its quota reservation settled to
+//! what it used, then its span, metrics and access line are written, exactly once.
 //!
 //! A whole response ends when its headers are out. A stream ends when its headers are
 //! out *and* its stream has ended (the provider's end carries the usage). With body
@@ -175,9 +175,12 @@ impl RequestEnd {
         self.finish(*log);
     }
 
-    fn finish(&self, log: RequestLog) {
+    fn finish(&self, mut log: RequestLog) {
         let latency = self.inner.started.elapsed();
         let cost = log.cost_usd();
+        if let Some(reservation) = log.reservation.take() {
+            reservation.settle(log.usage, cost);
+        }
         crate::telemetry::record_request(&self.inner.span, &log, cost);
         if let Some(metrics) = &self.inner.metrics {
             metrics.request(&log, latency, cost);

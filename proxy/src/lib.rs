@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod plan;
 pub mod providers;
+pub mod quota;
 pub mod routing;
 pub mod runtime;
 pub mod server;
@@ -41,6 +42,7 @@ use tokio::sync::oneshot;
 
 use crate::metrics::Metrics;
 use crate::pipeline::Gateway;
+use crate::quota::{Quotas, RedisStore};
 pub use crate::settings::Settings;
 
 /// A running proxy.
@@ -61,13 +63,16 @@ pub struct Proxy {
 /// serves some Snapshot (from the operator or its cache on disk).
 pub async fn start(settings: Settings) -> anyhow::Result<Proxy> {
     install_crypto_provider();
+    let redis = redis_store(&settings)?;
     let metrics = match settings.metrics_listen.0 {
         Some(_) => Some(Arc::new(
-            Metrics::new(settings.metrics_consumer_label).context("cannot set up metrics")?,
+            Metrics::new(settings.metrics_consumer_label, redis.is_some())
+                .context("cannot set up metrics")?,
         )),
         None => None,
     };
-    let gateway = Arc::new(Gateway::new(settings.clone(), metrics.clone()));
+    let quotas = Arc::new(Quotas::new(redis, metrics.clone()));
+    let gateway = Arc::new(Gateway::new(settings.clone(), metrics.clone(), quotas));
     let sync = sync::start(&settings, gateway.clone())?;
     let listener = TcpListener::bind(settings.listen)
         .await
@@ -107,6 +112,27 @@ pub async fn start(settings: Settings) -> anyhow::Result<Proxy> {
         shutdown,
         task,
     })
+}
+
+/// The shared quota store, when `--redis-url` is set. Connects lazily.
+fn redis_store(settings: &Settings) -> anyhow::Result<Option<RedisStore>> {
+    let Some(url) = &settings.redis_url else {
+        return Ok(None);
+    };
+    let password = match &settings.redis_password_file {
+        Some(file) => Some(
+            std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read --redis-password-file {}", file.display()))?
+                .trim()
+                .to_string(),
+        ),
+        None => None,
+    };
+    // The URL may carry a password: errors name neither.
+    let store = RedisStore::new(url, password.as_deref(), settings.redis_timeout)
+        .map_err(|_| anyhow::anyhow!("--redis-url is not a valid redis:// or rediss:// URL"))?;
+    tracing::info!(address = %store.address, "quota counters shared in Redis");
+    Ok(Some(store))
 }
 
 // === impl Proxy ===

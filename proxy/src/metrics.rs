@@ -85,6 +85,12 @@ pub struct Metrics {
     config_info: IntGaugeVec,
     config_reloads: IntCounterVec,
     config_applied_at: Gauge,
+    quota_used: prometheus::GaugeVec,
+    quota_limit: prometheus::GaugeVec,
+    quota_rejections: IntCounterVec,
+    quota_fallbacks: IntCounterVec,
+    quota_store_errors: prometheus::IntCounter,
+    quota_store_up: IntGauge,
 }
 
 /// Counts a request in flight until dropped.
@@ -106,7 +112,9 @@ pub enum AttemptOutcome {
 // === impl Metrics ===
 
 impl Metrics {
-    pub fn new(consumer_label: bool) -> Result<Self, prometheus::Error> {
+    /// `shared_quota_store`: whether quota counters live in Redis (only then is
+    /// `switchboard_quota_store_up` exported).
+    pub fn new(consumer_label: bool, shared_quota_store: bool) -> Result<Self, prometheus::Error> {
         use label::*;
         let registry = Registry::new();
         let counter = |name: &str, help: &str, labels: &[&str]| {
@@ -228,6 +236,38 @@ impl Metrics {
                 "switchboard_config_last_applied_timestamp_seconds",
                 "Unix time the served config was applied.",
             )?,
+            quota_used: prometheus::GaugeVec::new(
+                Opts::new(
+                    "switchboard_quota_used",
+                    "Used in the current window of a quota limit, as of this proxy's last admission on it (requests, tokens, or USD); consumer empty for shared quotas.",
+                ),
+                &["quota", "limit", CONSUMER],
+            )?,
+            quota_limit: prometheus::GaugeVec::new(
+                Opts::new(
+                    "switchboard_quota_limit",
+                    "The maximum of a quota limit per window.",
+                ),
+                &["quota", "limit"],
+            )?,
+            quota_rejections: counter(
+                "switchboard_quota_rejections_total",
+                "Requests refused by a quota limit (429).",
+                &["quota", "limit"],
+            )?,
+            quota_fallbacks: counter(
+                "switchboard_quota_fallbacks_total",
+                "Requests sent to a quota's fallback route instead of being refused.",
+                &["quota"],
+            )?,
+            quota_store_errors: prometheus::IntCounter::new(
+                "switchboard_quota_store_errors_total",
+                "Failed or skipped operations on the shared quota store (Redis); each quota's failurePolicy applied.",
+            )?,
+            quota_store_up: IntGauge::new(
+                "switchboard_quota_store_up",
+                "1 while the shared quota store (Redis) answers, 0 while it does not; absent without one.",
+            )?,
             registry,
         };
         let build_info = IntGaugeVec::new(
@@ -242,6 +282,9 @@ impl Metrics {
             .set(1);
         metrics.register(Box::new(build_info))?;
         metrics.register_all()?;
+        if shared_quota_store {
+            metrics.register(Box::new(metrics.quota_store_up.clone()))?;
+        }
         Ok(metrics)
     }
 
@@ -263,7 +306,12 @@ impl Metrics {
         self.register(Box::new(self.open_streams.clone()))?;
         self.register(Box::new(self.config_info.clone()))?;
         self.register(Box::new(self.config_reloads.clone()))?;
-        self.register(Box::new(self.config_applied_at.clone()))
+        self.register(Box::new(self.config_applied_at.clone()))?;
+        self.register(Box::new(self.quota_used.clone()))?;
+        self.register(Box::new(self.quota_limit.clone()))?;
+        self.register(Box::new(self.quota_rejections.clone()))?;
+        self.register(Box::new(self.quota_fallbacks.clone()))?;
+        self.register(Box::new(self.quota_store_errors.clone()))
     }
 
     fn register(
@@ -395,6 +443,34 @@ impl Metrics {
         self.config_applied_at.set(now.as_secs_f64());
     }
 
+    /// What a quota limit's counter stood at after an admission.
+    pub fn quota_used(&self, quota: &str, limit: &str, consumer: &str, used: f64) {
+        let consumer = if self.consumer_label { consumer } else { "" };
+        self.quota_used
+            .with_label_values(&[quota, limit, consumer])
+            .set(used);
+    }
+
+    pub fn quota_rejected(&self, quota: &str, limit: &str) {
+        self.quota_rejections
+            .with_label_values(&[quota, limit])
+            .inc();
+    }
+
+    pub fn quota_fallback(&self, quota: &str) {
+        self.quota_fallbacks.with_label_values(&[quota]).inc();
+    }
+
+    pub fn quota_store_error(&self) {
+        self.quota_store_errors.inc();
+        self.quota_store_up.set(0);
+    }
+
+    /// The shared store answered (or, `false`, did not).
+    pub fn quota_store_up(&self, up: bool) {
+        self.quota_store_up.set(i64::from(up));
+    }
+
     /// A config was refused; the previous one keeps serving.
     pub fn config_refused(&self) {
         self.config_reloads.with_label_values(&["refused"]).inc();
@@ -416,14 +492,71 @@ impl Metrics {
                     .set(state);
             }
         }
+        self.quota_limit.reset();
+        if let Some(runtime) = runtime {
+            for (id, quota) in &runtime.snapshot.quotas {
+                for limit in &quota.limits {
+                    self.quota_limit
+                        .with_label_values(&[id, &switchboard_api::quota::limit_name(limit)])
+                        .set(limit.max);
+                }
+            }
+        }
+        let mut families = self.registry.gather();
+        if let Some(runtime) = runtime {
+            families.push(consumer_info(runtime));
+        }
         let mut out = Vec::with_capacity(16 * 1024);
         // Encoding into a Vec cannot fail on I/O; a metric family that does not encode
         // would be a bug in this module, and an empty answer says so to the scraper.
-        if let Err(error) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+        if let Err(error) = TextEncoder::new().encode(&families, &mut out) {
             tracing::error!(%error, "cannot encode metrics");
         }
         out
     }
+}
+
+/// `switchboard_consumer_info{consumer, label_<name>...} 1` per consumer, its
+/// AIConsumer's labels as Prometheus labels (the pattern of kube-state-metrics'
+/// `kube_pod_labels`), so that any consumer series can be grouped by a label with
+/// `* on (consumer) group_left(label_team) switchboard_consumer_info`.
+fn consumer_info(runtime: &Runtime) -> prometheus::proto::MetricFamily {
+    use prometheus::proto::{Gauge as GaugeValue, LabelPair, Metric, MetricFamily, MetricType};
+    let pair = |name: String, value: &str| {
+        let mut pair = LabelPair::default();
+        pair.set_name(name);
+        pair.set_value(value.to_string());
+        pair
+    };
+    let mut family = MetricFamily::default();
+    family.set_name("switchboard_consumer_info".to_string());
+    family.set_help(
+        "1 per AIConsumer, with its labels as label_<name> (names sanitized).".to_string(),
+    );
+    family.set_field_type(MetricType::GAUGE);
+    for (id, consumer) in &runtime.snapshot.consumers {
+        let mut labels = std::collections::BTreeMap::new();
+        for (name, value) in &consumer.labels {
+            labels.insert(format!("label_{}", sanitize_label(name)), value.as_str());
+        }
+        let mut pairs = vec![pair(label::CONSUMER.to_string(), id)];
+        pairs.extend(labels.into_iter().map(|(n, v)| pair(n, v)));
+        let mut gauge = GaugeValue::default();
+        gauge.set_value(1.0);
+        let mut metric = Metric::default();
+        metric.set_label(pairs);
+        metric.set_gauge(gauge);
+        family.mut_metric().push(metric);
+    }
+    family
+}
+
+/// A Kubernetes label name as a Prometheus label name: every character that is not a
+/// letter, digit or underscore becomes `_`.
+fn sanitize_label(name: &str) -> String {
+    name.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
 }
 
 fn status_class(status: u16) -> &'static str {

@@ -3,6 +3,7 @@
 //! them in turn (retries, fallback) -> respond, then log. Each step is a call into the
 //! module that owns it.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -24,12 +25,12 @@ use crate::ir::{ClientApi, Operation};
 use crate::metrics::{AttemptOutcome, Metrics};
 use crate::plan::{self, Candidate, RetryBudget};
 use crate::providers::{self, Call, Reply};
+use crate::quota::{self, Quotas, Refused};
 use crate::runtime::{Runtime, RuntimeHandle};
 use crate::settings::Settings;
 use crate::{auth, routing, telemetry};
 use futures_util::StreamExt;
-use switchboard_api::snapshot::ProviderType;
-use switchboard_api::snapshot::Route;
+use switchboard_api::snapshot::{Consumer, ProviderType, Route};
 use tracing::Instrument;
 
 /// Header carrying the request id, both ways.
@@ -40,6 +41,9 @@ pub const PROVIDER_HEADER: &str = "x-switchboard-provider";
 pub const MODEL_HEADER: &str = "x-switchboard-model";
 /// Response header: upstream attempts made, the answering one included.
 pub const ATTEMPTS_HEADER: &str = "x-switchboard-attempts";
+/// Response header: the quota (`namespace/name`) whose limit sent the request to its
+/// fallback route.
+pub const QUOTA_FALLBACK_HEADER: &str = "x-switchboard-quota-fallback";
 
 /// State shared by every request.
 #[derive(Debug)]
@@ -48,6 +52,7 @@ pub struct Gateway {
     pub settings: Settings,
     /// `None` with `--metrics-listen off`.
     pub metrics: Option<Arc<Metrics>>,
+    pub quotas: Arc<Quotas>,
     /// Set once shutdown begins; `/readyz` then fails.
     pub draining: AtomicBool,
 }
@@ -55,11 +60,12 @@ pub struct Gateway {
 // === impl Gateway ===
 
 impl Gateway {
-    pub fn new(settings: Settings, metrics: Option<Arc<Metrics>>) -> Self {
+    pub fn new(settings: Settings, metrics: Option<Arc<Metrics>>, quotas: Arc<Quotas>) -> Self {
         Self {
             runtime: RuntimeHandle::default(),
             settings,
             metrics,
+            quotas,
             draining: AtomicBool::new(false),
         }
     }
@@ -125,6 +131,16 @@ pub async fn handle(gateway: Arc<Gateway>, request: Request<Incoming>) -> Respon
         response.headers_mut().insert(REQUEST_ID, value);
     }
     answered_by(&log, response.headers_mut());
+    if let Some(rate_limits) = &log.rate_limits {
+        rate_limits.write(response.headers_mut());
+    }
+    if let Some(value) = log
+        .quota_fallback
+        .as_deref()
+        .and_then(|q| HeaderValue::from_str(q).ok())
+    {
+        response.headers_mut().insert(QUOTA_FALLBACK_HEADER, value);
+    }
 
     log.status = response.status().as_u16();
     log.headers_after = Some(started.elapsed());
@@ -252,8 +268,9 @@ async fn proxy(
     log: &mut RequestLog,
     end: &RequestEnd,
 ) -> Result<Response<Body>, ProxyError> {
-    let (consumer_id, consumer) = auth::authenticate(runtime, request.headers())?;
-    log.consumer = Some(consumer_id.to_string());
+    let consumer = auth::authenticate(runtime, request.headers())?;
+    log.consumer = Some(consumer.0.to_string());
+    log.consumer_labels = Some(consumer.1.labels.clone()).filter(|l| !l.is_empty());
 
     let (parts, body) = request.into_parts();
     let body = read_body(&parts.headers, body, gateway.settings.max_body_bytes).await?;
@@ -269,8 +286,10 @@ async fn proxy(
     log.operation = Some(request.operation);
     log.stream = request.stream;
 
-    let (route_id, route) = routing::select(runtime, consumer, &request.model, &parts.headers)?;
+    let selected = routing::select(runtime, consumer.1, &request.model, &parts.headers)?;
+    let (route_id, route) = admit(gateway, runtime, consumer, selected, &request, log).await?;
     log.route = Some(route_id.to_string());
+    let budget = log.reservation.as_ref().and_then(|r| r.stream_budget);
     let reply = attempt(runtime, route_id, route, &mut request, request_id, log, end).await?;
 
     Ok(match reply {
@@ -283,7 +302,10 @@ async fn proxy(
             log.usage = Some(response.usage);
             client_api::write_response(request.api, &response)
         }
-        Reply::ChatStream(events) => {
+        Reply::ChatStream(mut events) => {
+            if let Some(budget) = budget {
+                events = quota::meter(events, budget, request.body.len().div_ceil(4) as u64);
+            }
             let end = end.clone();
             client_api::event_stream(client_api::stream_body(
                 request.api,
@@ -293,6 +315,65 @@ async fn proxy(
             ))
         }
     })
+}
+
+/// Reserves the request's usage on every quota that applies. A quota over its limit
+/// refuses the request with 429, or sends it to the quota's fallback route (once, if
+/// the consumer may use it), where the remaining quotas apply.
+async fn admit<'r>(
+    gateway: &Gateway,
+    runtime: &'r Runtime,
+    consumer: (&str, &Consumer),
+    (route_id, route): (&'r str, &'r Route),
+    request: &crate::ir::Request,
+    log: &mut RequestLog,
+) -> Result<(&'r str, &'r Route), ProxyError> {
+    if runtime.snapshot.quotas.is_empty() {
+        return Ok((route_id, route));
+    }
+    let demand = quota::Demand::new(runtime, request, consumer.0, route_id, route);
+    let refusal = match gateway
+        .quotas
+        .admit(runtime, &demand, &BTreeSet::new())
+        .await
+    {
+        Ok(reservation) => {
+            if let Some(reservation) = reservation {
+                log.hold(reservation);
+            }
+            return Ok((route_id, route));
+        }
+        Err(Refused::Unavailable { quota }) => return Err(ProxyError::QuotaUnavailable { quota }),
+        Err(Refused::OverLimit(refusal)) => refusal,
+    };
+    let fallback = refusal
+        .fallback_route
+        .as_deref()
+        .filter(|id| routing::route_allowed(consumer.1, id))
+        .and_then(|id| runtime.snapshot.routes.get_key_value(id));
+    let Some((fallback_id, fallback)) = fallback else {
+        log.rate_limits = Some(refusal.rate_limits.clone());
+        return Err(refusal.into());
+    };
+    if let Some(metrics) = &gateway.metrics {
+        metrics.quota_fallback(&refusal.quota);
+    }
+    let excluded = BTreeSet::from([refusal.quota.clone()]);
+    let demand = demand.on_route(runtime, fallback_id, fallback);
+    match gateway.quotas.admit(runtime, &demand, &excluded).await {
+        Ok(reservation) => {
+            log.quota_fallback = Some(refusal.quota);
+            if let Some(reservation) = reservation {
+                log.hold(reservation);
+            }
+            Ok((fallback_id.as_str(), fallback))
+        }
+        Err(Refused::Unavailable { quota }) => Err(ProxyError::QuotaUnavailable { quota }),
+        Err(Refused::OverLimit(refusal)) => {
+            log.rate_limits = Some(refusal.rate_limits.clone());
+            Err(refusal.into())
+        }
+    }
 }
 
 /// Tries the route's backends in plan order until one answers, within the route's
@@ -439,6 +520,7 @@ async fn attempt(
                 timeout,
                 request_id,
                 trace,
+                budget: log.reservation.as_ref().and_then(|r| r.stream_budget),
                 on_stream_end: attempt_end.hook(),
             })
             .await?;

@@ -49,7 +49,8 @@ fn model_allowed(consumer: &Consumer, model: &str) -> bool {
         .is_none_or(|allowed| allowed.contains(model))
 }
 
-fn route_allowed(consumer: &Consumer, route_id: &str) -> bool {
+/// Whether `consumer` may use route `route_id` (its `allowedRoutes`).
+pub fn route_allowed(consumer: &Consumer, route_id: &str) -> bool {
     consumer
         .allowed_routes
         .as_ref()

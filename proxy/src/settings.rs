@@ -73,6 +73,20 @@ pub struct Settings {
     #[arg(long, env = "SWITCHBOARD_LOG_BODY_MAX_BYTES", default_value_t = 4096)]
     pub log_body_max_bytes: usize,
 
+    /// Redis for quota counters shared by every proxy (`redis://host:6379/0`, or
+    /// `rediss://` for TLS). Without it each proxy enforces quotas on its own counters.
+    #[arg(long, env = "SWITCHBOARD_REDIS_URL", value_name = "URL")]
+    pub redis_url: Option<String>,
+
+    /// File holding the Redis password (mounted from a Secret); read at start.
+    #[arg(long, env = "SWITCHBOARD_REDIS_PASSWORD_FILE", value_name = "FILE")]
+    pub redis_password_file: Option<PathBuf>,
+
+    /// The most a Redis operation may add to a request; past it, each quota's
+    /// failurePolicy applies.
+    #[arg(long, env = "SWITCHBOARD_REDIS_TIMEOUT", default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub redis_timeout: Duration,
+
     /// Log format: `text` for people, `json` for log pipelines. Levels via RUST_LOG.
     #[arg(
         long,
@@ -128,6 +142,9 @@ impl Settings {
             metrics_consumer_label: true,
             log_bodies: false,
             log_body_max_bytes: 4096,
+            redis_url: None,
+            redis_password_file: None,
+            redis_timeout: Duration::from_millis(100),
             log_format: LogFormat::Text,
             max_body_bytes: 10 * 1024 * 1024,
             max_header_bytes: 64 * 1024,

@@ -25,6 +25,7 @@ use crate::error::ProxyError;
 use crate::formats::StreamDecoder;
 use crate::ir::chat::{ChatResponse, StreamError, StreamEvent};
 use crate::ir::{ClientApi, Operation, Request, TraceHeaders, Usage};
+use crate::quota::StreamBudget;
 use crate::runtime::ProviderRuntime;
 use crate::sse::{self, EventSplitter};
 
@@ -39,6 +40,8 @@ pub struct Call<'a> {
     pub request_id: &'a str,
     /// W3C trace context to send upstream.
     pub trace: TraceHeaders,
+    /// For a stream under a quota that cuts: the output it may produce.
+    pub budget: Option<StreamBudget>,
     pub on_stream_end: StreamEndHook,
 }
 

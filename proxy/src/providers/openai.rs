@@ -22,6 +22,7 @@ use crate::body::Body;
 use crate::error::ProxyError;
 use crate::formats::openai;
 use crate::ir::{Operation, Request, Usage};
+use crate::quota::StreamBudget;
 use crate::sse::{self, EventSplitter};
 
 pub(super) async fn call(call: Call<'_>) -> Result<Reply, ProxyError> {
@@ -60,6 +61,11 @@ pub(super) async fn call(call: Call<'_>) -> Result<Reply, ProxyError> {
                 splitter: EventSplitter::default(),
                 inject_usage,
                 usage: None,
+                meter: call.budget.map(|budget| Meter {
+                    budget,
+                    first: None,
+                    input_tokens: request.body.len().div_ceil(4) as u64,
+                }),
                 on_end: Some(call.on_stream_end),
             };
             Ok(Reply::NativeStream(relay.into_body()))
@@ -80,7 +86,18 @@ struct EventRelay<S> {
     splitter: EventSplitter,
     inject_usage: bool,
     usage: Option<Usage>,
+    /// Under a quota that cuts streams: what the stream may still produce.
+    meter: Option<Meter>,
     on_end: Option<StreamEndHook>,
+}
+
+/// Counts a relayed stream's output against its budget, and remembers what the final
+/// chunk of a cut stream needs (the stream's id, creation time and model).
+struct Meter {
+    budget: StreamBudget,
+    first: Option<ChunkHead>,
+    /// The request's input, estimated, for the usage of a cut stream.
+    input_tokens: u64,
 }
 
 const MID_STREAM_ERROR: &str = r#"{"error":{"message":"upstream provider failed mid-stream","type":"upstream_error","param":null,"code":"upstream_stream_error"}}"#;
@@ -106,7 +123,25 @@ where
                     let (inject_usage, usage) = (self.inject_usage, &mut self.usage);
                     let events = self.splitter.push(&chunk).into_iter();
                     let forward = events.filter_map(|e| stream_event(e, inject_usage, usage));
-                    if let Some(events) = sse::join(forward) {
+                    let forward = match &mut self.meter {
+                        None => sse::join(forward),
+                        Some(meter) => {
+                            let mut kept = Vec::new();
+                            let mut cut = false;
+                            for event in forward {
+                                cut = meter.count(&event);
+                                kept.push(event);
+                                if cut {
+                                    break;
+                                }
+                            }
+                            if cut {
+                                return Some(self.cut(kept));
+                            }
+                            sse::join(kept)
+                        }
+                    };
+                    if let Some(events) = forward {
                         return Some(events);
                     }
                 }
@@ -124,6 +159,43 @@ where
 }
 
 impl<S> EventRelay<S> {
+    /// The budget is spent: `kept` and a final chunk with finish reason `length` (and a
+    /// usage chunk if the client asked for usage), then `[DONE]`; the upstream request
+    /// is dropped with the relay.
+    fn cut(&mut self, kept: Vec<Bytes>) -> Bytes {
+        let Some(meter) = &self.meter else {
+            return sse::join(kept).unwrap_or_default();
+        };
+        let head = meter.first.clone().unwrap_or_default();
+        let usage = Usage {
+            prompt_tokens: meter.input_tokens,
+            completion_tokens: meter.budget.tokens(),
+            total_tokens: meter.input_tokens + meter.budget.tokens(),
+            prompt_tokens_details: None,
+        };
+        let mut out: Vec<Bytes> = kept;
+        let finish = serde_json::json!({
+            "id": head.id, "object": "chat.completion.chunk", "created": head.created,
+            "model": head.model,
+            "choices": [{"index": 0, "delta": {}, "finish_reason": "length"}],
+        });
+        out.push(sse::event(&finish.to_string()));
+        if !self.inject_usage {
+            let usage_chunk = serde_json::json!({
+                "id": head.id, "object": "chat.completion.chunk", "created": head.created,
+                "model": head.model, "choices": [],
+                "usage": {"prompt_tokens": usage.prompt_tokens,
+                          "completion_tokens": usage.completion_tokens,
+                          "total_tokens": usage.total_tokens},
+            });
+            out.push(sse::event(&usage_chunk.to_string()));
+        }
+        out.push(sse::event("[DONE]"));
+        self.usage = Some(usage);
+        self.end(StreamOutcome::Complete);
+        sse::join(out).unwrap_or_default()
+    }
+
     fn end(&mut self, outcome: StreamOutcome) {
         if let Some(on_end) = self.on_end.take() {
             on_end(StreamEnd {
@@ -156,6 +228,78 @@ fn stream_event(event: Bytes, injected_usage: bool, usage: &mut Option<Usage>) -
     }
     let usage_only = chunk.choices.is_none_or(|c| c.is_empty());
     (!(injected_usage && usage_only)).then_some(event)
+}
+
+impl Meter {
+    /// Counts an event's output text; true once the budget is spent.
+    fn count(&mut self, event: &[u8]) -> bool {
+        let Some(chunk) = sse::data(event).and_then(|d| serde_json::from_str::<TextChunk>(&d).ok())
+        else {
+            return false;
+        };
+        if self.first.is_none() {
+            self.first = Some(chunk.head.clone());
+        }
+        let bytes: usize = chunk
+            .choices
+            .iter()
+            .map(|c| {
+                let content = c.delta.content.as_deref().map_or(0, str::len);
+                let arguments: usize = c
+                    .delta
+                    .tool_calls
+                    .iter()
+                    .flatten()
+                    .filter_map(|t| t.function.as_ref()?.arguments.as_deref())
+                    .map(str::len)
+                    .sum();
+                content + arguments
+            })
+            .sum();
+        bytes > 0 && self.budget.spend(bytes)
+    }
+}
+
+/// What a cut stream's final chunk repeats from the stream.
+#[derive(Deserialize, Clone, Default)]
+struct ChunkHead {
+    #[serde(default)]
+    id: String,
+    #[serde(default)]
+    created: u64,
+    #[serde(default)]
+    model: String,
+}
+
+/// The output text of a stream chunk.
+#[derive(Deserialize)]
+struct TextChunk {
+    #[serde(flatten)]
+    head: ChunkHead,
+    #[serde(default)]
+    choices: Vec<TextChoice>,
+}
+
+#[derive(Deserialize)]
+struct TextChoice {
+    #[serde(default)]
+    delta: TextDelta,
+}
+
+#[derive(Deserialize, Default)]
+struct TextDelta {
+    content: Option<String>,
+    tool_calls: Option<Vec<TextToolCall>>,
+}
+
+#[derive(Deserialize)]
+struct TextToolCall {
+    function: Option<TextFunction>,
+}
+
+#[derive(Deserialize)]
+struct TextFunction {
+    arguments: Option<String>,
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {

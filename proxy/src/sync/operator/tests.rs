@@ -8,7 +8,11 @@ use crate::Settings;
 
 fn gateway() -> Gateway {
     crate::install_crypto_provider();
-    Gateway::new(Settings::for_manifests("/nonexistent"), None)
+    Gateway::new(
+        Settings::for_manifests("/nonexistent"),
+        None,
+        std::sync::Arc::new(crate::quota::Quotas::new(None, None)),
+    )
 }
 
 /// A compiled Snapshot with one echo provider.
