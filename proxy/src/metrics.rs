@@ -503,7 +503,8 @@ impl Metrics {
             }
         }
         let mut families = self.registry.gather();
-        if let Some(runtime) = runtime {
+        // Without the consumer label there is nothing to join consumer labels to.
+        if let Some(runtime) = runtime.filter(|_| self.consumer_label) {
             families.push(consumer_info(runtime));
         }
         let mut out = Vec::with_capacity(16 * 1024);
