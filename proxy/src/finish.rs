@@ -179,7 +179,13 @@ impl RequestEnd {
         let latency = self.inner.started.elapsed();
         let cost = log.cost_usd();
         if let Some(reservation) = log.reservation.take() {
-            reservation.settle(log.usage, cost);
+            // A stream that was answered but ended without the provider's usage (the
+            // client left, or the provider broke off) used an unknown amount: its
+            // reservation stands rather than being refunded.
+            let unknown = log.stream && log.status == 200 && log.usage.is_none();
+            if !unknown {
+                reservation.settle(log.usage, cost);
+            }
         }
         crate::telemetry::record_request(&self.inner.span, &log, cost);
         if let Some(metrics) = &self.inner.metrics {
