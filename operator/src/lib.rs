@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod pki;
 pub mod proxies;
 pub mod publish;
+pub mod quota_usage;
 pub mod reconcile;
 pub mod reports;
 pub mod settings;
@@ -106,6 +107,28 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
             instance: Some(settings.identity.clone()),
         },
     );
+    if let Some(url) = &settings.redis_url {
+        let password = match &settings.redis_password_file {
+            Some(file) => Some(
+                std::fs::read_to_string(file)
+                    .with_context(|| {
+                        format!("cannot read --redis-password-file {}", file.display())
+                    })?
+                    .trim()
+                    .to_string(),
+            ),
+            None => None,
+        };
+        let counters = quota_usage::Counters::new(url, password.as_deref())?;
+        tasks.spawn(quota_usage::run(
+            client.clone(),
+            counters,
+            decided_rx.clone(),
+            leader_rx.clone(),
+            settings.quota_status_interval,
+            metrics.clone(),
+        ));
+    }
     let writer = StatusWriter::new(client.clone(), stores, recorder, metrics.clone());
     tasks.spawn(status::run(
         writer,

@@ -93,6 +93,8 @@ async fn compile_and_publish(ctx: &Context, last_good: Option<LastGood>) -> Last
         statuses: kept.compiled.statuses,
         programmable,
         version: snapshot.version.clone(),
+        quotas: snapshot.quotas.clone(),
+        consumers: snapshot.consumers.keys().cloned().collect(),
     }));
     kept.last_good
 }

@@ -72,6 +72,19 @@ pub struct Settings {
     #[arg(long, env = "SWITCHBOARD_POLL_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub poll_timeout: Duration,
 
+    /// The Redis proxies keep quota counters in (`redis://host:6379/0`, `rediss://` for
+    /// TLS). With it the leader writes each AIQuota's usage into its status.
+    #[arg(long, env = "SWITCHBOARD_REDIS_URL", value_name = "URL")]
+    pub redis_url: Option<String>,
+
+    /// File holding the Redis password (mounted from a Secret); read at start.
+    #[arg(long, env = "SWITCHBOARD_REDIS_PASSWORD_FILE", value_name = "FILE")]
+    pub redis_password_file: Option<PathBuf>,
+
+    /// How often the leader refreshes AIQuota usage in status (never per request).
+    #[arg(long, env = "SWITCHBOARD_QUOTA_STATUS_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub quota_status_interval: Duration,
+
     /// Log format: `text` for people, `json` for log pipelines. Levels via RUST_LOG.
     #[arg(
         long,

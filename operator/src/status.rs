@@ -51,6 +51,10 @@ pub struct Decided {
     pub programmable: BTreeSet<ObjectKey>,
     /// The published version.
     pub version: String,
+    /// The quotas of the published Snapshot, by `namespace/name`.
+    pub quotas: BTreeMap<String, switchboard_api::snapshot::Quota>,
+    /// The consumers of the published Snapshot (`namespace/name`).
+    pub consumers: Vec<String>,
 }
 
 /// Writes statuses and Events.

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::StatusCode;
 use support::*;
+use switchboard_e2e::redis::RedisServer;
 use switchboard_proxy::Proxy;
 
 /// 50 input and 50 output tokens per answer.

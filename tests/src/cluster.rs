@@ -71,7 +71,12 @@ impl Cluster {
 
     /// Starts an operator replica named `identity` and waits until it serves a config.
     pub async fn operator(&self, identity: &str) -> Operator {
-        Operator::start(self, identity).await
+        Operator::start(self, identity, &[]).await
+    }
+
+    /// As `operator`, with extra flags.
+    pub async fn operator_with(&self, identity: &str, extra: &[&str]) -> Operator {
+        Operator::start(self, identity, extra).await
     }
 
     /// Starts a proxy in operator mode against `operator`, caching to `cache`, and waits
@@ -113,11 +118,11 @@ pub struct Operator {
 }
 
 impl Operator {
-    async fn start(cluster: &Cluster, identity: &str) -> Self {
+    async fn start(cluster: &Cluster, identity: &str, extra: &[&str]) -> Self {
         for attempt in 1..=3 {
             let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
             let config = SocketAddr::from(([127, 0, 0, 1], free_port()));
-            let args: Vec<String> = vec![
+            let mut args: Vec<String> = vec![
                 "run".into(),
                 "--kubeconfig".into(),
                 cluster.kubeconfig().display().to_string(),
@@ -140,6 +145,7 @@ impl Operator {
                 "--debounce".into(),
                 "50ms".into(),
             ];
+            args.extend(extra.iter().map(ToString::to_string));
             let process = Process::spawn(&operator_bin(), &args, &[]);
             let mut operator = Self {
                 process,

@@ -11,6 +11,7 @@
 pub mod cluster;
 pub mod fake_upstream;
 pub mod kube_emulator;
+pub mod redis;
 
 use std::fs::{self, File};
 use std::net::{SocketAddr, TcpListener};

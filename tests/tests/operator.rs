@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use switchboard_e2e::cluster::{Cluster, Operator, eventually};
 use switchboard_e2e::fake_upstream::FakeUpstream;
+use switchboard_e2e::redis::RedisServer;
 use switchboard_e2e::{Proxy, TempDir, http_client};
 
 const NS: &str = "team-a";
@@ -604,4 +605,91 @@ fn column(table: &str, name: &str, header: &str) -> Option<String> {
         .map(|line| line.split_whitespace().collect::<Vec<_>>())
         .find(|cells| cells.get(name_index) == Some(&name))
         .and_then(|cells| cells.get(index).map(ToString::to_string))
+}
+
+/// With Redis, proxies share quota counters and the leader writes each AIQuota's usage
+/// (consumed, remaining, reset) into its status at the configured interval.
+#[tokio::test]
+async fn quota_usage_counted_in_redis_appears_in_the_aiquota_status() {
+    let redis = RedisServer::start().await;
+    let cluster = Cluster::start().await;
+    let upstream = FakeUpstream::start().await;
+    apply_base(&cluster, &upstream);
+    cluster.api.apply(route("chat", "chat", "fake"));
+    cluster.api.apply(json!({
+        "apiVersion": "switchboard.dev/v1alpha1", "kind": "AIQuota",
+        "metadata": {"name": "app-budget", "namespace": NS},
+        "spec": {
+            "target": {"consumers": ["app"]},
+            "limits": [
+                {"metric": "Requests", "max": 10, "window": "Hour"},
+                {"metric": "TotalTokens", "max": 1000, "window": "Day"}
+            ]
+        }
+    }));
+    let url = redis.url();
+    let operator = cluster
+        .operator_with(
+            "operator-1",
+            &["--redis-url", &url, "--quota-status-interval", "200ms"],
+        )
+        .await;
+    let caches = TempDir::new("quota-caches");
+    let mut args = cluster.proxy_args(
+        "proxy-1",
+        &operator.config_url(),
+        &caches.path().join("p.json"),
+    );
+    args.extend(["--redis-url".to_string(), url.clone()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let proxy = Proxy::start_args(&args, &[]).await;
+    wait_condition(
+        &cluster,
+        "AIQuota",
+        "app-budget",
+        "Programmed",
+        "True",
+        Duration::from_secs(10),
+    )
+    .await;
+
+    for _ in 0..3 {
+        assert_eq!(chat_status(&proxy, "chat").await, 200);
+    }
+    // The fake provider reports 8 tokens per answer.
+    let usage = eventually(
+        "usage in the AIQuota status",
+        Duration::from_secs(10),
+        || async {
+            let quota = cluster.api.get(
+                "switchboard.dev/v1alpha1",
+                "AIQuota",
+                Some(NS),
+                "app-budget",
+            )?;
+            let usage = quota["status"]["usage"].as_array()?.clone();
+            let consumed = |limit: &str| {
+                usage
+                    .iter()
+                    .find(|u| u["limit"] == limit)
+                    .and_then(|u| u["consumed"].as_f64())
+            };
+            (consumed("Requests/Hour") == Some(3.0) && consumed("TotalTokens/Day") == Some(24.0))
+                .then_some(usage)
+        },
+    )
+    .await;
+    let requests = usage
+        .iter()
+        .find(|u| u["limit"] == "Requests/Hour")
+        .unwrap();
+    assert_eq!(requests["consumer"], format!("{NS}/app"));
+    assert_eq!(requests["remaining"], 7.0);
+    let resets_at = requests["resetsAt"].as_str().unwrap();
+    assert!(
+        resets_at.ends_with(":00:00Z"),
+        "the top of the next hour: {resets_at}"
+    );
+    // The conditions written by the status writer are still there beside the usage.
+    assert!(condition(&cluster, "AIQuota", "app-budget", "Accepted").is_some());
 }

@@ -71,6 +71,7 @@ fn decided(accepted: bool) -> Decided {
             BTreeSet::new()
         },
         version: "sha256:v2".into(),
+        ..Decided::default()
     }
 }
 
