@@ -9,6 +9,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use switchboard_e2e::redis::RedisServer;
 use switchboard_e2e::{
     Process, Proxy, TempDir, chat, consumer, free_port, http_client, route, workspace_root,
 };
@@ -66,6 +67,34 @@ spec:
         "free.yaml",
         &route("free", &["free"], "echo", "echo-unpriced"),
     );
+    // Quotas: one request per hour on `free`, then its fallback route `spare`; one on
+    // `capped`, then 429.
+    dir.write(
+        "spare.yaml",
+        &route("spare", &["spare"], "echo", "echo-unpriced"),
+    );
+    dir.write(
+        "capped.yaml",
+        &route("capped", &["capped"], "echo", "echo-unpriced"),
+    );
+    dir.write(
+        "quotas.yaml",
+        "apiVersion: switchboard.dev/v1alpha1
+kind: AIQuota
+metadata: {name: free-budget}
+spec:
+  target: {routes: [free]}
+  fallbackRoute: spare
+  limits: [{metric: Requests, max: 1, window: Hour}]
+---
+apiVersion: switchboard.dev/v1alpha1
+kind: AIQuota
+metadata: {name: capped}
+spec:
+  target: {routes: [capped]}
+  limits: [{metric: Requests, max: 1, window: Hour}]
+",
+    );
     dir.write("consumer.yaml", &consumer("metrics-app", KEY));
     dir
 }
@@ -112,9 +141,16 @@ async fn traffic(proxy: &Proxy) -> (u32, f64) {
         + usage["completion_tokens"].as_f64().unwrap() * OUTPUT_PRICE)
         / 1e6;
     answered += 1;
-    // An unpriced model, a fallback, an unknown model.
-    let response = chat(&client, proxy, KEY, "free", "no price", false).await;
-    assert_eq!(response.status(), 200);
+    // An unpriced model (twice: the second goes to the quota's fallback route), a
+    // request over a quota, a fallback, an unknown model.
+    for _ in 0..2 {
+        let response = chat(&client, proxy, KEY, "free", "no price", false).await;
+        assert_eq!(response.status(), 200);
+    }
+    for status in [200, 429] {
+        let response = chat(&client, proxy, KEY, "capped", "once", false).await;
+        assert_eq!(response.status(), status);
+    }
     let response = chat(&client, proxy, KEY, "fallback", "fall back", false).await;
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["x-switchboard-attempts"], "2");
@@ -366,8 +402,10 @@ async fn every_metric_the_dashboard_queries_is_exported() {
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let wanted = dashboard_metrics(&dashboard);
 
+    // With Redis, so that the shared store's health is exported too.
+    let redis = RedisServer::start().await;
     let dir = manifests();
-    let proxy = Proxy::start(dir.path(), &[]).await;
+    let proxy = Proxy::start(dir.path(), &["--redis-url", &redis.url()]).await;
     traffic(&proxy).await;
     let exported = families(&metrics_text(&proxy).await);
     let missing: Vec<&String> = wanted
