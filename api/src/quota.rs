@@ -47,31 +47,35 @@ fn month_bounds(now: i64) -> Option<(i64, i64)> {
 }
 
 /// The name of a limit in keys, metrics and status: `Metric/Window`.
-pub fn limit_name(limit: &QuotaLimit) -> String {
-    format!(
-        "{}/{}",
-        metric_name(limit.metric),
-        window_name(limit.window)
-    )
-}
-
-pub fn metric_name(metric: QuotaMetric) -> &'static str {
-    match metric {
-        QuotaMetric::Requests => "Requests",
-        QuotaMetric::InputTokens => "InputTokens",
-        QuotaMetric::OutputTokens => "OutputTokens",
-        QuotaMetric::TotalTokens => "TotalTokens",
-        QuotaMetric::CostUsd => "CostUSD",
-    }
-}
-
-pub fn window_name(window: QuotaWindow) -> &'static str {
-    match window {
-        QuotaWindow::Second => "Second",
-        QuotaWindow::Minute => "Minute",
-        QuotaWindow::Hour => "Hour",
-        QuotaWindow::Day => "Day",
-        QuotaWindow::Month => "Month",
+pub fn limit_name(limit: &QuotaLimit) -> &'static str {
+    use QuotaMetric as M;
+    use QuotaWindow as W;
+    match (limit.metric, limit.window) {
+        (M::Requests, W::Second) => "Requests/Second",
+        (M::Requests, W::Minute) => "Requests/Minute",
+        (M::Requests, W::Hour) => "Requests/Hour",
+        (M::Requests, W::Day) => "Requests/Day",
+        (M::Requests, W::Month) => "Requests/Month",
+        (M::InputTokens, W::Second) => "InputTokens/Second",
+        (M::InputTokens, W::Minute) => "InputTokens/Minute",
+        (M::InputTokens, W::Hour) => "InputTokens/Hour",
+        (M::InputTokens, W::Day) => "InputTokens/Day",
+        (M::InputTokens, W::Month) => "InputTokens/Month",
+        (M::OutputTokens, W::Second) => "OutputTokens/Second",
+        (M::OutputTokens, W::Minute) => "OutputTokens/Minute",
+        (M::OutputTokens, W::Hour) => "OutputTokens/Hour",
+        (M::OutputTokens, W::Day) => "OutputTokens/Day",
+        (M::OutputTokens, W::Month) => "OutputTokens/Month",
+        (M::TotalTokens, W::Second) => "TotalTokens/Second",
+        (M::TotalTokens, W::Minute) => "TotalTokens/Minute",
+        (M::TotalTokens, W::Hour) => "TotalTokens/Hour",
+        (M::TotalTokens, W::Day) => "TotalTokens/Day",
+        (M::TotalTokens, W::Month) => "TotalTokens/Month",
+        (M::CostUsd, W::Second) => "CostUSD/Second",
+        (M::CostUsd, W::Minute) => "CostUSD/Minute",
+        (M::CostUsd, W::Hour) => "CostUSD/Hour",
+        (M::CostUsd, W::Day) => "CostUSD/Day",
+        (M::CostUsd, W::Month) => "CostUSD/Month",
     }
 }
 

@@ -188,7 +188,7 @@ async fn usage(
             rows.into_iter()
                 .take(TOP_CONSUMERS)
                 .map(|(consumed, scope)| QuotaUsage {
-                    limit: name.clone(),
+                    limit: name.to_string(),
                     consumer: (scope != SHARED_SCOPE).then(|| scope.to_string()),
                     consumed,
                     remaining: limit.max - consumed,

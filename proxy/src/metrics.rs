@@ -497,7 +497,10 @@ impl Metrics {
             for (id, quota) in &runtime.snapshot.quotas {
                 for limit in &quota.limits {
                     self.quota_limit
-                        .with_label_values(&[id, &switchboard_api::quota::limit_name(limit)])
+                        .with_label_values(&[
+                            id.as_str(),
+                            switchboard_api::quota::limit_name(limit),
+                        ])
                         .set(limit.max);
                 }
             }

@@ -16,7 +16,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use switchboard_api::quota::{self as counters, SHARED_SCOPE};
 use switchboard_api::snapshot::{Quota, QuotaLimit, Route};
 use switchboard_api::v1alpha1::{FailurePolicy, MidStreamPolicy, QuotaMetric, QuotaScope};
@@ -128,7 +128,7 @@ struct Planned<'r> {
     op: CounterOp,
     window_end: i64,
     /// The consumer id for per-consumer counters, `SHARED_SCOPE` otherwise.
-    scope: String,
+    scope: &'r str,
 }
 
 // === impl Quotas ===
@@ -158,7 +158,7 @@ impl Quotas {
         if plan.is_empty() {
             return Ok(None);
         }
-        let ops: Vec<CounterOp> = plan.iter().map(|p| p.op.clone()).collect();
+        let ops: Vec<&CounterOp> = plan.iter().map(|p| &p.op).collect();
         let (reserved, in_redis) = match &self.redis {
             None => (self.local.reserve(&ops), false),
             Some(redis) => match redis.reserve(&ops).await {
@@ -191,12 +191,12 @@ impl Quotas {
                 Ok(Some(Reservation {
                     quotas: self.clone(),
                     held: plan
-                        .iter()
+                        .into_iter()
                         .map(|p| Held {
-                            key: p.op.key.clone(),
                             metric: p.limit.metric,
                             reserved: p.op.amount,
                             ttl: p.op.ttl,
+                            key: p.op.key,
                         })
                         .collect(),
                     in_redis,
@@ -206,7 +206,7 @@ impl Quotas {
             }
             Reserved::Refused { index, used } => {
                 let refused = &plan[index];
-                let limit = counters::limit_name(refused.limit);
+                let limit = counters::limit_name(refused.limit).to_string();
                 if let Some(metrics) = &self.metrics {
                     metrics.quota_rejected(refused.quota_id, &limit);
                 }
@@ -234,12 +234,8 @@ impl Quotas {
         for (p, used) in plan.iter().zip(after) {
             metrics.quota_used(
                 p.quota_id,
-                &counters::limit_name(p.limit),
-                if p.scope == SHARED_SCOPE {
-                    ""
-                } else {
-                    &p.scope
-                },
+                counters::limit_name(p.limit),
+                if p.scope == SHARED_SCOPE { "" } else { p.scope },
                 counters::from_units(p.limit.metric, *used),
             );
         }
@@ -281,7 +277,7 @@ impl Quotas {
 /// Every counter `demand` touches, in quota order.
 fn plan<'r>(
     runtime: &'r Runtime,
-    demand: &Demand<'_>,
+    demand: &Demand<'r>,
     excluded: &BTreeSet<String>,
     now: i64,
 ) -> Vec<Planned<'r>> {
@@ -332,7 +328,7 @@ fn plan<'r>(
                     ttl: Duration::from_secs(u64::try_from(end - now).unwrap_or(0)) + TTL_MARGIN,
                 },
                 window_end: end,
-                scope: scope.to_string(),
+                scope,
             });
         }
     }
@@ -515,23 +511,28 @@ impl RateLimits {
 
     /// `x-ratelimit-{limit,remaining,reset}-{requests,tokens}`, as OpenAI sends them.
     pub fn write(&self, headers: &mut HeaderMap) {
-        for (kind, headroom) in [("requests", self.requests), ("tokens", self.tokens)] {
+        const NAMES: [[HeaderName; 3]; 2] = [
+            [
+                HeaderName::from_static("x-ratelimit-limit-requests"),
+                HeaderName::from_static("x-ratelimit-remaining-requests"),
+                HeaderName::from_static("x-ratelimit-reset-requests"),
+            ],
+            [
+                HeaderName::from_static("x-ratelimit-limit-tokens"),
+                HeaderName::from_static("x-ratelimit-remaining-tokens"),
+                HeaderName::from_static("x-ratelimit-reset-tokens"),
+            ],
+        ];
+        for ([limit, remaining, reset], headroom) in
+            NAMES.into_iter().zip([self.requests, self.tokens])
+        {
             let Some(h) = headroom else {
                 continue;
             };
-            let values = [
-                ("limit", HeaderValue::from(h.limit)),
-                ("remaining", HeaderValue::from(h.remaining)),
-                (
-                    "reset",
-                    HeaderValue::from_str(&reset_text(h.reset))
-                        .unwrap_or(HeaderValue::from_static("0s")),
-                ),
-            ];
-            for (what, value) in values {
-                if let Ok(name) = http::HeaderName::try_from(format!("x-ratelimit-{what}-{kind}")) {
-                    headers.insert(name, value);
-                }
+            headers.insert(limit, HeaderValue::from(h.limit));
+            headers.insert(remaining, HeaderValue::from(h.remaining));
+            if let Ok(value) = HeaderValue::from_str(&reset_text(h.reset)) {
+                headers.insert(reset, value);
             }
         }
     }

@@ -74,7 +74,7 @@ struct Entry {
 const SWEEP_AT: usize = 4096;
 
 impl LocalStore {
-    pub fn reserve(&self, ops: &[CounterOp]) -> Reserved {
+    pub fn reserve(&self, ops: &[&CounterOp]) -> Reserved {
         let now = Instant::now();
         let mut counters = self.lock();
         if counters.len() >= SWEEP_AT {
@@ -129,10 +129,19 @@ fn add(
     ttl: Duration,
     now: Instant,
 ) -> i64 {
-    let entry = counters.entry(key.to_string()).or_insert(Entry {
-        value: 0,
-        expires: now + ttl,
-    });
+    // The key is copied only for a new counter.
+    if !counters.contains_key(key) {
+        counters.insert(
+            key.to_string(),
+            Entry {
+                value: 0,
+                expires: now + ttl,
+            },
+        );
+    }
+    let Some(entry) = counters.get_mut(key) else {
+        return 0;
+    };
     if entry.expires <= now {
         *entry = Entry {
             value: 0,
@@ -229,7 +238,7 @@ impl RedisStore {
         })
     }
 
-    pub async fn reserve(&self, ops: &[CounterOp]) -> Result<Reserved, StoreError> {
+    pub async fn reserve(&self, ops: &[&CounterOp]) -> Result<Reserved, StoreError> {
         let mut invocation = self.reserve.prepare_invoke();
         for op in ops {
             invocation
@@ -332,17 +341,12 @@ mod tests {
     #[test]
     fn local_reservations_are_all_or_nothing() {
         let store = LocalStore::default();
-        assert_eq!(
-            store.reserve(&[op("a", 1, 2), op("b", 10, 100)]),
-            Reserved::Admitted(vec![1, 10])
-        );
-        assert_eq!(
-            store.reserve(&[op("a", 1, 2), op("b", 10, 100)]),
-            Reserved::Admitted(vec![2, 20])
-        );
+        let (a, b) = (op("a", 1, 2), op("b", 10, 100));
+        assert_eq!(store.reserve(&[&a, &b]), Reserved::Admitted(vec![1, 10]));
+        assert_eq!(store.reserve(&[&a, &b]), Reserved::Admitted(vec![2, 20]));
         // `a` is at its limit: nothing is added to `b` either.
         assert_eq!(
-            store.reserve(&[op("b", 10, 100), op("a", 1, 2)]),
+            store.reserve(&[&b, &a]),
             Reserved::Refused { index: 1, used: 2 }
         );
         assert_eq!(store.get("b"), 20);
@@ -358,10 +362,11 @@ mod tests {
     #[tokio::test]
     async fn local_counters_expire() {
         let store = LocalStore::default();
-        let short = [CounterOp {
+        let short = CounterOp {
             ttl: Duration::from_millis(20),
             ..op("a", 1, 1)
-        }];
+        };
+        let short = [&short];
         assert_eq!(store.reserve(&short), Reserved::Admitted(vec![1]));
         assert!(matches!(store.reserve(&short), Reserved::Refused { .. }));
         tokio::time::sleep(Duration::from_millis(30)).await;
