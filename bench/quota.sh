@@ -10,7 +10,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-2}; rate=${RATE:-2000}
-cargo build --release --locked -q -p switchboard-bench --bin bench-upstream -p switchboard-proxy
+OHA_VERSION=1.16.0  # as bench/run.sh, so that runs stay comparable
+oha --version 2>/dev/null | grep -q "$OHA_VERSION" || cargo install --locked oha --version "$OHA_VERSION"
+command -v redis-server >/dev/null || { echo "needs Debian's redis-server (apt-get install redis-server)" >&2; exit 1; }
+cargo build --release --locked -q -p switchboard-bench -p switchboard-proxy
 work="$(mktemp -d)"; trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$work"' EXIT
 mkdir -p "$work/none" "$work/quota"
 cat > "$work/none/gateway.yaml" <<'YAML'
