@@ -15,48 +15,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 before=$1; after=$2; rounds=${3:-2}
-cargo build --release --locked -q -p switchboard-bench --bin bench-upstream
+# shellcheck source=bench/common.sh
+. bench/common.sh
+bench_build
 work="$(mktemp -d)"; trap 'rm -rf "$work"' EXIT
-cat > "$work/gateway.yaml" <<'YAML'
-apiVersion: v1
-kind: Secret
-metadata: {name: up}
-stringData: {key: sk-upstream-bench}
----
-apiVersion: switchboard.dev/v1alpha1
-kind: AIProvider
-metadata: {name: up}
-spec:
-  type: openai-compatible
-  endpoint: http://127.0.0.1:9000/v1
-  auth: {secretRef: {name: up, key: key}}
-  models: [{name: m}]
----
-apiVersion: switchboard.dev/v1alpha1
-kind: AIRoute
-metadata: {name: r}
-spec:
-  models: [m]
-  backends: [{provider: up, model: m}]
----
-apiVersion: switchboard.dev/v1alpha1
-kind: AIConsumer
-metadata: {name: c}
-spec:
-  keys: [{secretRef: {name: ck, key: key}}]
----
-apiVersion: v1
-kind: Secret
-metadata: {name: ck}
-stringData: {key: sk-bench-consumer-key-0001}
-YAML
+gateway_yaml > "$work/gateway.yaml"
 body='{"model":"m","messages":[{"role":"user","content":"hello there, how are you today?"}]}'
 # RATE=N: open loop at N requests/s (latency corrected) instead of as fast as possible.
 rate=()
 [ -n "${RATE:-}" ] && rate=(-q "$RATE" --latency-correction)
 load() {
-  taskset -c 0 oha "$@" "${rate[@]}" -c 32 --no-tui -m POST -H "authorization: Bearer sk-bench-consumer-key-0001" \
-    -H "content-type: application/json" -d "$body" http://127.0.0.1:9100/v1/chat/completions
+  oha_post http://127.0.0.1:9100/v1/chat/completions "$body" "$@" "${rate[@]}"
 }
 run() {
   local command=$1 label=$2

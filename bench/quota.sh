@@ -10,45 +10,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-2}; rate=${RATE:-2000}
-OHA_VERSION=1.16.0  # as bench/run.sh, so that runs stay comparable
-oha --version 2>/dev/null | grep -q "$OHA_VERSION" || cargo install --locked oha --version "$OHA_VERSION"
 command -v redis-server >/dev/null || { echo "needs Debian's redis-server (apt-get install redis-server)" >&2; exit 1; }
-cargo build --release --locked -q -p switchboard-bench -p switchboard-proxy
+# shellcheck source=bench/common.sh
+. bench/common.sh
+bench_build
 work="$(mktemp -d)"; trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$work"' EXIT
 mkdir -p "$work/none" "$work/quota"
-cat > "$work/none/gateway.yaml" <<'YAML'
-apiVersion: v1
-kind: Secret
-metadata: {name: up}
-stringData: {key: sk-upstream-bench}
----
-apiVersion: switchboard.dev/v1alpha1
-kind: AIProvider
-metadata: {name: up}
-spec:
-  type: openai-compatible
-  endpoint: http://127.0.0.1:9000/v1
-  auth: {secretRef: {name: up, key: key}}
-  models: [{name: m, pricing: {inputPerMillion: 1, outputPerMillion: 2}}]
----
-apiVersion: switchboard.dev/v1alpha1
-kind: AIRoute
-metadata: {name: r}
-spec:
-  models: [m]
-  backends: [{provider: up, model: m}]
----
-apiVersion: switchboard.dev/v1alpha1
-kind: AIConsumer
-metadata: {name: c}
-spec:
-  keys: [{secretRef: {name: ck, key: key}}]
----
-apiVersion: v1
-kind: Secret
-metadata: {name: ck}
-stringData: {key: sk-bench-consumer-key-0001}
-YAML
+gateway_yaml > "$work/none/gateway.yaml"
 cp "$work/none/gateway.yaml" "$work/quota/"
 cat > "$work/quota/quota.yaml" <<'YAML'
 apiVersion: switchboard.dev/v1alpha1
@@ -65,8 +33,7 @@ taskset -c 0 target/release/bench-upstream >/dev/null 2>&1 &
 sleep 1
 body='{"model":"m","max_tokens":64,"messages":[{"role":"user","content":"hello there, how are you today?"}]}'
 load() {
-  taskset -c 0 oha "$@" -c 32 --no-tui -m POST -H "authorization: Bearer sk-bench-consumer-key-0001" \
-    -H "content-type: application/json" -d "$body" http://127.0.0.1:9100/v1/chat/completions
+  oha_post http://127.0.0.1:9100/v1/chat/completions "$body" "$@"
 }
 run() {
   local label=$1 dir=$2; shift 2

@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub use crate::v1alpha1::{
-    FailurePolicy, HeaderMatchType, MidStreamPolicy, ProviderType, QuotaMetric, QuotaScope,
-    QuotaWindow, Strategy,
+    CacheScope, CacheableRequests, FailurePolicy, HeaderMatchType, MidStreamPolicy, ProviderType,
+    QuotaMetric, QuotaScope, QuotaWindow, Strategy,
 };
 
 /// The compiled configuration.
@@ -126,6 +126,32 @@ pub struct Route {
     pub strategy: Strategy,
     #[serde(default)]
     pub circuit: Circuit,
+    /// Response caching; `None` when off.
+    #[serde(default)]
+    pub cache: Option<CachePolicy>,
+}
+
+/// A route's response caching, defaults applied.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CachePolicy {
+    pub ttl_ms: u64,
+    pub max_entry_bytes: u64,
+    pub requests: CacheableRequests,
+    pub scope: CacheScope,
+    /// 0: no coalescing.
+    pub coalesce_wait_ms: u64,
+}
+
+impl Default for CachePolicy {
+    fn default() -> Self {
+        Self {
+            ttl_ms: 3_600_000,
+            max_entry_bytes: 1 << 20,
+            requests: CacheableRequests::All,
+            scope: CacheScope::PerConsumer,
+            coalesce_wait_ms: 30_000,
+        }
+    }
 }
 
 /// Passive circuit breaking, defaults applied.

@@ -15,6 +15,7 @@ use bytes::Bytes;
 use serde::Serialize;
 use switchboard_api::snapshot::Pricing;
 
+use crate::cache::CacheResult;
 use crate::ir::{Operation, Usage};
 use crate::metrics::{InFlight, OpenStream};
 use crate::providers::StreamOutcome;
@@ -64,6 +65,10 @@ pub struct RequestLog {
     pub rate_limits: Option<RateLimits>,
     /// The quota whose limit sent the request to its fallback route.
     pub quota_fallback: Option<String>,
+    /// On a route with a cache: what the cache did.
+    pub cache: Option<CacheResult>,
+    /// On a cache hit: what the stored answer had cost (what the hit saved).
+    pub cache_saved_usd: Option<f64>,
 }
 
 /// The first bytes of a body, as logged.
@@ -122,6 +127,10 @@ struct JsonLine<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     quota_fallback: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    cache: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cache_saved_usd: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     request_body: Option<std::borrow::Cow<'a, str>>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     request_body_truncated: bool,
@@ -168,6 +177,8 @@ impl RequestLog {
             reservation: None,
             rate_limits: None,
             quota_fallback: None,
+            cache: None,
+            cache_saved_usd: None,
         }
     }
 
@@ -243,6 +254,8 @@ impl RequestLog {
             cost_usd,
             unpriced: self.unpriced(),
             quota_fallback: self.quota_fallback.as_deref(),
+            cache: self.cache.map(CacheResult::as_str),
+            cache_saved_usd: self.cache_saved_usd,
             request_body: self.request_body.as_ref().map(LoggedBody::text),
             request_body_truncated: self.request_body.as_ref().is_some_and(|b| b.truncated),
             response_body: self.response_body.as_ref().map(LoggedBody::text),
@@ -282,6 +295,8 @@ impl RequestLog {
             cost_usd,
             unpriced = self.unpriced().then_some(true),
             quota_fallback = self.quota_fallback.as_deref(),
+            cache = self.cache.map(CacheResult::as_str),
+            cache_saved_usd = self.cache_saved_usd,
             consumer_labels = self.consumer_labels.as_ref().map(|l| format!("{l:?}")),
             request_body = self.request_body.as_ref().map(LoggedBody::text).as_deref(),
             request_body_truncated = self.request_body.as_ref().and_then(|b| b.truncated.then_some(true)),

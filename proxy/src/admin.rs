@@ -46,11 +46,14 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, gateway: Arc<Ga
 
 fn respond(request: &Request<Incoming>, metrics: &Metrics, gateway: &Gateway) -> Response<Body> {
     let (status, content_type, body) = match (request.method(), request.uri().path()) {
-        (&Method::GET, "/metrics") => (
-            StatusCode::OK,
-            "text/plain; version=0.0.4; charset=utf-8",
-            metrics.render(gateway.runtime.current().as_deref()),
-        ),
+        (&Method::GET, "/metrics") => {
+            metrics.cache_memory(gateway.cache.memory_usage());
+            (
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                metrics.render(gateway.runtime.current().as_deref()),
+            )
+        }
         (_, "/metrics") => (
             StatusCode::METHOD_NOT_ALLOWED,
             "text/plain; charset=utf-8",

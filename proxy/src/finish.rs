@@ -18,6 +18,7 @@ use hyper::body::{Body as HttpBody, Frame, SizeHint};
 
 use crate::access_log::{LoggedBody, RequestLog};
 use crate::body::{Body, BoxError};
+use crate::cache::CacheResult;
 use crate::metrics::Metrics;
 use crate::providers::{StreamEnd, StreamEndHook};
 
@@ -177,6 +178,13 @@ impl RequestEnd {
 
     fn finish(&self, mut log: RequestLog) {
         let latency = self.inner.started.elapsed();
+        if log.cache == Some(CacheResult::Hit) {
+            // A hit costs nothing: its tokens and cost count as saved, not spent.
+            if let (Some(usage), Some(metrics)) = (log.usage.take(), &self.inner.metrics) {
+                let route = log.route.as_deref().unwrap_or_default();
+                metrics.cache_saved(route, &usage, log.cache_saved_usd);
+            }
+        }
         let cost = log.cost_usd();
         if let Some(reservation) = log.reservation.take() {
             // A stream that was answered but ended without the provider's usage (the

@@ -13,6 +13,7 @@ pub mod access_log;
 pub mod admin;
 pub mod auth;
 pub mod body;
+pub mod cache;
 pub mod client_api;
 pub mod error;
 pub mod finish;
@@ -24,6 +25,7 @@ pub mod pipeline;
 pub mod plan;
 pub mod providers;
 pub mod quota;
+pub mod redis;
 pub mod routing;
 pub mod runtime;
 pub mod server;
@@ -40,9 +42,12 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
+use crate::cache::Cache;
 use crate::metrics::Metrics;
 use crate::pipeline::Gateway;
 use crate::quota::{Quotas, RedisStore};
+use crate::redis::SharedRedis;
+use crate::settings::CacheStore;
 pub use crate::settings::Settings;
 
 /// A running proxy.
@@ -63,7 +68,7 @@ pub struct Proxy {
 /// serves some Snapshot (from the operator or its cache on disk).
 pub async fn start(settings: Settings) -> anyhow::Result<Proxy> {
     install_crypto_provider();
-    let redis = redis_store(&settings)?;
+    let redis = shared_redis(&settings)?;
     let metrics = match settings.metrics_listen.0 {
         Some(_) => Some(Arc::new(
             Metrics::new(settings.metrics_consumer_label, redis.is_some())
@@ -71,8 +76,27 @@ pub async fn start(settings: Settings) -> anyhow::Result<Proxy> {
         )),
         None => None,
     };
-    let quotas = Arc::new(Quotas::new(redis, metrics.clone()));
-    let gateway = Arc::new(Gateway::new(settings.clone(), metrics.clone(), quotas));
+    let cache_in_redis = match settings.cache_store {
+        CacheStore::Memory => None,
+        CacheStore::Auto => redis.clone(),
+        CacheStore::Redis => Some(
+            redis
+                .clone()
+                .context("--cache-store redis needs --redis-url")?,
+        ),
+    };
+    let cache = Arc::new(Cache::new(
+        cache_in_redis,
+        settings.cache_memory_bytes,
+        metrics.clone(),
+    ));
+    let quotas = Arc::new(Quotas::new(redis.map(RedisStore::new), metrics.clone()));
+    let gateway = Arc::new(Gateway::new(
+        settings.clone(),
+        metrics.clone(),
+        quotas,
+        cache,
+    ));
     let sync = sync::start(&settings, gateway.clone())?;
     let listener = TcpListener::bind(settings.listen)
         .await
@@ -114,8 +138,8 @@ pub async fn start(settings: Settings) -> anyhow::Result<Proxy> {
     })
 }
 
-/// The shared quota store, when `--redis-url` is set. Connects lazily.
-fn redis_store(settings: &Settings) -> anyhow::Result<Option<RedisStore>> {
+/// Redis for quota counters and the cache, when `--redis-url` is set. Connects lazily.
+fn shared_redis(settings: &Settings) -> anyhow::Result<Option<Arc<SharedRedis>>> {
     let Some(url) = &settings.redis_url else {
         return Ok(None);
     };
@@ -129,10 +153,10 @@ fn redis_store(settings: &Settings) -> anyhow::Result<Option<RedisStore>> {
         None => None,
     };
     // The URL may carry a password: errors name neither.
-    let store = RedisStore::new(url, password.as_deref(), settings.redis_timeout)
+    let redis = SharedRedis::new(url, password.as_deref(), settings.redis_timeout)
         .map_err(|_| anyhow::anyhow!("--redis-url is not a valid redis:// or rediss:// URL"))?;
-    tracing::info!(address = %store.address, "quota counters shared in Redis");
-    Ok(Some(store))
+    tracing::info!(address = %redis.address, "quota counters shared in Redis");
+    Ok(Some(Arc::new(redis)))
 }
 
 // === impl Proxy ===

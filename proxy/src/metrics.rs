@@ -23,7 +23,7 @@ use prometheus::{
 
 use crate::access_log::RequestLog;
 use crate::health::CircuitView;
-use crate::ir::Operation;
+use crate::ir::{Operation, Usage};
 use crate::runtime::Runtime;
 
 /// Label names.
@@ -91,6 +91,17 @@ pub struct Metrics {
     quota_fallbacks: IntCounterVec,
     quota_store_errors: prometheus::IntCounter,
     quota_store_up: IntGauge,
+    cache_lookups: IntCounterVec,
+    cache_coalesced: IntCounterVec,
+    cache_saved_tokens: IntCounterVec,
+    cache_saved_cost: CounterVec,
+    cache_stored: IntCounterVec,
+    cache_stored_bytes: IntCounterVec,
+    cache_too_large: IntCounterVec,
+    cache_evictions: IntCounterVec,
+    cache_store_errors: prometheus::IntCounter,
+    cache_memory_entries: IntGauge,
+    cache_memory_bytes: IntGauge,
 }
 
 /// Counts a request in flight until dropped.
@@ -268,6 +279,60 @@ impl Metrics {
                 "switchboard_quota_store_up",
                 "1 while the shared quota store (Redis) answers, 0 while it does not; absent without one.",
             )?,
+            cache_lookups: counter(
+                "switchboard_cache_lookups_total",
+                "Requests on routes with a cache, by result: hit, miss (refresh included) or bypass (asked by the client, or not cacheable).",
+                &[ROUTE, "result"],
+            )?,
+            cache_coalesced: counter(
+                "switchboard_cache_coalesced_total",
+                "Hits that were the answer of an identical request in flight (waited for, not sent upstream).",
+                &[ROUTE],
+            )?,
+            cache_saved_tokens: counter(
+                "switchboard_cache_saved_tokens_total",
+                "Tokens that cache hits did not spend upstream (input, output), as the stored answer used them.",
+                &[ROUTE, TOKEN_TYPE],
+            )?,
+            cache_saved_cost: CounterVec::new(
+                Opts::new(
+                    "switchboard_cache_saved_cost_usd_total",
+                    "USD that cache hits did not spend, priced when the answer was stored.",
+                ),
+                &[ROUTE],
+            )?,
+            cache_stored: counter(
+                "switchboard_cache_stored_total",
+                "Answers stored in the cache.",
+                &[ROUTE],
+            )?,
+            cache_stored_bytes: counter(
+                "switchboard_cache_stored_bytes_total",
+                "Bytes of answers stored in the cache (uncompressed JSON).",
+                &[ROUTE],
+            )?,
+            cache_too_large: counter(
+                "switchboard_cache_too_large_total",
+                "Answers not stored because they were larger than the route's maxEntryBytes.",
+                &[ROUTE],
+            )?,
+            cache_evictions: counter(
+                "switchboard_cache_evictions_total",
+                "Entries removed from the in-memory cache, by cause: size (to make room) or expired.",
+                &["cause"],
+            )?,
+            cache_store_errors: prometheus::IntCounter::new(
+                "switchboard_cache_store_errors_total",
+                "Failed or skipped cache operations on Redis; lookups became misses.",
+            )?,
+            cache_memory_entries: IntGauge::new(
+                "switchboard_cache_memory_entries",
+                "Entries in the in-memory cache (0 when the cache is in Redis).",
+            )?,
+            cache_memory_bytes: IntGauge::new(
+                "switchboard_cache_memory_bytes",
+                "Bytes the in-memory cache holds, as it weighs entries (0 when the cache is in Redis).",
+            )?,
             registry,
         };
         let build_info = IntGaugeVec::new(
@@ -281,6 +346,10 @@ impl Metrics {
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
         metrics.register(Box::new(build_info))?;
+        // Fixed label sets start at 0, so that rate() sees their first increase.
+        for cause in ["size", "expired"] {
+            metrics.cache_evictions.with_label_values(&[cause]);
+        }
         metrics.register_all()?;
         if shared_quota_store {
             metrics.register(Box::new(metrics.quota_store_up.clone()))?;
@@ -311,7 +380,18 @@ impl Metrics {
         self.register(Box::new(self.quota_limit.clone()))?;
         self.register(Box::new(self.quota_rejections.clone()))?;
         self.register(Box::new(self.quota_fallbacks.clone()))?;
-        self.register(Box::new(self.quota_store_errors.clone()))
+        self.register(Box::new(self.quota_store_errors.clone()))?;
+        self.register(Box::new(self.cache_lookups.clone()))?;
+        self.register(Box::new(self.cache_coalesced.clone()))?;
+        self.register(Box::new(self.cache_saved_tokens.clone()))?;
+        self.register(Box::new(self.cache_saved_cost.clone()))?;
+        self.register(Box::new(self.cache_stored.clone()))?;
+        self.register(Box::new(self.cache_stored_bytes.clone()))?;
+        self.register(Box::new(self.cache_too_large.clone()))?;
+        self.register(Box::new(self.cache_evictions.clone()))?;
+        self.register(Box::new(self.cache_store_errors.clone()))?;
+        self.register(Box::new(self.cache_memory_entries.clone()))?;
+        self.register(Box::new(self.cache_memory_bytes.clone()))
     }
 
     fn register(
@@ -469,6 +549,59 @@ impl Metrics {
     /// The shared store answered (or, `false`, did not).
     pub fn quota_store_up(&self, up: bool) {
         self.quota_store_up.set(i64::from(up));
+    }
+
+    /// A request on a route with a cache: `hit`, `miss` or `bypass`.
+    pub fn cache_lookup(&self, route: &str, result: &str, coalesced: bool) {
+        self.cache_lookups.with_label_values(&[route, result]).inc();
+        if coalesced {
+            self.cache_coalesced.with_label_values(&[route]).inc();
+        }
+    }
+
+    /// What a hit saved: the stored answer's usage and cost.
+    pub fn cache_saved(&self, route: &str, usage: &Usage, cost_usd: Option<f64>) {
+        for (token_type, count) in [
+            ("input", usage.prompt_tokens),
+            ("output", usage.completion_tokens),
+        ] {
+            self.cache_saved_tokens
+                .with_label_values(&[route, token_type])
+                .inc_by(count);
+        }
+        if let Some(cost) = cost_usd {
+            self.cache_saved_cost
+                .with_label_values(&[route])
+                .inc_by(cost);
+        }
+    }
+
+    pub fn cache_stored(&self, route: &str, bytes: usize) {
+        self.cache_stored.with_label_values(&[route]).inc();
+        self.cache_stored_bytes
+            .with_label_values(&[route])
+            .inc_by(bytes as u64);
+    }
+
+    pub fn cache_too_large(&self, route: &str) {
+        self.cache_too_large.with_label_values(&[route]).inc();
+    }
+
+    pub fn cache_evicted(&self, cause: &str) {
+        self.cache_evictions.with_label_values(&[cause]).inc();
+    }
+
+    pub fn cache_store_error(&self) {
+        self.cache_store_errors.inc();
+    }
+
+    /// The in-memory cache's entries and bytes, if the cache is in memory.
+    pub fn cache_memory(&self, usage: Option<(u64, u64)>) {
+        let (entries, bytes) = usage.unwrap_or_default();
+        self.cache_memory_entries
+            .set(i64::try_from(entries).unwrap_or(i64::MAX));
+        self.cache_memory_bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 
     /// A config was refused; the previous one keeps serving.

@@ -15,6 +15,7 @@ use hyper::body::Incoming;
 
 use crate::access_log::{LoggedBody, RequestLog};
 use crate::body::{Body, full};
+use crate::cache::{Cache, CacheResult, Found, Plan as CachePlan, Recorder};
 use crate::client_api::{self, openai};
 use crate::error::ProxyError;
 use crate::finish::{AttemptEnd, RequestEnd};
@@ -45,6 +46,10 @@ pub const ATTEMPTS_HEADER: &str = "x-switchboard-attempts";
 /// fallback route.
 pub const QUOTA_FALLBACK_HEADER: &str = "x-switchboard-quota-fallback";
 
+/// Response header: what the cache did (`hit`, `miss` or `bypass`), on routes with a
+/// cache.
+pub const CACHE_HEADER: &str = crate::cache::CACHE_HEADER;
+
 /// State shared by every request.
 #[derive(Debug)]
 pub struct Gateway {
@@ -53,6 +58,7 @@ pub struct Gateway {
     /// `None` with `--metrics-listen off`.
     pub metrics: Option<Arc<Metrics>>,
     pub quotas: Arc<Quotas>,
+    pub cache: Arc<Cache>,
     /// Set once shutdown begins; `/readyz` then fails.
     pub draining: AtomicBool,
 }
@@ -60,12 +66,18 @@ pub struct Gateway {
 // === impl Gateway ===
 
 impl Gateway {
-    pub fn new(settings: Settings, metrics: Option<Arc<Metrics>>, quotas: Arc<Quotas>) -> Self {
+    pub fn new(
+        settings: Settings,
+        metrics: Option<Arc<Metrics>>,
+        quotas: Arc<Quotas>,
+        cache: Arc<Cache>,
+    ) -> Self {
         Self {
             runtime: RuntimeHandle::default(),
             settings,
             metrics,
             quotas,
+            cache,
             draining: AtomicBool::new(false),
         }
     }
@@ -133,6 +145,11 @@ pub async fn handle(gateway: Arc<Gateway>, request: Request<Incoming>) -> Respon
     answered_by(&log, response.headers_mut());
     if let Some(rate_limits) = &log.rate_limits {
         rate_limits.write(response.headers_mut());
+    }
+    if let Some(result) = log.cache {
+        response
+            .headers_mut()
+            .insert(CACHE_HEADER, HeaderValue::from_static(result.as_str()));
     }
     if let Some(value) = log
         .quota_fallback
@@ -287,10 +304,39 @@ async fn proxy(
     log.stream = request.stream;
 
     let selected = routing::select(runtime, consumer.1, &request.model, &parts.headers)?;
+    let recorder = match look_up(
+        gateway,
+        selected,
+        consumer.0,
+        &request,
+        &parts.headers,
+        log,
+        end,
+    )
+    .await?
+    {
+        Looked::Hit(response) => return Ok(response),
+        Looked::Miss(recorder) => recorder,
+    };
     let (route_id, route) = admit(gateway, runtime, consumer, selected, &request, log).await?;
     log.route = Some(route_id.to_string());
     let budget = log.reservation.as_ref().and_then(|r| r.stream_budget);
-    let reply = attempt(runtime, route_id, route, &mut request, request_id, log, end).await?;
+    // An answer from a quota's fallback route is not the answer of the route asked for.
+    let recorder = recorder.filter(|_| route_id == selected.0);
+    let mut reply = attempt(
+        runtime,
+        route_id,
+        route,
+        &mut request,
+        request_id,
+        log,
+        end,
+        recorder.as_ref(),
+    )
+    .await?;
+    if let Some(recorder) = recorder {
+        reply = recorder.record(reply, log.pricing, budget);
+    }
 
     Ok(match reply {
         Reply::Native { body, usage } => {
@@ -315,6 +361,61 @@ async fn proxy(
             ))
         }
     })
+}
+
+/// What the cache had for a request.
+enum Looked {
+    /// The answer, from the cache.
+    Hit(Response<Body>),
+    /// Nothing; with a recorder to store the answer, if the route caches it.
+    Miss(Option<Recorder>),
+}
+
+/// Serves the request from the route's cache if it can. A hit is answered before quota
+/// admission: it uses no allowance, and `finish` counts its tokens and cost as saved.
+async fn look_up(
+    gateway: &Gateway,
+    (route_id, route): (&str, &Route),
+    consumer: &str,
+    request: &crate::ir::Request,
+    headers: &HeaderMap,
+    log: &mut RequestLog,
+    end: &RequestEnd,
+) -> Result<Looked, ProxyError> {
+    let ticket = match Cache::plan(route_id, route, consumer, request, headers)? {
+        CachePlan::Off => return Ok(Looked::Miss(None)),
+        CachePlan::Bypass => {
+            log.cache = Some(CacheResult::Bypass);
+            if let Some(metrics) = end.metrics() {
+                metrics.cache_lookup(route_id, CacheResult::Bypass.as_str(), false);
+            }
+            return Ok(Looked::Miss(None));
+        }
+        CachePlan::Use(ticket) => ticket,
+    };
+    let (result, coalesced, looked) = match gateway.cache.find(route_id, &ticket).await {
+        Found::Hit { entry, coalesced } => {
+            let stream_end = end.clone();
+            match entry.replay(request, Box::new(move |e| stream_end.stream_ended(e))) {
+                Some(response) => {
+                    log.route = Some(route_id.to_string());
+                    log.cache_saved_usd = entry.cost_usd;
+                    if !request.stream {
+                        log.usage = Some(entry.usage);
+                    }
+                    (CacheResult::Hit, coalesced, Looked::Hit(response))
+                }
+                // Unreadable (written by another version): answered upstream instead.
+                None => (CacheResult::Miss, false, Looked::Miss(None)),
+            }
+        }
+        Found::Miss(recorder) => (CacheResult::Miss, false, Looked::Miss(Some(recorder))),
+    };
+    log.cache = Some(result);
+    if let Some(metrics) = end.metrics() {
+        metrics.cache_lookup(route_id, result.as_str(), coalesced);
+    }
+    Ok(looked)
 }
 
 /// Reserves the request's usage on every quota that applies. A quota over its limit
@@ -384,6 +485,7 @@ async fn admit<'r>(
 /// at once. A stream fails over only until the provider answers with its headers;
 /// after that the reply is the client's, and a failure ends the stream with an error
 /// event.
+#[allow(clippy::too_many_arguments)]
 async fn attempt(
     runtime: &Runtime,
     route_id: &str,
@@ -392,6 +494,7 @@ async fn attempt(
     request_id: &str,
     log: &mut RequestLog,
     end: &RequestEnd,
+    recorder: Option<&Recorder>,
 ) -> Result<Reply, ProxyError> {
     let operation = request.operation;
     let metrics = end.metrics();
@@ -521,7 +624,10 @@ async fn attempt(
                 request_id,
                 trace,
                 budget: log.reservation.as_ref().and_then(|r| r.stream_budget),
-                on_stream_end: attempt_end.hook(),
+                on_stream_end: match recorder {
+                    Some(recorder) => recorder.watch(attempt_end.hook()),
+                    None => attempt_end.hook(),
+                },
             })
             .await?;
             first_event(reply, first_token).await

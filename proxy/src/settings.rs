@@ -87,6 +87,20 @@ pub struct Settings {
     #[arg(long, env = "SWITCHBOARD_REDIS_TIMEOUT", default_value = "100ms", value_parser = humantime::parse_duration)]
     pub redis_timeout: Duration,
 
+    /// Where cached answers live: `memory` (this proxy's), `redis` (shared by every
+    /// proxy; needs `--redis-url`), or `auto`: Redis when `--redis-url` is set.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_CACHE_STORE",
+        value_enum,
+        default_value = "auto"
+    )]
+    pub cache_store: CacheStore,
+
+    /// The most bytes of answers the in-memory cache holds; the least used go first.
+    #[arg(long, env = "SWITCHBOARD_CACHE_MEMORY_BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub cache_memory_bytes: u64,
+
     /// Log format: `text` for people, `json` for log pipelines. Levels via RUST_LOG.
     #[arg(
         long,
@@ -111,6 +125,14 @@ pub struct Settings {
     /// Check the manifests, print every object's status, and exit (non-zero on problems).
     #[arg(long, requires = "manifests")]
     pub check: bool,
+}
+
+/// Where cached answers live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CacheStore {
+    Auto,
+    Memory,
+    Redis,
 }
 
 /// Where metrics are served: an address, or nowhere (`off`: none are recorded).
@@ -145,6 +167,8 @@ impl Settings {
             redis_url: None,
             redis_password_file: None,
             redis_timeout: Duration::from_millis(100),
+            cache_store: CacheStore::Auto,
+            cache_memory_bytes: 256 * 1024 * 1024,
             log_format: LogFormat::Text,
             max_body_bytes: 10 * 1024 * 1024,
             max_header_bytes: 64 * 1024,

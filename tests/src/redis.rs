@@ -121,6 +121,32 @@ impl RedisServer {
         out
     }
 
+    /// Every cache entry: its key, milliseconds left to live, and stored value.
+    pub async fn cache_entries(&self) -> Vec<(String, i64, Vec<u8>)> {
+        let mut c = self.connection().await.unwrap();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("sb:cache:*")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        for key in keys {
+            let ttl: i64 = redis::cmd("PTTL")
+                .arg(&key)
+                .query_async(&mut c)
+                .await
+                .unwrap();
+            let value: Vec<u8> = redis::cmd("GET")
+                .arg(&key)
+                .query_async(&mut c)
+                .await
+                .unwrap();
+            out.push((key, ttl, value));
+        }
+        out.sort();
+        out
+    }
+
     /// The value of the one counter whose key contains `needle`.
     pub async fn counter(&self, needle: &str) -> i64 {
         let matching: Vec<(String, i64)> = self

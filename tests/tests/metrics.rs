@@ -52,6 +52,22 @@ metadata: {{name: down-key}}
 stringData: {{apiKey: sk-e2e-down-provider-key}}
 ---
 apiVersion: switchboard.dev/v1alpha1
+kind: AIProvider
+metadata: {{name: slow-echo}}
+spec:
+  type: echo
+  models: [{{name: echo-slow, pricing: {{inputPerMillion: 1, outputPerMillion: 1}}}}]
+  echo: {{latency: 300ms}}
+---
+apiVersion: switchboard.dev/v1alpha1
+kind: AIRoute
+metadata: {{name: cached}}
+spec:
+  models: [cached]
+  backends: [{{provider: slow-echo, model: echo-slow}}]
+  cache: {{ttl: 1h}}
+---
+apiVersion: switchboard.dev/v1alpha1
 kind: AIRoute
 metadata: {{name: fallback}}
 spec:
@@ -156,6 +172,14 @@ async fn traffic(proxy: &Proxy) -> (u32, f64) {
     assert_eq!(response.headers()["x-switchboard-attempts"], "2");
     let response = chat(&client, proxy, KEY, "no-such-model", "who", false).await;
     assert_eq!(response.status(), 404);
+    // The cache: three identical requests at once (one goes upstream, two wait for it),
+    // then a plain hit.
+    let together = (0..3).map(|_| chat(&client, proxy, KEY, "cached", "cache me", false));
+    for response in futures_util::future::join_all(together).await {
+        assert_eq!(response.status(), 200);
+    }
+    let response = chat(&client, proxy, KEY, "cached", "cache me", false).await;
+    assert_eq!(response.headers()["x-switchboard-cache"], "hit");
     (answered, cost)
 }
 

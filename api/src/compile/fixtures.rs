@@ -277,6 +277,7 @@ pub fn route(name: &str) -> RouteBuilder {
             retry: None,
             strategy: None,
             circuit_breaker: None,
+            cache: None,
         },
     );
     object.metadata.namespace = Some(DEFAULT_NAMESPACE.to_string());

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::inputs::{Inputs, ObjectKey, ObjectKind};
 use super::refs::{age, cel_rules, duration_ms};
 use super::status::{Problem, Verdict};
-use crate::snapshot::{Backend, Circuit, HeaderMatch, Provider, Retry, Route};
+use crate::snapshot::{Backend, CachePolicy, Circuit, HeaderMatch, Provider, Retry, Route};
 use crate::v1alpha1::condition::reasons;
 use crate::v1alpha1::{AIRoute, HeaderMatchType, ObjectStatus};
 
@@ -176,6 +176,24 @@ fn compile_one(
         .unwrap_or(circuit_defaults.max_ejection_ms),
     };
 
+    let cache = spec
+        .cache
+        .as_ref()
+        .filter(|c| c.enabled.unwrap_or(true))
+        .map(|c| {
+            let defaults = CachePolicy::default();
+            CachePolicy {
+                ttl_ms: duration(c.ttl.as_deref(), "spec.cache.ttl").unwrap_or(defaults.ttl_ms),
+                max_entry_bytes: c
+                    .max_entry_bytes
+                    .map_or(defaults.max_entry_bytes, u64::from),
+                requests: c.requests.unwrap_or_default(),
+                scope: c.scope.unwrap_or_default(),
+                coalesce_wait_ms: duration(c.coalesce_wait.as_deref(), "spec.cache.coalesceWait")
+                    .unwrap_or(defaults.coalesce_wait_ms),
+            }
+        });
+
     let mut backends = Vec::new();
     for (i, backend) in spec.backends.iter().enumerate() {
         let field = format!("spec.backends[{i}]");
@@ -244,6 +262,7 @@ fn compile_one(
         retry,
         strategy: spec.strategy.unwrap_or_default(),
         circuit,
+        cache,
     })
 }
 

@@ -26,8 +26,8 @@ pub use quota::{
     QuotaStatus, QuotaTarget, QuotaUsage, QuotaWindow,
 };
 pub use route::{
-    AIRoute, AIRouteSpec, CircuitBreaker, HeaderMatch, HeaderMatchType, RouteBackend, RouteRetry,
-    RouteTimeouts, Strategy,
+    AIRoute, AIRouteSpec, CacheScope, CacheableRequests, CircuitBreaker, HeaderMatch,
+    HeaderMatchType, RouteBackend, RouteCache, RouteRetry, RouteTimeouts, Strategy,
 };
 
 use schemars::JsonSchema;

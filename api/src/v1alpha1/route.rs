@@ -83,6 +83,72 @@ pub struct AIRouteSpec {
     /// Defaults apply when omitted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub circuit_breaker: Option<CircuitBreaker>,
+
+    /// Exact-match response caching. Off when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<RouteCache>,
+}
+
+/// Answers to repeated requests are served from a cache: in the proxy's memory, or in
+/// Redis shared by every proxy when the proxies have one. Only complete, successful
+/// answers are stored. See docs/cache.md.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteCache {
+    /// Whether answers are cached. Default true (the block's presence turns caching on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+
+    /// How long an answer is served from the cache. Default 1h.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub ttl: Option<String>,
+
+    /// Answers larger than this many bytes (as JSON) are not stored. Default 1048576
+    /// (1 MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 67108864))]
+    pub max_entry_bytes: Option<u32>,
+
+    /// Which requests are cached. Default `All`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests: Option<CacheableRequests>,
+
+    /// Whether a consumer sees only the answers to its own requests (`PerConsumer`,
+    /// the default) or every consumer of the route shares one cache (`Shared`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<CacheScope>,
+
+    /// While an identical request is already on its way upstream, a request waits this
+    /// long for its answer instead of sending its own, then goes upstream itself.
+    /// `0s` turns this off. Default 30s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub coalesce_wait: Option<String>,
+}
+
+/// Which requests a route caches.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, JsonSchema,
+)]
+pub enum CacheableRequests {
+    /// Every request.
+    #[default]
+    All,
+    /// Only requests with `temperature` 0, whose answers the client expects to repeat.
+    Deterministic,
+}
+
+/// Who shares a route's cached answers.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, JsonSchema,
+)]
+pub enum CacheScope {
+    /// Each consumer has its own entries.
+    #[default]
+    PerConsumer,
+    /// Every consumer of the route shares the entries.
+    Shared,
 }
 
 /// How a backend is chosen within a priority tier.

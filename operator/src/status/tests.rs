@@ -26,6 +26,7 @@ fn route(status: Option<ObjectStatus>) -> AIRoute {
             retry: None,
             strategy: None,
             circuit_breaker: None,
+            cache: None,
         },
     );
     route.metadata.namespace = Some("default".into());

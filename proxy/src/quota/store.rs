@@ -6,12 +6,14 @@
 //! each is one Lua script, so an admission costs one round trip.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::PoisonError;
 use std::time::{Duration, Instant};
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{IntoConnectionInfo, Script};
+use redis::Script;
+
+use crate::redis::SharedRedis;
 
 /// One counter to reserve on.
 #[derive(Debug, Clone)]
@@ -43,17 +45,7 @@ pub enum Reserved {
 }
 
 /// The shared store failed or is known to be down.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("quota store unreachable (retrying after a pause): {0}")]
-    Down(String),
-    #[error("quota store did not answer within {0:?}")]
-    Timeout(Duration),
-    #[error("quota store: {0}")]
-    Redis(#[from] redis::RedisError),
-    #[error("quota store answered something unexpected: {0}")]
-    Protocol(String),
-}
+pub use crate::redis::RedisError as StoreError;
 
 // === LocalStore ===
 
@@ -185,57 +177,21 @@ end
 return 1
 ";
 
-/// After a failure, Redis is not tried again for this long: a request during an
-/// outage must not wait out a timeout every time.
-const PAUSE_AFTER_FAILURE: Duration = Duration::from_secs(1);
-
 /// Counters in Redis, shared by every proxy pointed at it.
+#[derive(Debug)]
 pub struct RedisStore {
-    connection: ConnectionManager,
+    redis: Arc<SharedRedis>,
     reserve: Script,
     adjust: Script,
-    /// The most an operation may take before it counts as a failure.
-    timeout: Duration,
-    /// Until when Redis is considered down.
-    down_until: Mutex<Option<Instant>>,
-    /// Where it is, without credentials, for logs.
-    pub address: String,
-}
-
-impl std::fmt::Debug for RedisStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisStore")
-            .field("address", &self.address)
-            .field("timeout", &self.timeout)
-            .finish_non_exhaustive()
-    }
 }
 
 impl RedisStore {
-    /// A store for `url` (`redis://host:port/db` or `rediss://` for TLS), with
-    /// `password` if given. Connects lazily: a proxy starts while Redis is down.
-    pub fn new(url: &str, password: Option<&str>, timeout: Duration) -> Result<Self, StoreError> {
-        let mut info = url.into_connection_info()?;
-        if let Some(password) = password {
-            let settings = info.redis_settings().clone().set_password(password);
-            info = info.set_redis_settings(settings);
+    pub fn new(redis: Arc<SharedRedis>) -> Self {
+        Self {
+            redis,
+            reserve: SharedRedis::script(RESERVE),
+            adjust: SharedRedis::script(ADJUST),
         }
-        let address = info.addr().to_string();
-        let client = redis::Client::open(info)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(PAUSE_AFTER_FAILURE);
-        let connection = ConnectionManager::new_lazy_with_config(client, config)?;
-        Ok(Self {
-            connection,
-            reserve: Script::new(RESERVE),
-            adjust: Script::new(ADJUST),
-            timeout,
-            down_until: Mutex::new(None),
-            address,
-        })
     }
 
     pub async fn reserve(&self, ops: &[&CounterOp]) -> Result<Reserved, StoreError> {
@@ -247,7 +203,7 @@ impl RedisStore {
                 .arg(op.max)
                 .arg(millis(op.ttl));
         }
-        let reply: Vec<i64> = self.run(invocation).await?;
+        let reply: Vec<i64> = self.redis.invoke(invocation).await?;
         match reply.as_slice() {
             [1, after @ ..] if after.len() == ops.len() => Ok(Reserved::Admitted(after.to_vec())),
             [0, index, used] if *index >= 1 && (*index as usize) <= ops.len() => {
@@ -265,7 +221,7 @@ impl RedisStore {
         for a in adjustments {
             invocation.key(&a.key).arg(a.delta).arg(millis(a.ttl));
         }
-        let _: i64 = self.run(invocation).await?;
+        let _: i64 = self.redis.invoke(invocation).await?;
         Ok(())
     }
 
@@ -274,50 +230,15 @@ impl RedisStore {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let mut connection = self.connection.clone();
-        let command = redis::cmd("MGET").arg(keys).to_owned();
         let values: Vec<Option<i64>> = self
-            .bounded(async move { command.query_async(&mut connection).await })
+            .redis
+            .query(redis::cmd("MGET").arg(keys).to_owned())
             .await?;
         Ok(values.into_iter().map(Option::unwrap_or_default).collect())
     }
 
-    async fn run<T: redis::FromRedisValue>(
-        &self,
-        invocation: redis::ScriptInvocation<'_>,
-    ) -> Result<T, StoreError> {
-        let mut connection = self.connection.clone();
-        self.bounded(async move { invocation.invoke_async(&mut connection).await })
-            .await
-    }
-
-    /// Runs `operation` unless Redis is paused after a failure, within the timeout;
-    /// a failure pauses Redis for `PAUSE_AFTER_FAILURE`.
-    async fn bounded<T>(
-        &self,
-        operation: impl Future<Output = redis::RedisResult<T>>,
-    ) -> Result<T, StoreError> {
-        let paused = *self
-            .down_until
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if paused.is_some_and(|until| Instant::now() < until) {
-            return Err(StoreError::Down(self.address.clone()));
-        }
-        let result = match tokio::time::timeout(self.timeout, operation).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(error)) => Err(StoreError::Redis(error)),
-            Err(_) => Err(StoreError::Timeout(self.timeout)),
-        };
-        let mut down = self
-            .down_until
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        *down = match &result {
-            Ok(_) => None,
-            Err(_) => Some(Instant::now() + PAUSE_AFTER_FAILURE),
-        };
-        result
+    pub fn address(&self) -> &str {
+        &self.redis.address
     }
 }
 

@@ -12,6 +12,7 @@ fn gateway() -> Gateway {
         Settings::for_manifests("/nonexistent"),
         None,
         std::sync::Arc::new(crate::quota::Quotas::new(None, None)),
+        std::sync::Arc::new(crate::cache::Cache::new(None, 1 << 20, None)),
     )
 }
 
@@ -66,6 +67,7 @@ fn accepts_a_valid_snapshot_and_refuses_garbage_tampering_and_dangling_reference
             retry: Default::default(),
             strategy: Default::default(),
             circuit: Default::default(),
+            cache: None,
         },
     );
     let error = accept(&body(&dangling.seal()), &gateway).unwrap_err();

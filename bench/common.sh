@@ -1,0 +1,59 @@
+# Shared by bench/ab.sh, bench/quota.sh and bench/cache.sh (sourced, not run).
+
+# oha pinned, as in bench/run.sh, so that runs stay comparable.
+OHA_VERSION=1.16.0
+BENCH_KEY=sk-bench-consumer-key-0001
+
+# Installs oha if it is missing and builds the proxy and the fake upstream.
+bench_build() {
+  oha --version 2>/dev/null | grep -q "$OHA_VERSION" || cargo install --locked oha --version "$OHA_VERSION"
+  cargo build --release --locked -q -p switchboard-bench -p switchboard-proxy
+}
+
+# gateway_yaml [EXTRA]: bench-upstream (127.0.0.1:9000) as a priced openai-compatible
+# provider, consumer `c` with BENCH_KEY, and route `r` for model `m`, with EXTRA
+# appended to the route's spec (for example a cache block).
+gateway_yaml() {
+  cat <<YAML
+apiVersion: v1
+kind: Secret
+metadata: {name: up}
+stringData: {key: sk-upstream-bench}
+---
+apiVersion: switchboard.dev/v1alpha1
+kind: AIProvider
+metadata: {name: up}
+spec:
+  type: openai-compatible
+  endpoint: http://127.0.0.1:9000/v1
+  auth: {secretRef: {name: up, key: key}}
+  models: [{name: m, pricing: {inputPerMillion: 1, outputPerMillion: 2}}]
+---
+apiVersion: switchboard.dev/v1alpha1
+kind: AIConsumer
+metadata: {name: c}
+spec:
+  keys: [{secretRef: {name: ck, key: key}}]
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: ck}
+stringData: {key: $BENCH_KEY}
+---
+apiVersion: switchboard.dev/v1alpha1
+kind: AIRoute
+metadata: {name: r}
+spec:
+  models: [m]
+  backends: [{provider: up, model: m}]
+${1:-}
+YAML
+}
+
+# oha_post URL BODY [OHA FLAGS...]: 32 connections POSTing BODY to URL with BENCH_KEY,
+# oha on core 0.
+oha_post() {
+  local url=$1 body=$2; shift 2
+  taskset -c 0 oha "$@" -c 32 --no-tui -m POST -H "authorization: Bearer $BENCH_KEY" \
+    -H "content-type: application/json" -d "$body" "$url"
+}
