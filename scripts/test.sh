@@ -20,6 +20,10 @@ fi
 if ! python3 -c "import anthropic" >/dev/null 2>&1; then
   python3 -m pip install --quiet --disable-pip-version-check "anthropic>=0.40,<3"
 fi
+# kubernetes-validate checks the rendered Helm chart against Kubernetes' schemas offline.
+if ! python3 -c "import kubernetes_validate" >/dev/null 2>&1; then
+  python3 -m pip install --quiet --disable-pip-version-check "kubernetes-validate>=1.31,<2"
+fi
 
 # Debian packages: prometheus (and its promtool) for the tests that scrape the proxy
 # with a real Prometheus and lint its exposition; redis-server for shared quota
@@ -46,6 +50,9 @@ export PATH
 # --- checks ------------------------------------------------------------------------
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The Helm chart: lint, render with several value sets, validate against Kubernetes
+# 1.30 and newer, production defaults, schema refusals, CRDs current.
+python3 scripts/check-chart.py
 # Builds the release proxy and operator once, for the end-to-end tests that run them
 # as processes.
 cargo build --release --locked -p switchboard-proxy -p switchboard-operator

@@ -53,6 +53,37 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// The condition `type_` of a switchboard object in the emulator.
+    pub fn condition(&self, kind: &str, namespace: &str, name: &str, type_: &str) -> Option<Value> {
+        let object = self
+            .api
+            .get("switchboard.dev/v1alpha1", kind, Some(namespace), name)?;
+        object["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == type_)
+            .cloned()
+    }
+
+    /// Waits until that condition has `status`; returns it.
+    pub async fn wait_condition(
+        &self,
+        (kind, namespace, name): (&str, &str, &str),
+        type_: &str,
+        status: &str,
+        within: Duration,
+    ) -> Value {
+        eventually(
+            &format!("{kind} {namespace}/{name} {type_}={status}"),
+            within,
+            || async {
+                self.condition(kind, namespace, name, type_)
+                    .filter(|c| c["status"] == status)
+            },
+        )
+        .await
+    }
+
     pub async fn start() -> Self {
         let api = KubeEmulator::start().await;
         let kubeconfig_dir = TempDir::new("kubeconfig");

@@ -74,16 +74,9 @@ async fn chat_status(proxy: &Proxy, model: &str) -> u16 {
         .unwrap_or(0)
 }
 
-/// The condition `type_` of an object in the emulator.
+/// The condition `type_` of an object in `NS`.
 fn condition(cluster: &Cluster, kind: &str, name: &str, type_: &str) -> Option<Value> {
-    let object = cluster
-        .api
-        .get("switchboard.dev/v1alpha1", kind, Some(NS), name)?;
-    object["status"]["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == type_)
-        .cloned()
+    cluster.condition(kind, NS, name, type_)
 }
 
 async fn wait_condition(
@@ -94,12 +87,9 @@ async fn wait_condition(
     status: &str,
     within: Duration,
 ) -> Value {
-    eventually(
-        &format!("{kind} {name} {type_}={status}"),
-        within,
-        || async { condition(cluster, kind, name, type_).filter(|c| c["status"] == status) },
-    )
-    .await
+    cluster
+        .wait_condition((kind, NS, name), type_, status, within)
+        .await
 }
 
 /// Three proxies against `operator`, each with its own cache file under `caches`.
