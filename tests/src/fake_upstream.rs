@@ -49,11 +49,7 @@ impl FakeUpstream {
                             }],
                             "usage": {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}
                         });
-                        let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
-                        response.headers_mut().insert(
-                            "content-type",
-                            http::HeaderValue::from_static("application/json"),
-                        );
+                        let response = json_response(200, body.to_string());
                         async move { Ok::<_, Infallible>(response) }
                     });
                     let _ = auto::Builder::new(TokioExecutor::new())
@@ -101,4 +97,15 @@ impl Drop for FakeUpstream {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// A JSON response with `status`, as the fake servers of the tests answer.
+pub fn json_response(status: u16, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body.into()));
+    *response.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::OK);
+    response.headers_mut().insert(
+        "content-type",
+        http::HeaderValue::from_static("application/json"),
+    );
+    response
 }

@@ -1,0 +1,257 @@
+//! No key leaks, whatever happens: a whole scenario runs with distinctive fake keys and
+//! then every byte it produced is searched for them.
+//!
+//! The scenario: an operator and a proxy (body logging on, debug logs) against the API
+//! emulator. There is a provider of every type, each with its own key. One set of
+//! providers answers normally (whole and streamed), another is a hostile upstream that
+//! echoes every header and the URL it received (keys included) into a 400 or a 500
+//! error. The client uses good and wrong gateway keys, `/v1/messages` too. Then the
+//! scan: every response body and header the clients got, the proxy's and the
+//! operator's logs, both metrics pages and the operator's debug endpoints. The one
+//! place keys are meant to be is the proxy's snapshot cache file (mode 0600), which is
+//! checked for its mode instead.
+
+use std::convert::Infallible;
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use hyper::Request;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use serde_json::{Value, json};
+use switchboard_e2e::cluster::Cluster;
+use switchboard_e2e::fake_upstream::{FakeUpstream, json_response};
+use switchboard_e2e::{Proxy, TempDir, http_client};
+use tokio::net::TcpListener;
+
+const NS: &str = "scan";
+const GATEWAY_KEY: &str = "sk-SCANgatewayKEY-7f3a9c2e5b1d4a60";
+const WRONG_KEY: &str = "sk-SCANwrongKEY-0c9e8d7f6a5b4c3d";
+/// Provider type, and its key.
+const PROVIDERS: &[(&str, &str)] = &[
+    ("openai", "sk-SCANopenaiKEY-1a2b3c4d5e6f7081"),
+    ("azure-openai", "SCANazureKEY92b83c74d65e56f4"),
+    ("anthropic", "sk-ant-SCANanthropicKEY-a1b2c3d4"),
+    ("gemini", "AIzaSCANgeminiKEY-e5f6a7b8c9d0e1f2"),
+    ("openai-compatible", "sk-SCANcompatKEY-3c4d5e6f7a8b9c0d"),
+];
+
+/// An upstream that gives keys away: every request gets an error whose message holds
+/// every header value and the URL it received. `status` 400 (passed on to clients as
+/// the provider's error) or 500.
+async fn hostile_upstream(status: u16) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = service_fn(move |request: Request<hyper::body::Incoming>| {
+                    let mut seen = request.uri().to_string();
+                    for value in request.headers().values() {
+                        seen.push(' ');
+                        seen.push_str(&String::from_utf8_lossy(value.as_bytes()));
+                    }
+                    // OpenAI's, Anthropic's and Google's error shapes all at once.
+                    let body = json!({
+                        "type": "error",
+                        "error": {"message": format!("Incorrect API key provided: {seen}"),
+                                  "type": "invalid_request_error", "code": status, "status": "INVALID_ARGUMENT"}
+                    });
+                    let response = json_response(status, body.to_string());
+                    async move { Ok::<_, Infallible>(response) }
+                });
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    format!("http://{addr}/v1")
+}
+
+fn secret(name: &str, value: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": name, "namespace": NS},
+        "stringData": {"key": value}
+    })
+}
+
+/// A provider of `kind` named `name` at `endpoint`, with its key, serving model `m`.
+fn provider(name: &str, kind: &str, endpoint: &str) -> Value {
+    let mut spec = json!({
+        "type": kind,
+        "endpoint": endpoint,
+        "auth": {"secretRef": {"name": format!("{kind}-key"), "key": "key"}},
+        "models": [{"name": "m", "upstreamName": "up-model"}]
+    });
+    if kind == "azure-openai" {
+        spec["azure"] = json!({"apiVersion": "2024-10-21"});
+    }
+    json!({
+        "apiVersion": "switchboard.dev/v1alpha1", "kind": "AIProvider",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": spec
+    })
+}
+
+fn route(name: &str, provider: &str) -> Value {
+    json!({
+        "apiVersion": "switchboard.dev/v1alpha1", "kind": "AIRoute",
+        "metadata": {"name": name, "namespace": NS},
+        // One attempt: the errors reach the client as they are.
+        "spec": {"models": [name], "backends": [{"provider": provider, "model": "m"}],
+                 "retry": {"attempts": 1}}
+    })
+}
+
+/// Everything a client saw of one response: status line, headers and body.
+async fn seen(response: reqwest::Response) -> String {
+    let mut out = format!("{}\n", response.status());
+    for (name, value) in response.headers() {
+        out.push_str(&format!(
+            "{name}: {}\n",
+            String::from_utf8_lossy(value.as_bytes())
+        ));
+    }
+    out.push_str(&response.text().await.unwrap_or_default());
+    out
+}
+
+#[tokio::test]
+async fn no_key_appears_in_any_response_log_metric_or_debug_page() {
+    let cluster = Cluster::start().await;
+    let good = FakeUpstream::start().await;
+    let refusing = hostile_upstream(400).await;
+    let failing = hostile_upstream(500).await;
+    cluster.api.apply(secret("gateway-key", GATEWAY_KEY));
+    cluster.api.apply(json!({
+        "apiVersion": "switchboard.dev/v1alpha1", "kind": "AIConsumer",
+        "metadata": {"name": "app", "namespace": NS},
+        "spec": {"keys": [{"secretRef": {"name": "gateway-key", "key": "key"}}]}
+    }));
+    let mut models = Vec::new();
+    for (kind, key) in PROVIDERS {
+        cluster.api.apply(secret(&format!("{kind}-key"), key));
+        for (flavour, endpoint) in [
+            ("good", good.endpoint()),
+            ("refusing", refusing.clone()),
+            ("failing", failing.clone()),
+        ] {
+            let name = format!("{kind}-{flavour}");
+            cluster.api.apply(provider(&name, kind, &endpoint));
+            cluster.api.apply(route(&name, &name));
+            models.push(name);
+        }
+    }
+
+    let operator = cluster.operator("operator-scan").await;
+    let state = TempDir::new("scan-state");
+    let cache = state.path().join("snapshot.json");
+    let mut args = cluster.proxy_args("proxy-scan", &operator.config_url(), &cache);
+    args.extend([
+        "--log-bodies".to_string(),
+        "--log-format".to_string(),
+        "json".to_string(),
+    ]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let proxy = Proxy::start_args(&args, &[("RUST_LOG", "debug")]).await;
+    for name in &models {
+        cluster
+            .wait_condition(
+                ("AIRoute", NS, name),
+                "Programmed",
+                "True",
+                Duration::from_secs(15),
+            )
+            .await;
+    }
+
+    let client = http_client();
+    let mut responses = String::new();
+    for model in &models {
+        for stream in [false, true] {
+            for key in [GATEWAY_KEY, WRONG_KEY] {
+                let response = client
+                    .post(proxy.url("/v1/chat/completions"))
+                    .bearer_auth(key)
+                    .json(&json!({"model": model, "stream": stream,
+                                  "messages": [{"role": "user", "content": "hi"}]}))
+                    .send()
+                    .await
+                    .unwrap();
+                responses.push_str(&seen(response).await);
+            }
+            let response = client
+                .post(proxy.url("/v1/messages"))
+                .header("x-api-key", GATEWAY_KEY)
+                .header("anthropic-version", "2023-06-01")
+                .json(&json!({"model": model, "max_tokens": 16, "stream": stream,
+                              "messages": [{"role": "user", "content": "hi"}]}))
+                .send()
+                .await
+                .unwrap();
+            responses.push_str(&seen(response).await);
+        }
+    }
+    // The scenario did what it says: answers, the provider's own 400s, and 502s.
+    for status in [
+        "200 OK",
+        "400 Bad Request",
+        "401 Unauthorized",
+        "502 Bad Gateway",
+    ] {
+        assert!(responses.contains(status), "no {status} in the scenario");
+    }
+    // The hostile upstreams did receive the keys they tried to give away.
+    assert!(good.keys().iter().any(|k| k.contains("SCANopenaiKEY")));
+
+    let mut output = responses;
+    for url in [proxy.metrics_url(), operator.admin_url("/metrics")] {
+        output.push_str(&client.get(url).send().await.unwrap().text().await.unwrap());
+    }
+    for path in ["/debug/proxies", "/debug/config"] {
+        output.push_str(&operator.admin_text(path).await);
+    }
+    // Give the last access lines a moment to be written.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    output.push_str(&proxy.logs());
+    output.push_str(&operator.process.logs());
+    assert!(
+        proxy.logs().contains("\"message\":\"request\""),
+        "access lines were written"
+    );
+
+    let token = cluster.pki.token().trim().to_string();
+    let mut keys: Vec<(String, &str)> = PROVIDERS
+        .iter()
+        .map(|(kind, key)| (format!("{kind} provider key"), *key))
+        .collect();
+    keys.extend([
+        ("gateway key".to_string(), GATEWAY_KEY),
+        ("wrong gateway key".to_string(), WRONG_KEY),
+        ("operator token".to_string(), token.as_str()),
+    ]);
+    for (what, key) in keys {
+        // The whole key, and its distinctive middle (a key cut or masked at the ends).
+        let middle = &key[key.len() / 4..key.len() * 3 / 4];
+        for needle in [key, middle] {
+            if let Some(at) = output.find(needle) {
+                let start = output[..at]
+                    .char_indices()
+                    .rev()
+                    .nth(200)
+                    .map_or(0, |(i, _)| i);
+                panic!(
+                    "the {what} appears in the output: ...{}...",
+                    &output[start..(at + needle.len()).min(output.len())]
+                );
+            }
+        }
+    }
+
+    // The snapshot cache holds the provider keys by design, readable by its owner only.
+    let mode = std::fs::metadata(&cache).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "snapshot cache mode {mode:o}");
+}
