@@ -73,7 +73,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         identity: settings.identity.clone(),
         duration: settings.lease_duration,
     };
-    let reports = reports::start(
+    let (reports, report_writer) = reports::start(
         &client,
         &lease,
         table.clone(),
@@ -180,8 +180,13 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     shutdown.await;
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
-    // Give the Lease up (bounded), so another replica leads at once.
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), election).await;
+    // Give the Lease up and remove this replica's report (bounded), so another replica
+    // leads at once and stops counting our proxies.
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        futures_util::future::join(election, report_writer),
+    )
+    .await;
     tasks.shutdown().await;
     Ok(())
 }

@@ -20,7 +20,7 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use tokio::sync::{Notify, watch};
-use tokio::task::JoinSet;
+use tokio::task::{JoinHandle, JoinSet};
 
 use crate::leader::LeaseConfig;
 use crate::proxies::{ProxyReport, ProxyTable};
@@ -60,7 +60,7 @@ pub fn start(
     changed: Arc<Notify>,
     mut shutdown: watch::Receiver<bool>,
     tasks: &mut JoinSet<()>,
-) -> Reports {
+) -> (Reports, JoinHandle<()>) {
     let (election_lease, identity) = (lease.name.as_str(), lease.identity.as_str());
     let api: Api<Lease> = Api::namespaced(client.clone(), &lease.namespace);
     let selector = format!("{REPORT_LABEL}={election_lease}");
@@ -82,7 +82,8 @@ pub fn start(
     let name = format!("{election_lease}-proxies-{identity}");
     let label = election_lease.to_string();
     let me = identity.to_string();
-    tasks.spawn(async move {
+    // Not in `tasks`: shutdown waits for it to remove the report rather than abort it.
+    let writer = tokio::spawn(async move {
         let mut local = table.subscribe();
         loop {
             let reports = table.connected();
@@ -98,10 +99,11 @@ pub fn start(
         // Leaving: remove the report so the leader stops counting our proxies at once.
         let _ = api.delete(&name, &Default::default()).await;
     });
-    Reports {
+    let reports = Reports {
         identity: identity.to_string(),
         store,
-    }
+    };
+    (reports, writer)
 }
 
 async fn write(
