@@ -12,7 +12,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-2}; rate=${RATE:-2000}
-command -v redis-server >/dev/null || { echo "needs Debian's redis-server (apt-get install redis-server)" >&2; exit 1; }
 # shellcheck source=bench/common.sh
 . bench/common.sh
 bench_build
@@ -20,7 +19,7 @@ work="$(mktemp -d)"; trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$work"' EXIT
 mkdir -p "$work/plain" "$work/cached"
 gateway_yaml > "$work/plain/gateway.yaml"
 gateway_yaml "  cache: {ttl: 1h}" > "$work/cached/gateway.yaml"
-taskset -c 0 redis-server --port 16391 --bind 127.0.0.1 --save "" --appendonly no >/dev/null 2>&1 &
+bench_redis 16391
 taskset -c 0 target/release/bench-upstream >/dev/null 2>&1 &
 sleep 1
 body='{"model":"m","max_tokens":64,"temperature":0,"messages":[{"role":"user","content":"hello there, how are you today?"}]}'

@@ -57,3 +57,10 @@ oha_post() {
   taskset -c 0 oha "$@" -c 32 --no-tui -m POST -H "authorization: Bearer $BENCH_KEY" \
     -H "content-type: application/json" -d "$body" "$url"
 }
+
+# bench_redis PORT: a throwaway redis-server on loopback PORT, on core 0, in the
+# background (the caller's EXIT trap kills its jobs).
+bench_redis() {
+  command -v redis-server >/dev/null || { echo "needs Debian's redis-server (apt-get install redis-server)" >&2; exit 1; }
+  taskset -c 0 redis-server --port "$1" --bind 127.0.0.1 --save "" --appendonly no >/dev/null 2>&1 &
+}

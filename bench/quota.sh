@@ -10,7 +10,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-2}; rate=${RATE:-2000}
-command -v redis-server >/dev/null || { echo "needs Debian's redis-server (apt-get install redis-server)" >&2; exit 1; }
 # shellcheck source=bench/common.sh
 . bench/common.sh
 bench_build
@@ -28,7 +27,7 @@ spec:
     - {metric: TotalTokens, max: 1000000000000, window: Day}
     - {metric: CostUSD, max: 1000000, window: Month}
 YAML
-taskset -c 0 redis-server --port 16390 --bind 127.0.0.1 --save "" --appendonly no >/dev/null 2>&1 &
+bench_redis 16390
 taskset -c 0 target/release/bench-upstream >/dev/null 2>&1 &
 sleep 1
 body='{"model":"m","max_tokens":64,"messages":[{"role":"user","content":"hello there, how are you today?"}]}'
