@@ -13,7 +13,7 @@ async fn check(dir: &std::path::Path) -> (bool, String) {
         .arg(dir)
         .arg("--check")
         .env_remove("RUST_LOG");
-    let output = run_command(command, Duration::from_secs(10)).await;
+    let output = run_command(command, Duration::from_secs(60)).await;
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&output.stdout),
