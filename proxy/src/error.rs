@@ -23,6 +23,12 @@ pub enum ProxyError {
     BodyTooLarge { limit: usize },
     #[error("the request body did not arrive within {0:?}")]
     BodyTimeout(Duration),
+    #[error(
+        "the request head (request line and headers) is larger than the limit of {limit} bytes"
+    )]
+    HeadTooLarge { limit: usize },
+    #[error("unsupported Content-Type '{0}': send the request body as application/json")]
+    UnsupportedMediaType(String),
     #[error("unknown path {0}")]
     NotFound(String),
     #[error("method {method} is not allowed on {path}")]
@@ -134,6 +140,16 @@ impl ProxyError {
                 "invalid_request_error",
                 "request_timeout",
             ),
+            HeadTooLarge { .. } => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "invalid_request_error",
+                "request_headers_too_large",
+            ),
+            UnsupportedMediaType(_) => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "invalid_request_error",
+                "unsupported_media_type",
+            ),
             NotFound(_) => (
                 StatusCode::NOT_FOUND,
                 "invalid_request_error",
@@ -224,6 +240,8 @@ impl ProxyError {
             | BadRequest(_)
             | BodyTooLarge { .. }
             | BodyTimeout(_)
+            | HeadTooLarge { .. }
+            | UnsupportedMediaType(_)
             | NotFound(_)
             | MethodNotAllowed { .. }
             | NotReady

@@ -193,6 +193,7 @@ async fn dispatch(
     log: &mut RequestLog,
     end: &RequestEnd,
 ) -> Result<Response<Body>, ProxyError> {
+    check_head(&request, gateway.settings.max_header_bytes)?;
     // A Uri clone shares its bytes; the path is matched without copying it.
     let uri = request.uri().clone();
     let path = uri.path();
@@ -289,8 +290,15 @@ async fn proxy(
     log.consumer = Some(consumer.0.to_string());
     log.consumer_labels = Some(consumer.1.labels.clone()).filter(|l| !l.is_empty());
 
+    check_content_type(request.headers())?;
     let (parts, body) = request.into_parts();
-    let body = read_body(&parts.headers, body, gateway.settings.max_body_bytes).await?;
+    let body = read_body(
+        &parts.headers,
+        body,
+        gateway.settings.max_body_bytes,
+        gateway.settings.body_read_timeout,
+    )
+    .await?;
     if let Some(limit) = end.body_limit() {
         log.request_body = Some(LoggedBody::capture(&body, limit));
     }
@@ -776,11 +784,65 @@ fn candidates<'r>(runtime: &Runtime, route: &'r Route, operation: Operation) -> 
         .collect()
 }
 
-/// A client must finish sending its request body within this time.
-const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// Refuses a request head (request line and headers, counted as sent) larger than
+/// `limit`. hyper's buffer stops heads past twice the limit (`server::serve`); this
+/// answers the rest in the client's API format.
+fn check_head<B>(request: &Request<B>, limit: usize) -> Result<(), ProxyError> {
+    // "name: value\r\n" per header, plus the request line.
+    let headers: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    let uri = request.uri();
+    let target = uri.path_and_query().map_or(0, |p| p.as_str().len())
+        + uri.authority().map_or(0, |a| a.as_str().len());
+    let line = request.method().as_str().len() + target + 12;
+    match headers + line > limit {
+        true => Err(ProxyError::HeadTooLarge { limit }),
+        false => Ok(()),
+    }
+}
 
-/// Reads the whole body, refusing more than `limit` bytes or a body that trickles in.
-async fn read_body(headers: &HeaderMap, body: Incoming, limit: usize) -> Result<Bytes, ProxyError> {
+/// Request bodies are JSON. Accepted: no Content-Type, `application/json` and
+/// `application/*+json` (any parameters), and `application/x-www-form-urlencoded`,
+/// which is what `curl -d` sends when no type is given (the body is read as JSON all
+/// the same). Anything else (multipart forms, XML, plain text, binary) is refused
+/// with 415 rather than half-understood.
+fn check_content_type(headers: &HeaderMap) -> Result<(), ProxyError> {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let Ok(value) = value.to_str() else {
+        return Err(ProxyError::UnsupportedMediaType("(not text)".to_string()));
+    };
+    // A few bytes, lowercased once: clearer than case-insensitive slicing.
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    let accepted = essence == "application/json"
+        || essence == "application/x-www-form-urlencoded"
+        || (essence.starts_with("application/") && essence.ends_with("+json"));
+    match accepted {
+        true => Ok(()),
+        // Echoed back, so only a short printable prefix of what the client sent.
+        false => Err(ProxyError::UnsupportedMediaType(
+            essence.chars().take(64).collect(),
+        )),
+    }
+}
+
+/// Reads the whole body, refusing more than `limit` bytes or a body that takes longer
+/// than `within` to arrive.
+async fn read_body(
+    headers: &HeaderMap,
+    body: Incoming,
+    limit: usize,
+    within: Duration,
+) -> Result<Bytes, ProxyError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -788,9 +850,9 @@ async fn read_body(headers: &HeaderMap, body: Incoming, limit: usize) -> Result<
     if declared.is_some_and(|len| len > limit as u64) {
         return Err(ProxyError::BodyTooLarge { limit });
     }
-    let collected = tokio::time::timeout(BODY_READ_TIMEOUT, Limited::new(body, limit).collect())
+    let collected = tokio::time::timeout(within, Limited::new(body, limit).collect())
         .await
-        .map_err(|_| ProxyError::BodyTimeout(BODY_READ_TIMEOUT))?;
+        .map_err(|_| ProxyError::BodyTimeout(within))?;
     match collected {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(error) if error.is::<http_body_util::LengthLimitError>() => {

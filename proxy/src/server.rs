@@ -15,9 +15,6 @@ use tokio::net::TcpListener;
 
 use crate::pipeline::{self, Gateway};
 
-/// A client must finish sending its request head within this time.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// Serves connections from `listener` until `shutdown` resolves, then stops accepting
 /// and waits up to the shutdown timeout for in-flight requests and streams.
 pub async fn serve(
@@ -25,16 +22,24 @@ pub async fn serve(
     gateway: Arc<Gateway>,
     shutdown: impl Future<Output = ()>,
 ) {
+    // hyper refuses a head past its buffer with a bare 431; heads between the limit
+    // and twice it reach the pipeline, which refuses them with a 431 in the client's
+    // API format (`pipeline::check_head`). Past twice the limit, hyper's answer will do.
+    let head_buffer = gateway
+        .settings
+        .max_header_bytes
+        .saturating_mul(2)
+        .max(8192);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_buf_size(gateway.settings.max_header_bytes.max(8192));
+        .header_read_timeout(gateway.settings.header_read_timeout)
+        .max_buf_size(head_buffer);
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(gateway.settings.max_header_bytes).unwrap_or(u32::MAX));
+        .max_header_list_size(u32::try_from(head_buffer).unwrap_or(u32::MAX));
 
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);

@@ -114,9 +114,21 @@ pub struct Settings {
     #[arg(long, env = "SWITCHBOARD_MAX_BODY_BYTES", default_value_t = 10 * 1024 * 1024)]
     pub max_body_bytes: usize,
 
-    /// Largest request head (request line and headers), in bytes.
+    /// Largest request head (request line and headers), in bytes; larger heads get 431
+    /// (in the client API's format up to twice this size, a bare 431 beyond).
     #[arg(long, env = "SWITCHBOARD_MAX_HEADER_BYTES", default_value_t = 64 * 1024)]
     pub max_header_bytes: usize,
+
+    /// How long a client may take to send its request head (request line and
+    /// headers); past it the connection is closed. Stops connections that trickle
+    /// their head from holding a slot forever.
+    #[arg(long, env = "SWITCHBOARD_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub header_read_timeout: Duration,
+
+    /// How long a client may take to send its whole request body; past it the request
+    /// gets 408 in its API's format.
+    #[arg(long, env = "SWITCHBOARD_BODY_READ_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub body_read_timeout: Duration,
 
     /// On SIGTERM, how long in-flight requests and streams may take to finish.
     #[arg(long, env = "SWITCHBOARD_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
@@ -172,6 +184,8 @@ impl Settings {
             log_format: LogFormat::Text,
             max_body_bytes: 10 * 1024 * 1024,
             max_header_bytes: 64 * 1024,
+            header_read_timeout: Duration::from_secs(30),
+            body_read_timeout: Duration::from_secs(60),
             shutdown_timeout: Duration::from_secs(30),
             check: false,
         }

@@ -62,7 +62,10 @@ pub fn init(format: LogFormat) -> (Telemetry, Option<String>) {
             .json()
             .flatten_event(true)
             .boxed(),
-        LogFormat::Text => tracing_subscriber::fmt::layer().boxed(),
+        // Colours only for a terminal: escape codes in a log file or pipeline are noise.
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+            .boxed(),
     }
     .with_filter(filter);
     let traces = provider.as_ref().map(|provider| {

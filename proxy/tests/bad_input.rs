@@ -73,31 +73,7 @@ const TYPED_ONLY: &[&str] = &[
 
 #[tokio::test]
 async fn every_bad_request_gets_a_4xx_in_its_apis_format_and_the_proxy_keeps_serving() {
-    let upstream = FakeProvider::json(
-        200,
-        r#"{"id":"c","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"ok"},"finish_reason":"stop"}]}"#,
-    )
-    .await;
-    let manifests = Manifests::new();
-    manifests
-        .write(
-            "provider.yaml",
-            &provider_yaml(
-                "up",
-                "openai-compatible",
-                &upstream.url(),
-                &[("m", "m")],
-                "",
-            ),
-        )
-        .write("route.yaml", &route_yaml("r", &["m"], "up", "m", ""))
-        .write(
-            "translated.yaml",
-            &provider_yaml("claude", "anthropic", &upstream.url(), &[("t", "t")], ""),
-        )
-        .write("route-t.yaml", &route_yaml("t", &["t"], "claude", "t", ""))
-        .write("consumer.yaml", &consumer_yaml("app", ""));
-    let proxy = proxy(&manifests).await;
+    let (proxy, upstream, _manifests) = serving_proxy(|_| {}).await;
     let client = client();
 
     for (what, body) in corpus() {
@@ -164,5 +140,258 @@ async fn every_bad_request_gets_a_4xx_in_its_apis_format_and_the_proxy_keeps_ser
         r#"{"model":"m","messages":[{"role":"user","content":"fine"}]}"#,
     )
     .await;
+    assert_eq!(ok.status(), 200);
+}
+
+/// A proxy with route `m` on an OpenAI-compatible provider that answers every request,
+/// and route `t` on an Anthropic one (the same server), so that `t` is translated.
+async fn serving_proxy(
+    adjust: impl FnOnce(&mut switchboard_proxy::Settings),
+) -> (switchboard_proxy::Proxy, FakeProvider, Manifests) {
+    let upstream = FakeProvider::json(
+        200,
+        r#"{"id":"c","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"ok"},"finish_reason":"stop"}],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}"#,
+    )
+    .await;
+    let manifests = Manifests::new();
+    manifests
+        .write(
+            "provider.yaml",
+            &provider_yaml(
+                "up",
+                "openai-compatible",
+                &upstream.url(),
+                &[("m", "m")],
+                "",
+            ),
+        )
+        .write("route.yaml", &route_yaml("r", &["m"], "up", "m", ""))
+        .write(
+            "translated.yaml",
+            &provider_yaml("claude", "anthropic", &upstream.url(), &[("t", "t")], ""),
+        )
+        .write("route-t.yaml", &route_yaml("t", &["t"], "claude", "t", ""))
+        .write("consumer.yaml", &consumer_yaml("app", ""));
+    let proxy = proxy_with(&manifests, adjust).await;
+    (proxy, upstream, manifests)
+}
+
+/// The two client APIs: path, auth header, and a valid body for route `m`.
+const APIS: [(&str, &str, &str); 2] = [
+    (
+        "/v1/chat/completions",
+        "authorization",
+        r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#,
+    ),
+    (
+        "/v1/messages",
+        "x-api-key",
+        r#"{"model":"m","max_tokens":8,"messages":[{"role":"user","content":"hi"}]}"#,
+    ),
+];
+
+fn auth_value(header: &str) -> String {
+    match header {
+        "authorization" => format!("Bearer {KEY}"),
+        _ => KEY.to_string(),
+    }
+}
+
+/// Asserts `text` is an error in the format of the API at `path`; returns its code
+/// (OpenAI) or type (Anthropic).
+fn assert_api_error(path: &str, text: &str) -> String {
+    let error: serde_json::Value =
+        serde_json::from_str(text).unwrap_or_else(|_| panic!("{path}: not JSON: {text}"));
+    if path == "/v1/messages" {
+        assert_eq!(error["type"], "error", "{text}");
+        assert!(error["error"]["message"].is_string(), "{text}");
+        error["error"]["type"].as_str().unwrap().to_string()
+    } else {
+        assert!(error["error"]["message"].is_string(), "{text}");
+        error["error"]["code"].as_str().unwrap().to_string()
+    }
+}
+
+#[tokio::test]
+async fn bodies_that_are_not_json_by_content_type_get_415_and_json_ones_pass() {
+    let (proxy, upstream, _manifests) = serving_proxy(|_| {}).await;
+    let client = client();
+    let refused = [
+        "multipart/form-data; boundary=x",
+        "text/plain",
+        "text/xml",
+        "application/xml",
+        "application/octet-stream",
+        "application/grpc",
+    ];
+    let accepted = [
+        None,
+        Some("application/json"),
+        Some("Application/JSON; charset=utf-8"),
+        Some("application/vnd.custom+json"),
+        // What `curl -d` sends by default.
+        Some("application/x-www-form-urlencoded"),
+    ];
+    for (path, auth, body) in APIS {
+        for content_type in refused {
+            let response = client
+                .post(url(&proxy, path))
+                .header(auth, auth_value(auth))
+                .header("content-type", content_type)
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 415, "{path} {content_type}");
+            let text = response.text().await.unwrap();
+            let code = assert_api_error(path, &text);
+            if path != "/v1/messages" {
+                assert_eq!(code, "unsupported_media_type");
+            }
+            assert!(
+                text.contains("application/json"),
+                "says what to send: {text}"
+            );
+        }
+        for content_type in accepted {
+            let mut request = client
+                .post(url(&proxy, path))
+                .header(auth, auth_value(auth))
+                .body(body);
+            if let Some(content_type) = content_type {
+                request = request.header("content-type", content_type);
+            }
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), 200, "{path} {content_type:?}");
+        }
+    }
+    assert_eq!(
+        upstream.hits.load(std::sync::atomic::Ordering::SeqCst),
+        2 * 5,
+        "only the accepted requests reached the provider"
+    );
+
+    // Unknown fields (docs/proxy.md): forwarded as they came to a provider of the
+    // client's own API; refused by name where translation cannot carry them.
+    for (path, auth, body) in APIS {
+        let body = body.replacen('{', r#"{"x_future_field":{"nested":[1,2]},"#, 1);
+        let response = client
+            .post(url(&proxy, path))
+            .header(auth, auth_value(auth))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        match path {
+            "/v1/messages" => {
+                assert_eq!(status, 400, "{path}: {text}");
+                assert_api_error(path, &text);
+                assert!(text.contains("x_future_field"), "{text}");
+            }
+            _ => assert_eq!(status, 200, "{path}: {text}"),
+        }
+    }
+    let forwarded = upstream.received().last().unwrap().json();
+    assert_eq!(forwarded["x_future_field"]["nested"][1], 2);
+}
+
+#[tokio::test]
+async fn an_oversized_head_gets_431_and_the_proxy_keeps_serving() {
+    let (proxy, upstream, _manifests) = serving_proxy(|s| s.max_header_bytes = 16 * 1024).await;
+    let client = client();
+    for (path, auth, body) in APIS {
+        // Over the limit but within hyper's buffer: in the API's format.
+        let response = client
+            .post(url(&proxy, path))
+            .header(auth, auth_value(auth))
+            .header("content-type", "application/json")
+            .header("x-padding", "a".repeat(20 * 1024))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 431, "{path}");
+        let code = assert_api_error(path, &response.text().await.unwrap());
+        if path != "/v1/messages" {
+            assert_eq!(code, "request_headers_too_large");
+        }
+        // Many headers adding up past it, too.
+        let mut request = client
+            .post(url(&proxy, path))
+            .header(auth, auth_value(auth))
+            .body(body);
+        for i in 0..200 {
+            request = request.header(format!("x-h-{i}"), "b".repeat(100));
+        }
+        assert_eq!(request.send().await.unwrap().status(), 431, "{path}");
+        // Far past it: hyper refuses before any parsing, with a bare 431.
+        let response = client
+            .post(url(&proxy, path))
+            .header(auth, auth_value(auth))
+            .header("x-padding", "a".repeat(200 * 1024))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 431, "{path}");
+    }
+    assert_eq!(upstream.hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+    let ok = post(&proxy, "/v1/chat/completions", APIS[0].2).await;
+    assert_eq!(ok.status(), 200);
+}
+
+/// Slow clients: a body that stops arriving gets 408 in its API's format once the body
+/// read timeout passes; a head that stops arriving has its connection closed once the
+/// header read timeout passes. Neither holds the proxy up.
+#[tokio::test]
+async fn clients_that_stop_sending_are_timed_out_in_their_apis_format() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let (proxy, upstream, _manifests) = serving_proxy(|s| {
+        s.body_read_timeout = Duration::from_secs(1);
+        s.header_read_timeout = Duration::from_secs(1);
+    })
+    .await;
+    for (path, auth, _) in APIS {
+        let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nhost: localhost\r\n{auth}: {}\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"model\":",
+            auth_value(auth)
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let started = Instant::now();
+        let mut answer = Vec::new();
+        let read =
+            tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+        assert!(read.is_ok(), "{path}: no answer to a stalled body");
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+            "{path}: {took:?}"
+        );
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 408"), "{path}: {answer}");
+        let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+        let code = assert_api_error(path, body);
+        if path != "/v1/messages" {
+            assert_eq!(code, "request_timeout");
+        }
+    }
+
+    // A head that never finishes: the connection is closed.
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(b"POST /v1/chat/completions HTTP/1.1\r\nhost: localhost\r\nx-slow: ")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "a stalled head keeps its connection");
+
+    assert_eq!(upstream.hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+    let ok = post(&proxy, "/v1/chat/completions", APIS[0].2).await;
     assert_eq!(ok.status(), 200);
 }
