@@ -35,6 +35,19 @@ async fn wait_for_new_version(proxy: &Proxy, old: &str) -> String {
     }
 }
 
+/// Waits (bounded) until the serving config knows model `alias`.
+async fn wait_for_alias(proxy: &Proxy, alias: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let response = post(proxy, "/v1/chat/completions", chat(alias, false)).await;
+        if response.status() == StatusCode::OK {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{alias} not served within 10s");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
 /// Waits long enough for a reload to have been tried (debounce is 200 ms).
 async fn settle() {
     tokio::time::sleep(Duration::from_millis(800)).await;
@@ -120,18 +133,29 @@ async fn reloads_under_concurrent_load_fail_no_request() {
         }));
     }
 
-    // Swap the route between providers and add aliases while requests are in flight.
+    // Change the config every 100 ms for 3 s while requests are in flight: swap the
+    // route between providers and add aliases. Reloads coalesce bursts (200 ms), so
+    // about every other change is served.
     let mut versions = vec![version(&proxy)];
-    for round in 0..6 {
+    for round in 0..30 {
         let (provider, alias) = if round % 2 == 0 {
-            ("b", "m-b")
+            ("b", format!("m-b-{round}"))
         } else {
-            ("a", "m-a")
+            ("a", format!("m-a-{round}"))
         };
-        let route = route_yaml("r", &["m", alias], provider, "m", "");
+        let route = route_yaml("r", &["m", &alias], provider, "m", "");
         manifests.write("route.yaml", &route);
-        versions.push(wait_for_new_version(&proxy, versions.last().unwrap()).await);
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = version(&proxy);
+        if versions.last() != Some(&now) {
+            versions.push(now);
+        }
+    }
+    // The last change applies too.
+    let last = version(&proxy);
+    wait_for_alias(&proxy, "m-a-29").await;
+    if version(&proxy) != last {
+        versions.push(version(&proxy));
     }
     stop.store(true, Ordering::Relaxed);
     for worker in workers {
@@ -154,7 +178,8 @@ async fn reloads_under_concurrent_load_fail_no_request() {
         a.hits.load(Ordering::SeqCst) > 0 && b.hits.load(Ordering::SeqCst) > 0,
         "both configs served"
     );
-    assert_eq!(versions.len(), 7);
+    // Reloads kept applying during the churn (how many depends on the machine's load).
+    assert!(versions.len() >= 3, "served versions: {versions:?}");
     Arc::try_unwrap(proxy).unwrap().shutdown().await;
 }
 

@@ -564,3 +564,150 @@ async fn the_fallback_example_fails_over_from_openai_to_anthropic() {
         "the example's Secret reaches the provider"
     );
 }
+
+// === Network faults ===
+
+/// What a raw TCP upstream does with each connection.
+#[derive(Clone, Copy)]
+enum NetworkFault {
+    /// Accepts, then neither reads nor answers, holding the connection open.
+    NeverAnswers,
+    /// Reads the start of the request, then resets the connection (RST).
+    Resets,
+}
+
+/// A TCP listener on loopback misbehaving with `fault`; its URL as a provider base URL.
+/// The listener lives as long as the test's runtime.
+async fn raw_upstream(fault: NetworkFault) -> String {
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        // Bounded: a test makes a handful of attempts.
+        for _ in 0..100 {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            match fault {
+                NetworkFault::NeverAnswers => held.push(stream),
+                NetworkFault::Resets => {
+                    let mut head = [0u8; 64];
+                    let _ = stream.read(&mut head).await;
+                    let _ = stream.set_zero_linger();
+                    drop(stream);
+                }
+            }
+        }
+    });
+    url
+}
+
+/// An upstream that accepts and never answers, one that resets the connection, a host
+/// name that does not resolve, and a TLS handshake with a server that does not speak
+/// TLS: each fails the attempt within the route's timeout, and the request, streaming
+/// or not, is answered whole by the next backend. With no other backend, each is a
+/// quick 5xx in the client's format.
+#[tokio::test]
+async fn network_faults_before_an_answer_fall_back_to_the_next_backend() {
+    let good = FakeProvider::start(|received| match received.json()["stream"] == true {
+        true => good_stream(),
+        false => json(200, OK),
+    })
+    .await;
+    let plain_http = FakeProvider::json(200, OK).await;
+    let faults = [
+        (
+            "accepts and never answers",
+            raw_upstream(NetworkFault::NeverAnswers).await,
+        ),
+        (
+            "resets the connection",
+            raw_upstream(NetworkFault::Resets).await,
+        ),
+        (
+            "does not resolve",
+            "http://switchboard-no-such-host.invalid/v1".to_string(),
+        ),
+        (
+            "fails the TLS handshake",
+            format!("https://{}/v1", plain_http.addr),
+        ),
+    ];
+    for (what, faulty_url) in faults {
+        let manifests = world(
+            &good,
+            Some(&good),
+            PRIMARY_AND_FALLBACK,
+            "  timeouts: {request: 500ms}\n",
+        );
+        manifests.write(
+            "a.yaml",
+            &provider_yaml("a", "openai-compatible", &faulty_url, &[("m", "m-a")], ""),
+        );
+        let proxy = support::proxy(&manifests).await;
+        for stream in [false, true] {
+            let started = Instant::now();
+            let response = post(&proxy, "/v1/chat/completions", chat(stream)).await;
+            assert_eq!(response.status(), 200, "{what} (stream: {stream})");
+            assert_eq!(
+                header(&response, "x-switchboard-provider"),
+                "default/b",
+                "{what}"
+            );
+            assert_eq!(header(&response, "x-switchboard-attempts"), "2", "{what}");
+            let text = stream_text(response).await;
+            match stream {
+                true => assert!(text.ends_with("data: [DONE]\n\n"), "{what}: {text}"),
+                false => assert!(text.contains(r#""content":"ok""#), "{what}: {text}"),
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(3),
+                "{what}: {:?}",
+                started.elapsed()
+            );
+        }
+
+        // The faulty backend alone.
+        manifests.write(
+            "route.yaml",
+            &format!(
+                "apiVersion: switchboard.dev/v1alpha1\nkind: AIRoute\nmetadata: {{name: r}}\nspec:\n  models: [m]\n  backends:\n{ONLY_A}  timeouts: {{request: 500ms, total: 1s}}\n  retry: {{attempts: 1}}\n"
+            ),
+        );
+        let mut status = 0;
+        for _ in 0..50 {
+            let started = Instant::now();
+            let response = post(&proxy, "/v1/chat/completions", chat(false)).await;
+            assert!(
+                started.elapsed() < Duration::from_secs(3),
+                "{what}: {:?}",
+                started.elapsed()
+            );
+            status = response.status().as_u16();
+            // Until the reload applies, `b` still answers.
+            if status != 200 {
+                let code = assert_error_code(response).await;
+                assert!(code.starts_with("upstream_"), "{what}: {code}");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(matches!(status, 502 | 504), "{what}: {status}");
+        proxy.shutdown().await;
+    }
+    assert_eq!(
+        plain_http.hits.load(Ordering::SeqCst),
+        0,
+        "a TLS handshake never reaches HTTP"
+    );
+}
+
+/// The OpenAI error code of an error response.
+async fn assert_error_code(response: reqwest::Response) -> String {
+    let body: serde_json::Value = response.json().await.unwrap();
+    body["error"]["code"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
