@@ -37,25 +37,35 @@ pub fn all_yaml() -> Result<String, serde_yaml_ng::Error> {
 /// `spec.models[0].upstreamname`. The API server refuses these under kubectl's default
 /// strict validation; the standalone proxy does the same so a typo is never ignored.
 pub fn unknown_fields(kind: &str, object: &serde_json::Value) -> Vec<String> {
-    let Some((_, crd)) = all()
-        .into_iter()
-        .find(|(_, crd)| crd.spec.names.kind == kind)
-    else {
+    let Some(schema) = schemas().get(kind) else {
         return Vec::new();
     };
-    let schema = crd
-        .spec
-        .versions
-        .first()
-        .and_then(|v| v.schema.as_ref())
-        .and_then(|s| s.open_api_v3_schema.as_ref())
-        .and_then(|s| serde_json::to_value(s).ok());
     let mut unknown = Vec::new();
-    if let Some(schema) = schema {
-        walk(&schema, object, String::new(), &mut unknown);
-    }
+    walk(schema, object, String::new(), &mut unknown);
     unknown.sort();
     unknown
+}
+
+/// Each kind's OpenAPI schema as JSON, generated once: generating them is by far the
+/// costliest part of loading a manifest, and they never change in a process.
+fn schemas() -> &'static std::collections::HashMap<String, serde_json::Value> {
+    static SCHEMAS: std::sync::OnceLock<std::collections::HashMap<String, serde_json::Value>> =
+        std::sync::OnceLock::new();
+    SCHEMAS.get_or_init(|| {
+        all()
+            .into_iter()
+            .filter_map(|(_, crd)| {
+                let schema = crd
+                    .spec
+                    .versions
+                    .first()
+                    .and_then(|v| v.schema.as_ref())
+                    .and_then(|s| s.open_api_v3_schema.as_ref())
+                    .and_then(|s| serde_json::to_value(s).ok())?;
+                Some((crd.spec.names.kind, schema))
+            })
+            .collect()
+    })
 }
 
 fn walk(

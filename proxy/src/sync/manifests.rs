@@ -52,33 +52,53 @@ impl fmt::Display for ManifestError {
 
 /// Reads every manifest in `dir`. All problems are reported, not just the first.
 pub fn load(dir: &Path) -> Result<Inputs, Vec<ManifestError>> {
-    let mut inputs = Inputs::default();
-    let mut errors = Vec::new();
-    let mut origins: std::collections::BTreeMap<ObjectKey, (PathBuf, usize)> = Default::default();
-    for file in manifest_files(dir).map_err(|message| {
+    let files = manifest_files(dir).map_err(|message| {
         vec![ManifestError {
             file: dir.to_path_buf(),
             document: 0,
             object: None,
             message,
         }]
-    })? {
-        let text = match std::fs::read_to_string(&file) {
-            Ok(text) => text,
-            Err(e) => {
-                errors.push(ManifestError {
-                    file: file.clone(),
-                    document: 0,
-                    object: None,
-                    message: format!("cannot read: {e}"),
-                });
-                continue;
-            }
-        };
-        for (index, document) in serde_yaml_ng::Deserializer::from_str(&text).enumerate() {
+    })?;
+    let mut loader = Loader::default();
+    for file in files {
+        match std::fs::read_to_string(&file) {
+            Ok(text) => loader.add(&file, &text),
+            Err(e) => loader.errors.push(ManifestError {
+                file,
+                document: 0,
+                object: None,
+                message: format!("cannot read: {e}"),
+            }),
+        }
+    }
+    loader.finish()
+}
+
+/// Reads manifests from one YAML stream (one or more documents), as `load` reads each
+/// file; errors name the file `file`.
+pub fn load_str(file: &Path, text: &str) -> Result<Inputs, Vec<ManifestError>> {
+    let mut loader = Loader::default();
+    loader.add(file, text);
+    loader.finish()
+}
+
+/// Objects and problems gathered so far, across files.
+#[derive(Default)]
+struct Loader {
+    inputs: Inputs,
+    errors: Vec<ManifestError>,
+    /// Where each object was first defined, to refuse a second definition.
+    origins: std::collections::BTreeMap<ObjectKey, (PathBuf, usize)>,
+}
+
+impl Loader {
+    /// Adds every document of one file.
+    fn add(&mut self, file: &Path, text: &str) {
+        for (index, document) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
             let number = index + 1;
             let error = |object: Option<String>, message: String| ManifestError {
-                file: file.clone(),
+                file: file.to_path_buf(),
                 document: number,
                 object,
                 message,
@@ -88,7 +108,8 @@ pub fn load(dir: &Path) -> Result<Inputs, Vec<ManifestError>> {
                 Ok(value) => value,
                 Err(e) => {
                     // After a syntax error the document stream cannot resume.
-                    errors.push(error(None, format!("not valid YAML: {e}")));
+                    self.errors
+                        .push(error(None, format!("not valid YAML: {e}")));
                     break;
                 }
             };
@@ -96,8 +117,8 @@ pub fn load(dir: &Path) -> Result<Inputs, Vec<ManifestError>> {
                 Ok(None) => {}
                 Ok(Some(object)) => {
                     let key = object.key();
-                    if let Some((first_file, first_doc)) = origins.get(&key) {
-                        errors.push(error(
+                    if let Some((first_file, first_doc)) = self.origins.get(&key) {
+                        self.errors.push(error(
                             Some(key.to_string()),
                             format!(
                                 "defined twice; first in {} (document {first_doc})",
@@ -106,17 +127,20 @@ pub fn load(dir: &Path) -> Result<Inputs, Vec<ManifestError>> {
                         ));
                         continue;
                     }
-                    origins.insert(key, (file.clone(), number));
-                    inputs.insert(object);
+                    self.origins.insert(key, (file.to_path_buf(), number));
+                    self.inputs.insert(object);
                 }
-                Err((object, message)) => errors.push(error(object, message)),
+                Err((object, message)) => self.errors.push(error(object, message)),
             }
         }
     }
-    if errors.is_empty() {
-        Ok(inputs)
-    } else {
-        Err(errors)
+
+    fn finish(self) -> Result<Inputs, Vec<ManifestError>> {
+        if self.errors.is_empty() {
+            Ok(self.inputs)
+        } else {
+            Err(self.errors)
+        }
     }
 }
 
@@ -501,6 +525,16 @@ mod tests {
         for error in errors {
             assert!(!error.contains("sk-live"), "{error}");
         }
+    }
+
+    #[test]
+    fn load_str_reads_a_stream_as_load_reads_a_file() {
+        let text = format!("{PROVIDER}---\n{PROVIDER}");
+        let errors = load_str(Path::new("in.yaml"), &text).unwrap_err();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].to_string().contains("in.yaml (document 2)"));
+        let inputs = load_str(Path::new("in.yaml"), PROVIDER).unwrap();
+        assert_eq!(inputs.providers.len(), 1);
     }
 
     #[test]
