@@ -33,16 +33,30 @@ impl Upstream {
 
     /// POSTs `body` and returns the whole response, head included.
     fn post(&self, body: &str) -> String {
+        self.try_post(body, None).expect("read")
+    }
+
+    /// As `post`, giving up on reading after `within`; what was read, or the error.
+    fn try_post(
+        &self,
+        body: &str,
+        within: Option<std::time::Duration>,
+    ) -> Result<String, (std::io::Error, String)> {
         let mut stream = TcpStream::connect(&self.addr).expect("connect");
+        stream.set_read_timeout(within).expect("set a read timeout");
         write!(
             stream,
             "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
             body.len()
         )
         .expect("send");
-        let mut response = String::new();
-        stream.read_to_string(&mut response).expect("read");
-        response
+        let mut response = Vec::new();
+        let read = stream.read_to_end(&mut response);
+        let response = String::from_utf8_lossy(&response).into_owned();
+        match read {
+            Ok(_) => Ok(response),
+            Err(error) => Err((error, response)),
+        }
     }
 }
 
@@ -69,6 +83,49 @@ fn upstream_answers_completions_and_streams_with_usage() {
     assert_eq!(response.matches("chat.completion.chunk").count(), 11);
     assert!(response.contains(r#""choices":[],"usage":{"prompt_tokens":52"#));
     assert!(response.contains("data: [DONE]\n\n"));
+}
+
+/// `--fault-percent 30`: requests 3, 6 and 9 of each ten misbehave, in turn a 500, no
+/// answer at all, and a body that breaks off; the rest are whole answers.
+#[test]
+fn upstream_injects_faults_evenly_and_in_turn() {
+    let upstream = Upstream::start(&["--fault-percent", "30"]);
+    let body = r#"{"model":"bench","messages":[]}"#;
+    let within = Some(std::time::Duration::from_millis(500));
+    let whole = |r: &str| {
+        r.starts_with("HTTP/1.1 200") && r.ends_with(r#""system_fingerprint":"fp_bench"}"#)
+    };
+    for n in 0..10 {
+        let response = upstream.try_post(body, within);
+        match n {
+            3 => {
+                let response = response.expect("a 500 is an answer");
+                assert!(response.starts_with("HTTP/1.1 500"), "{response}");
+            }
+            6 => {
+                let (error, read) = response.expect_err("no answer");
+                assert!(read.is_empty(), "{read}");
+                assert!(
+                    matches!(
+                        error.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ),
+                    "{error}"
+                );
+            }
+            9 => {
+                let read = match response {
+                    Ok(read) | Err((_, read)) => read,
+                };
+                assert!(read.starts_with("HTTP/1.1 200"), "{read}");
+                assert!(!whole(&read), "the body breaks off: {read}");
+            }
+            _ => {
+                let response = response.expect("a whole answer");
+                assert!(whole(&response), "request {n}: {response}");
+            }
+        }
+    }
 }
 
 /// Runs bench-hold and returns its two report lines.
