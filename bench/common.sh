@@ -10,24 +10,31 @@ bench_build() {
   cargo build --release --locked -q -p switchboard-bench -p switchboard-proxy
 }
 
-# gateway_yaml [EXTRA]: bench-upstream (127.0.0.1:9000) as a priced openai-compatible
-# provider, consumer `c` with BENCH_KEY, and route `r` for model `m`, with EXTRA
-# appended to the route's spec (for example a cache block).
-gateway_yaml() {
+# provider_yaml NAME PORT: bench-upstream on 127.0.0.1:PORT as a priced
+# openai-compatible AIProvider NAME serving model `m`, keyed by Secret `up`.
+provider_yaml() {
+  cat <<YAML
+apiVersion: switchboard.dev/v1alpha1
+kind: AIProvider
+metadata: {name: $1}
+spec:
+  type: openai-compatible
+  endpoint: http://127.0.0.1:$2/v1
+  auth: {secretRef: {name: up, key: key}}
+  models: [{name: m, pricing: {inputPerMillion: 1, outputPerMillion: 2}}]
+YAML
+}
+
+# base_yaml: Secret `up`, provider `up` (bench-upstream on 127.0.0.1:9000), and
+# consumer `c` with BENCH_KEY; no route.
+base_yaml() {
   cat <<YAML
 apiVersion: v1
 kind: Secret
 metadata: {name: up}
 stringData: {key: sk-upstream-bench}
 ---
-apiVersion: switchboard.dev/v1alpha1
-kind: AIProvider
-metadata: {name: up}
-spec:
-  type: openai-compatible
-  endpoint: http://127.0.0.1:9000/v1
-  auth: {secretRef: {name: up, key: key}}
-  models: [{name: m, pricing: {inputPerMillion: 1, outputPerMillion: 2}}]
+$(provider_yaml up 9000)
 ---
 apiVersion: switchboard.dev/v1alpha1
 kind: AIConsumer
@@ -39,6 +46,14 @@ apiVersion: v1
 kind: Secret
 metadata: {name: ck}
 stringData: {key: $BENCH_KEY}
+YAML
+}
+
+# gateway_yaml [EXTRA]: base_yaml and route `r` for model `m` on provider `up`, with
+# EXTRA appended to the route's spec (for example a cache block).
+gateway_yaml() {
+  base_yaml
+  cat <<YAML
 ---
 apiVersion: switchboard.dev/v1alpha1
 kind: AIRoute

@@ -40,17 +40,8 @@ spec:
   circuitBreaker: {consecutiveFailures: 0}
 YAML
 }
-gateway_yaml | sed '/^kind: AIRoute$/,$d' | sed '$d' > "$work/gateway.yaml"
+{ base_yaml; echo ---; provider_yaml faulty 9001; echo ---; } > "$work/gateway.yaml"
 cat >> "$work/gateway.yaml" <<'YAML'
-apiVersion: switchboard.dev/v1alpha1
-kind: AIProvider
-metadata: {name: faulty}
-spec:
-  type: openai-compatible
-  endpoint: http://127.0.0.1:9001/v1
-  auth: {secretRef: {name: up, key: key}}
-  models: [{name: m, pricing: {inputPerMillion: 1, outputPerMillion: 2}}]
----
 apiVersion: switchboard.dev/v1alpha1
 kind: AIQuota
 metadata: {name: q}

@@ -816,21 +816,20 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), ProxyError> {
     let Ok(value) = value.to_str() else {
         return Err(ProxyError::UnsupportedMediaType("(not text)".to_string()));
     };
-    // A few bytes, lowercased once: clearer than case-insensitive slicing.
-    let essence = value
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
-    let accepted = essence == "application/json"
-        || essence == "application/x-www-form-urlencoded"
-        || (essence.starts_with("application/") && essence.ends_with("+json"));
+    let essence = value.split(';').next().unwrap_or_default().trim();
+    // Compared as bytes, without case and without copying on every request.
+    let bytes = essence.as_bytes();
+    let suffixed_json = bytes.len() > "application/+json".len()
+        && bytes[..12].eq_ignore_ascii_case(b"application/")
+        && bytes[bytes.len() - 5..].eq_ignore_ascii_case(b"+json");
+    let accepted = essence.eq_ignore_ascii_case("application/json")
+        || essence.eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        || suffixed_json;
     match accepted {
         true => Ok(()),
         // Echoed back, so only a short printable prefix of what the client sent.
         false => Err(ProxyError::UnsupportedMediaType(
-            essence.chars().take(64).collect(),
+            essence.to_ascii_lowercase().chars().take(64).collect(),
         )),
     }
 }
