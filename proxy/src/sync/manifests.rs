@@ -537,20 +537,62 @@ mod tests {
         assert_eq!(inputs.providers.len(), 1);
     }
 
+    /// Garbage ends in errors, each naming the file and the document it is in, and,
+    /// where the document is an object, the object; where a field is at fault, the
+    /// message starts with the field.
     #[test]
     fn garbage_ends_in_errors_not_hangs_or_panics() {
-        let garbage = [
-            "{not: yaml: at all",
-            ":\n  - ]\n",
-            "- a\n- b\n",
-            "\u{0}\u{1}binary",
-            "apiVersion: switchboard.dev/v1alpha1\nkind: AIRoute\nmetadata: {name: r}\nspec: 5\n",
-            "apiVersion: switchboard.dev/v1alpha1\nkind: AIProvider\nmetadata: {name: [a]}\nspec: {}\n",
-            "&a [*a, *a]",
-            "key: !!binary AAAA\n---\n{[",
+        /// Per input, the errors expected: (document, object, what the message says).
+        type Expected = &'static [(usize, Option<&'static str>, &'static str)];
+        let garbage: [(&str, Expected); 8] = [
+            ("{not: yaml: at all", &[(1, None, "not valid YAML")]),
+            (":\n  - ]\n", &[(1, None, "not valid YAML")]),
+            ("- a\n- b\n", &[(1, None, "missing apiVersion or kind")]),
+            ("\u{0}\u{1}binary", &[(1, None, "not valid YAML")]),
+            (
+                "apiVersion: switchboard.dev/v1alpha1\nkind: AIRoute\nmetadata: {name: r}\nspec: 5\n",
+                &[(1, Some("AIRoute default/r"), "spec: ")],
+            ),
+            (
+                "apiVersion: switchboard.dev/v1alpha1\nkind: AIProvider\nmetadata: {name: [a]}\nspec: {}\n",
+                &[(1, Some("AIProvider default/"), "metadata.name: ")],
+            ),
+            ("&a [*a, *a]", &[(1, None, "not valid YAML")]),
+            (
+                "key: !!binary AAAA\n---\n{[",
+                &[
+                    (1, None, "missing apiVersion or kind"),
+                    (2, None, "not valid YAML"),
+                ],
+            ),
         ];
-        for text in garbage {
-            let _ = errors(&[("g.yaml", text)]);
+        for (text, expected) in garbage {
+            let dir = Dir::with(&[("g.yaml", text)]);
+            let file = dir.0.join("g.yaml");
+            let errors = load(&dir.0).expect_err(text);
+            assert_eq!(errors.len(), expected.len(), "{text:?}: {errors:#?}");
+            for (error, (document, object, says)) in errors.iter().zip(expected) {
+                assert_eq!(error.file, file, "{text:?}: {error:#?}");
+                assert_eq!(error.document, *document, "{text:?}: {error:#?}");
+                assert_eq!(error.object.as_deref(), *object, "{text:?}: {error:#?}");
+                assert!(
+                    error.message.starts_with(says),
+                    "{text:?}: {error:#?} does not start with {says:?}"
+                );
+                let shown = error.to_string();
+                let named = format!("{} (document {document})", file.display());
+                assert!(shown.starts_with(&named), "{shown:?} lacks {named:?}");
+            }
+            // A stream read alone ends in the same errors, naming the path given.
+            let alone = load_str(Path::new("g.yaml"), text).expect_err(text);
+            let renamed: Vec<ManifestError> = errors
+                .into_iter()
+                .map(|error| ManifestError {
+                    file: PathBuf::from("g.yaml"),
+                    ..error
+                })
+                .collect();
+            assert_eq!(alone, renamed, "{text:?}");
         }
     }
 }
