@@ -147,17 +147,17 @@ impl RedisServer {
         out
     }
 
-    /// The value of the one counter whose key contains `needle`.
+    /// The value of the one counter whose key contains `needle`. Panics when no key
+    /// matches (a renamed key fails the test instead of reading as 0), or several do.
     pub async fn counter(&self, needle: &str) -> i64 {
-        let matching: Vec<(String, i64)> = self
-            .counters()
-            .await
-            .into_iter()
+        let counters = self.counters().await;
+        let matching: Vec<&(String, i64)> = counters
+            .iter()
             .filter(|(k, _)| k.contains(needle))
             .collect();
         match matching.as_slice() {
             [(_, value)] => *value,
-            [] => 0,
+            [] => panic!("no counter key contains {needle:?}; counters: {counters:?}"),
             more => panic!("several counters match {needle}: {more:?}"),
         }
     }

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -393,12 +394,91 @@ impl Sample {
     }
 }
 
-/// Parses Prometheus' text format (what `/metrics` serves); panics on a line it cannot
-/// read, so a malformed exposition fails the test.
-pub fn parse_metrics(text: &str) -> Vec<Sample> {
-    let mut samples = Vec::new();
+/// A parsed exposition: its samples, and the metric families its `# TYPE` lines
+/// declare. Derefs to the samples.
+#[derive(Debug, Clone, Default)]
+pub struct Scrape {
+    pub samples: Vec<Sample>,
+    /// Family name -> type (`counter`, `gauge`, `histogram`, ...).
+    pub families: BTreeMap<String, String>,
+    /// Family name -> help text.
+    pub help: BTreeMap<String, String>,
+}
+
+impl std::ops::Deref for Scrape {
+    type Target = [Sample];
+    fn deref(&self) -> &[Sample] {
+        &self.samples
+    }
+}
+
+impl Scrape {
+    /// The family a sample name belongs to: itself, or a histogram's or summary's
+    /// `_bucket`, `_sum` or `_count` series.
+    pub fn family_of(&self, sample: &str) -> Option<&str> {
+        if let Some((name, _)) = self.families.get_key_value(sample) {
+            return Some(name);
+        }
+        ["_bucket", "_sum", "_count"].iter().find_map(|suffix| {
+            let base = sample.strip_suffix(suffix)?;
+            let (name, kind) = self.families.get_key_value(base)?;
+            let fits = match *suffix {
+                "_bucket" => kind == "histogram",
+                _ => kind == "histogram" || kind == "summary",
+            };
+            fits.then_some(name.as_str())
+        })
+    }
+
+    /// The sum of the samples named `name` whose labels include every `(label, value)`,
+    /// or `None` when there is no such sample. For bounded waits; assertions use
+    /// `metric` or `metric_or_zero`.
+    pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let mut matching = self
+            .samples
+            .iter()
+            .filter(|s| s.name == name)
+            .filter(|s| labels.iter().all(|(l, v)| s.label(l) == Some(*v)))
+            .peekable();
+        matching.peek()?;
+        Some(matching.map(|s| s.value).sum())
+    }
+
+    /// The series named `name`, for failure messages.
+    fn series(&self, name: &str) -> Vec<String> {
+        self.samples
+            .iter()
+            .filter(|s| s.name == name)
+            .map(|s| {
+                let labels: Vec<String> =
+                    s.labels.iter().map(|(l, v)| format!("{l}={v:?}")).collect();
+                format!("{}{{{}}} {}", s.name, labels.join(","), s.value)
+            })
+            .collect()
+    }
+}
+
+/// Parses Prometheus' text format (what `/metrics` serves), keeping the `# HELP` and
+/// `# TYPE` lines; panics on a line it cannot read, on a family declared twice, and on
+/// a sample of no declared family, so a malformed exposition fails the test.
+pub fn parse_metrics(text: &str) -> Scrape {
+    let mut scrape = Scrape::default();
     for line in text.lines() {
-        if line.is_empty() || line.starts_with('#') {
+        if line.is_empty() {
+            continue;
+        }
+        if let Some(comment) = line.strip_prefix('#') {
+            let comment = comment.trim_start();
+            if let Some(declared) = comment.strip_prefix("TYPE ") {
+                let (name, kind) = declared
+                    .split_once(' ')
+                    .unwrap_or_else(|| panic!("a type after the name in {line:?}"));
+                let earlier = scrape.families.insert(name.to_string(), kind.to_string());
+                assert!(earlier.is_none(), "{name} declared twice: {line:?}");
+            } else if let Some(help) = comment.strip_prefix("HELP ") {
+                let (name, help) = help.split_once(' ').unwrap_or((help, ""));
+                scrape.help.insert(name.to_string(), help.to_string());
+            }
             continue;
         }
         let (series, value) = line.rsplit_once(' ').expect("a value after the series");
@@ -414,13 +494,17 @@ pub fn parse_metrics(text: &str) -> Vec<Sample> {
                 (name.to_string(), parse_labels(body))
             }
         };
-        samples.push(Sample {
+        assert!(
+            scrape.family_of(&name).is_some(),
+            "sample {name} before or without its # TYPE line: {line:?}"
+        );
+        scrape.samples.push(Sample {
             name,
             labels,
             value,
         });
     }
-    samples
+    scrape
 }
 
 fn parse_labels(mut body: &str) -> Vec<(String, String)> {
@@ -446,17 +530,74 @@ fn parse_labels(mut body: &str) -> Vec<(String, String)> {
 }
 
 /// The sum of the samples named `name` whose labels include every `(label, value)`.
-pub fn metric(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
-    samples
-        .iter()
-        .filter(|s| s.name == name)
-        .filter(|s| labels.iter().all(|(l, v)| s.label(l) == Some(*v)))
-        .map(|s| s.value)
-        .sum()
+/// Panics when there is no such sample: a renamed metric or label fails the test
+/// instead of reading as 0.
+pub fn metric(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    scrape.get(name, labels).unwrap_or_else(|| {
+        let series = scrape.series(name);
+        if series.is_empty() {
+            panic!(
+                "no metric {name} in the scrape; families: {:?}",
+                scrape.families.keys().collect::<Vec<_>>()
+            )
+        }
+        panic!(
+            "no {name} sample with labels {labels:?}; its series:\n  {}",
+            series.join("\n  ")
+        )
+    })
+}
+
+/// As `metric`, but 0 when no sample matches, for a test that means "absent or
+/// zero". Still panics unless the exposition declares the family (`# TYPE`) and some
+/// sample of `name` carries every label name asked about, so a renamed metric or label
+/// fails the test instead of reading as 0.
+pub fn metric_or_zero(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    assert_known(scrape, name, labels);
+    scrape.get(name, labels).unwrap_or(0.0)
+}
+
+/// Asserts that no sample named `name` has all of `labels`, where the exposition
+/// declares the family and some sample of `name` carries every label name asked about
+/// (so a renamed metric or label fails instead of passing).
+pub fn assert_absent(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) {
+    assert_known(scrape, name, labels);
+    let found: Vec<String> = scrape
+        .series(name)
+        .into_iter()
+        .zip(scrape.samples.iter().filter(|s| s.name == name))
+        .filter(|(_, s)| labels.iter().all(|(l, v)| s.label(l) == Some(*v)))
+        .map(|(text, _)| text)
+        .collect();
+    assert!(
+        found.is_empty(),
+        "expected no {name} sample with labels {labels:?}, found:\n  {}",
+        found.join("\n  ")
+    );
+}
+
+/// Panics unless the exposition declares the family of `name` and some sample of
+/// `name` carries every label name in `labels`.
+fn assert_known(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) {
+    assert!(
+        scrape.family_of(name).is_some(),
+        "metric family of {name} is unknown to the exposition; families: {:?}",
+        scrape.families.keys().collect::<Vec<_>>()
+    );
+    for (label, _) in labels {
+        assert!(
+            scrape
+                .samples
+                .iter()
+                .any(|s| s.name == name && s.label(label).is_some()),
+            "no {name} series has a label {label:?}; its series:\n  {}",
+            scrape.series(name).join("\n  ")
+        );
+    }
 }
 
 /// Scrapes the proxy's `/metrics`.
-pub async fn scrape(proxy: &Proxy) -> Vec<Sample> {
+pub async fn scrape(proxy: &Proxy) -> Scrape {
     let addr = proxy.metrics_addr.expect("metrics are on");
     let response = client()
         .get(format!("http://{addr}/metrics"))
