@@ -502,12 +502,48 @@ async fn streams_settle_to_their_usage_and_a_departed_client_keeps_its_reservati
         "reserved while streaming"
     );
     drop(response);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The proxy ends a request (keeping or settling its reservation) before counting it
+    // in `switchboard_requests_total`, and the request stops counting as in flight and
+    // its stream as open after that: wait for all three.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let samples = scrape(&proxy).await;
+        let counted = samples.get("switchboard_requests_total", &[("route", "default/h")]);
+        let open = metric(&samples, "switchboard_streams_open", &[]);
+        let in_flight = metric(&samples, "switchboard_requests_in_flight", &[]);
+        if counted == Some(1.0) && open == 0.0 && in_flight == 0.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the departed stream did not end within 10s: counted {counted:?}, {open} open, {in_flight} in flight"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(
         redis.counter("OutputTokens/Hour").await,
         520,
         "kept after the client left"
     );
+    // A settlement is written to Redis off the request's path; one that wrongly refunded
+    // the reservation could land after the check above. Another complete stream settles
+    // to its usage (20) on top of what stands: the counter reaches 540 only if the
+    // departed client's 500 stayed.
+    let response = post(&proxy, "/v1/chat/completions", chat(true, 500)).await;
+    assert_eq!(response.status(), 200);
+    response.bytes().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let used = redis.counter("OutputTokens/Hour").await;
+        if used == 540 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the departed client's reservation stands under a later settlement: {used}, not 540"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// The OpenAI client's final events, as (content so far, finish reason) and whether the
@@ -702,6 +738,23 @@ async fn a_consumer_key_rotates_without_a_failed_request() {
             }
         }
     };
+    // Waits (bounded) until the load has answered `n` more requests: it ran under the
+    // config and key of the step just taken.
+    let answered = |n: usize| {
+        let sent = &sent;
+        async move {
+            let target = sent.load(Ordering::SeqCst) + n;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while sent.load(Ordering::SeqCst) < target {
+                assert!(
+                    Instant::now() < deadline,
+                    "the load made {} of {target} requests within 10s",
+                    sent.load(Ordering::SeqCst)
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
     // 1. Both keys valid; 2. clients move to the new key; 3. the old key goes.
     let before = version(&proxy);
     manifests.write(
@@ -709,13 +762,14 @@ async fn a_consumer_key_rotates_without_a_failed_request() {
         &consumer_with(&[("old", OLD), ("new", NEW)]),
     );
     wait_for_change(before).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    answered(10).await;
     *key.lock().unwrap() = NEW;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // All but the one in flight when the key changed were sent with the new key.
+    answered(10).await;
     let before = version(&proxy);
     manifests.write("consumer.yaml", &consumer_with(&[("new", NEW)]));
     wait_for_change(before).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    answered(10).await;
     stop.store(true, Ordering::SeqCst);
     load.await.unwrap();
     assert!(

@@ -48,9 +48,30 @@ async fn wait_for_alias(proxy: &Proxy, alias: &str) {
     }
 }
 
-/// Waits long enough for a reload to have been tried (debounce is 200 ms).
-async fn settle() {
-    tokio::time::sleep(Duration::from_millis(800)).await;
+/// Reloads the proxy counted as refused so far (0 before the first).
+async fn refused_reloads(proxy: &Proxy) -> f64 {
+    metric_or_zero(
+        &scrape(proxy).await,
+        "switchboard_config_reloads_total",
+        &[("result", "refused")],
+    )
+}
+
+/// Waits (bounded) until the proxy has refused `count` reloads in all: the signal that
+/// the change just written was read and refused.
+async fn wait_for_refusals(proxy: &Proxy, count: f64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let refused = refused_reloads(proxy).await;
+        if refused >= count {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{refused} refused reloads within 10s, not {count}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
 }
 
 fn echo_provider(name: &str) -> String {
@@ -226,9 +247,10 @@ async fn a_file_that_does_not_parse_keeps_the_serving_config() {
         .write("consumer.yaml", &consumer_yaml("app", ""));
     let proxy = proxy(&manifests).await;
     let serving = version(&proxy);
+    assert_eq!(refused_reloads(&proxy).await, 0.0);
 
     manifests.write("route.yaml", "apiVersion: switchboard.dev/v1alpha1\nkind: AIRoute\nmetadata: {name: r}\nspec:\n  models: [m, new]\n  backends: [{provider: e, model: echo, weight: heavy}]\n");
-    settle().await;
+    wait_for_refusals(&proxy, 1.0).await;
     assert_eq!(version(&proxy), serving);
     assert_eq!(
         post(&proxy, "/v1/chat/completions", chat("m", false))
@@ -238,7 +260,7 @@ async fn a_file_that_does_not_parse_keeps_the_serving_config() {
     );
 
     manifests.write("route.yaml", "{not: yaml: at all");
-    settle().await;
+    wait_for_refusals(&proxy, 2.0).await;
     assert_eq!(version(&proxy), serving);
     let samples = scrape(&proxy).await;
     let reloads = |result| {
@@ -308,12 +330,22 @@ async fn a_reload_that_would_reject_a_serving_object_is_refused() {
     let serving = version(&proxy);
 
     // Parses, but the route now names a provider that does not exist.
+    assert_eq!(refused_reloads(&proxy).await, 0.0);
     manifests.write(
         "route.yaml",
         &route_yaml("r", &["m"], "missing", "echo", ""),
     );
-    settle().await;
+    wait_for_refusals(&proxy, 1.0).await;
     assert_eq!(version(&proxy), serving);
+    assert_eq!(
+        metric(
+            &scrape(&proxy).await,
+            "switchboard_config_reloads_total",
+            &[("result", "applied")]
+        ),
+        1.0,
+        "nothing applied"
+    );
     assert_eq!(
         post(&proxy, "/v1/chat/completions", chat("m", false))
             .await
