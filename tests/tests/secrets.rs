@@ -11,9 +11,10 @@
 //! place keys are meant to be is the proxy's snapshot cache file (mode 0600), which is
 //! checked for its mode instead.
 
+use std::collections::BTreeSet;
 use std::convert::Infallible;
 use std::os::unix::fs::PermissionsExt;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hyper::Request;
 use hyper::service::service_fn;
@@ -22,7 +23,7 @@ use hyper_util::server::conn::auto;
 use serde_json::{Value, json};
 use switchboard_e2e::cluster::Cluster;
 use switchboard_e2e::fake_upstream::{FakeUpstream, json_response};
-use switchboard_e2e::{Proxy, TempDir, http_client};
+use switchboard_e2e::{Proxy, TempDir, http_client, request_id};
 use tokio::net::TcpListener;
 
 const NS: &str = "scan";
@@ -106,6 +107,34 @@ fn route(name: &str, provider: &str) -> Value {
     })
 }
 
+/// Waits (bounded) until the proxy's JSON log has an access line (`"message":
+/// "request"`) for every id in `ids`: each request's line is written when it ends, a
+/// stream's after its last byte.
+async fn wait_for_access_lines(proxy: &Proxy, ids: &BTreeSet<String>) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let logs = proxy.logs();
+        let logged: BTreeSet<String> = logs
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .filter(|line| line["message"] == "request")
+            .filter_map(|line| line["request_id"].as_str().map(str::to_string))
+            .collect();
+        let missing: Vec<&String> = ids.difference(&logged).collect();
+        if missing.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no access line within 15s for {} of {} requests, e.g. {:?}",
+            missing.len(),
+            ids.len(),
+            &missing[..missing.len().min(3)]
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Everything a client saw of one response: status line, headers and body.
 async fn seen(response: reqwest::Response) -> String {
     let mut out = format!("{}\n", response.status());
@@ -170,6 +199,7 @@ async fn no_key_appears_in_any_response_log_metric_or_debug_page() {
 
     let client = http_client();
     let mut responses = String::new();
+    let mut request_ids = BTreeSet::new();
     for model in &models {
         for stream in [false, true] {
             for key in [GATEWAY_KEY, WRONG_KEY] {
@@ -181,6 +211,7 @@ async fn no_key_appears_in_any_response_log_metric_or_debug_page() {
                     .send()
                     .await
                     .unwrap();
+                request_ids.insert(request_id(&response));
                 responses.push_str(&seen(response).await);
             }
             let response = client
@@ -192,9 +223,11 @@ async fn no_key_appears_in_any_response_log_metric_or_debug_page() {
                 .send()
                 .await
                 .unwrap();
+            request_ids.insert(request_id(&response));
             responses.push_str(&seen(response).await);
         }
     }
+    assert_eq!(request_ids.len(), models.len() * 6, "one id per request");
     // The scenario did what it says: answers, the provider's own 400s, and 502s.
     for status in [
         "200 OK",
@@ -214,8 +247,8 @@ async fn no_key_appears_in_any_response_log_metric_or_debug_page() {
     for path in ["/debug/proxies", "/debug/config"] {
         output.push_str(&operator.admin_text(path).await);
     }
-    // Give the last access lines a moment to be written.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Scan the logs once every request's access line is in them.
+    wait_for_access_lines(&proxy, &request_ids).await;
     output.push_str(&proxy.logs());
     output.push_str(&operator.process.logs());
     assert!(
