@@ -51,6 +51,8 @@ export PATH
 # --- checks ------------------------------------------------------------------------
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The proxy's modules keep their layers: leaves never use each other (docs/architecture.md).
+python3 scripts/module-graph.py
 # The Helm chart: lint, render with several value sets, validate against Kubernetes
 # 1.30 and newer, production defaults, schema refusals, CRDs current.
 python3 scripts/check-chart.py

@@ -17,7 +17,7 @@ fuzz_target!(|bytes: &[u8]| {
             let _ = anthropic::write_response(&response);
         }
     }
-    let _ = anthropic::error_message(bytes);
-    let _ = gemini::error_message(bytes);
-    let _ = openai::error_message(bytes);
+    let _ = anthropic::parse_error(bytes);
+    let _ = gemini::parse_error(bytes);
+    let _ = openai::parse_error(bytes);
 });

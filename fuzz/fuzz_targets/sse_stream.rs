@@ -4,8 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use switchboard_proxy::formats::{StreamDecoder, anthropic, gemini, openai};
-use switchboard_proxy::sse::{self, EventSplitter};
+use switchboard_proxy::formats::{DecodeStream, SseDecoder, anthropic, gemini, openai};
 
 fuzz_target!(|input: &[u8]| {
     // The first byte chooses the chunk size, the rest is the stream.
@@ -13,25 +12,21 @@ fuzz_target!(|input: &[u8]| {
         return;
     };
     let size = usize::from(size.max(1));
-    let decoders: [Box<dyn StreamDecoder>; 3] = [
-        Box::<openai::ChunkDecoder>::default(),
-        Box::<anthropic::EventDecoder>::default(),
-        Box::<gemini::ResponseDecoder>::default(),
+    let decoders: [Box<dyn DecodeStream>; 3] = [
+        Box::<openai::StreamDecoder>::default(),
+        Box::<anthropic::StreamDecoder>::default(),
+        Box::<gemini::StreamDecoder>::default(),
     ];
-    for mut decoder in decoders {
-        let mut splitter = EventSplitter::default();
+    for decoder in decoders {
+        let mut decoder = SseDecoder::new(decoder);
         let mut events = Vec::new();
         for chunk in bytes.chunks(size) {
-            for event in splitter.push(chunk) {
-                if let Some(data) = sse::data(&event) {
-                    decoder.decode(&data, &mut events);
-                }
-            }
+            decoder.push(chunk, &mut events);
         }
-        decoder.end(&mut events);
+        decoder.finish(&mut events);
         let mut out = bytes::BytesMut::new();
-        let mut to_openai = openai::ChunkEncoder::new(true, 0);
-        let mut to_anthropic = anthropic::EventEncoder::default();
+        let mut to_openai = openai::StreamEncoder::new(true, 0);
+        let mut to_anthropic = anthropic::StreamEncoder::default();
         for event in events {
             to_openai.encode(event.clone(), &mut out);
             to_anthropic.encode(event, &mut out);

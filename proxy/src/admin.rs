@@ -12,8 +12,9 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use crate::body::{Body, full};
-use crate::metrics::Metrics;
-use crate::pipeline::Gateway;
+use crate::gateway::Gateway;
+use crate::health::CircuitView;
+use crate::metrics::{CircuitState, Metrics};
 
 /// A scraper must send its request head within this time.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -44,16 +45,31 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, gateway: Arc<Ga
     }
 }
 
+/// Every metric, with the gauges read at scrape time brought up to date: circuit
+/// states and the in-memory cache's size.
+fn scrape(metrics: &Metrics, gateway: &Gateway) -> Vec<u8> {
+    gateway.cache.measure_memory();
+    let runtime = gateway.runtime.current();
+    let now = std::time::Instant::now();
+    let circuits = runtime.iter().flat_map(|r| r.circuits(now));
+    metrics.circuits(circuits.map(|(provider, model, view)| {
+        let state = match view {
+            CircuitView::Closed => CircuitState::Closed,
+            CircuitView::HalfOpen => CircuitState::HalfOpen,
+            CircuitView::Ejected(_) => CircuitState::Open,
+        };
+        (provider, model, state)
+    }));
+    metrics.render(runtime.as_ref().map(|r| r.snapshot.as_ref()))
+}
+
 fn respond(request: &Request<Incoming>, metrics: &Metrics, gateway: &Gateway) -> Response<Body> {
     let (status, content_type, body) = match (request.method(), request.uri().path()) {
-        (&Method::GET, "/metrics") => {
-            metrics.cache_memory(gateway.cache.memory_usage());
-            (
-                StatusCode::OK,
-                "text/plain; version=0.0.4; charset=utf-8",
-                metrics.render(gateway.runtime.current().as_deref()),
-            )
-        }
+        (&Method::GET, "/metrics") => (
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            scrape(metrics, gateway),
+        ),
         (_, "/metrics") => (
             StatusCode::METHOD_NOT_ALLOWED,
             "text/plain; charset=utf-8",

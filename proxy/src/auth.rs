@@ -1,10 +1,38 @@
 //! Authenticates the caller: gateway key from the request headers to an AIConsumer.
 
+use std::collections::HashMap;
+
 use http::HeaderMap;
+use switchboard_api::Snapshot;
 use switchboard_api::snapshot::{Consumer, hash_key};
 
 use crate::error::ProxyError;
-use crate::runtime::Runtime;
+
+/// Every gateway key of a Snapshot, by hash: the consumer id holding it.
+#[derive(Debug, Default)]
+pub struct Keys(HashMap<String, String>);
+
+/// The authenticated caller.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller<'r> {
+    /// The AIConsumer's id (`namespace/name`).
+    pub id: &'r str,
+    pub consumer: &'r Consumer,
+}
+
+// === impl Keys ===
+
+impl Keys {
+    pub fn new(snapshot: &Snapshot) -> Self {
+        let mut keys = HashMap::new();
+        for (id, consumer) in &snapshot.consumers {
+            for hash in &consumer.key_hashes {
+                keys.insert(hash.clone(), id.clone());
+            }
+        }
+        Self(keys)
+    }
+}
 
 /// The key from `Authorization: Bearer <key>` or `x-api-key: <key>`.
 fn presented_key(headers: &HeaderMap) -> Option<&str> {
@@ -16,19 +44,23 @@ fn presented_key(headers: &HeaderMap) -> Option<&str> {
     headers.get("x-api-key")?.to_str().ok().map(str::trim)
 }
 
-/// The consumer id and consumer for the request's key. Keys are compared by hash, as
-/// the Snapshot holds nothing else.
+/// The consumer holding the request's key. Keys are compared by hash, as the Snapshot
+/// holds nothing else.
 pub fn authenticate<'r>(
-    runtime: &'r Runtime,
+    keys: &Keys,
+    snapshot: &'r Snapshot,
     headers: &HeaderMap,
-) -> Result<(&'r str, &'r Consumer), ProxyError> {
+) -> Result<Caller<'r>, ProxyError> {
     let key = presented_key(headers).ok_or(ProxyError::MissingKey)?;
     if key.is_empty() {
         return Err(ProxyError::MissingKey);
     }
-    runtime
-        .consumer_by_key_hash(&hash_key(key))
-        .ok_or(ProxyError::InvalidKey)
+    let id = keys.0.get(&hash_key(key)).ok_or(ProxyError::InvalidKey)?;
+    let (id, consumer) = snapshot
+        .consumers
+        .get_key_value(id)
+        .ok_or(ProxyError::InvalidKey)?;
+    Ok(Caller { id, consumer })
 }
 
 #[cfg(test)]

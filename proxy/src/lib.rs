@@ -1,10 +1,25 @@
-//! Switchboard proxy: the data plane. Serves OpenAI-compatible clients and routes their
-//! requests to providers, from a Snapshot compiled by `switchboard_api::compile`.
+//! Switchboard proxy: the data plane. Serves OpenAI- and Anthropic-compatible clients
+//! and routes their requests to providers, from a Snapshot compiled by
+//! `switchboard_api::compile`.
 //!
-//! Follow a request: `server` -> `pipeline` -> `client_api` -> `auth` -> `routing` ->
-//! `plan` (with `health`) -> attempts in `pipeline` -> `providers` -> `upstream` -> back
-//! through `providers` and `client_api` -> `finish` (cost, then `telemetry` span,
-//! `metrics`, `access_log`). `admin` serves `/metrics` on its own port.
+//! Modules in layers; each uses only layers below it, and leaves never use each other
+//! (`scripts/module-graph.py` checks this in the test command):
+//!
+//! - shared vocabulary: `ir` (the types one step hands the next), `body`, `error`,
+//!   `settings`, `tls`, `redis`;
+//! - wire formats: `sse`, `formats`;
+//! - leaves, one job each: `intake`, `client_api`, `auth`, `routing`, `cache`, `quota`,
+//!   `plan`, `health`, `providers`, `upstream`, `metrics`, `access_log`, `telemetry`;
+//! - config: `runtime` (a Snapshot and what each leaf prepares from it), `gateway`
+//!   (what every request shares);
+//! - orchestrators: `pipeline` (the request path as a script) and `finish` (the
+//!   request's end);
+//! - the process: `server`, `admin`, `sync`, and `start` here.
+//!
+//! Follow a request: `server` -> `pipeline` -> `auth` -> `intake` -> `client_api` ->
+//! `routing` -> `cache` -> `quota` (in `pipeline::admission`) -> `plan` and `health`
+//! (in `pipeline::attempts`) -> `providers` -> `upstream` -> `finish` (the reply as the
+//! response, then cost, settle, `telemetry`, `metrics`, `access_log`).
 
 // Library code handles every error; tests may unwrap (see .clippy.toml).
 #![warn(clippy::unwrap_used, clippy::expect_used)]
@@ -18,7 +33,9 @@ pub mod client_api;
 pub mod error;
 pub mod finish;
 pub mod formats;
+pub mod gateway;
 pub mod health;
+pub mod intake;
 pub mod ir;
 pub mod metrics;
 pub mod pipeline;
@@ -33,6 +50,7 @@ pub mod settings;
 pub mod sse;
 pub mod sync;
 pub mod telemetry;
+pub mod tls;
 pub mod upstream;
 
 use std::net::SocketAddr;
@@ -42,13 +60,14 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
-use crate::cache::Cache;
+use crate::cache::{Cache, CacheMetrics};
+use crate::gateway::Gateway;
 use crate::metrics::Metrics;
-use crate::pipeline::Gateway;
-use crate::quota::{Quotas, RedisStore};
+use crate::quota::{QuotaMetrics, Quotas, RedisStore};
 use crate::redis::SharedRedis;
 use crate::settings::CacheStore;
 pub use crate::settings::Settings;
+pub use crate::tls::install_crypto_provider;
 
 /// A running proxy.
 #[derive(Debug)]
@@ -71,11 +90,19 @@ pub async fn start(settings: Settings) -> anyhow::Result<Proxy> {
     let redis = shared_redis(&settings)?;
     let metrics = match settings.metrics_listen.0 {
         Some(_) => Some(Arc::new(
-            Metrics::new(settings.metrics_consumer_label, redis.is_some())
-                .context("cannot set up metrics")?,
+            Metrics::new(settings.metrics_consumer_label).context("cannot set up metrics")?,
         )),
         None => None,
     };
+    let registry = metrics.as_ref().map(|m| m.registry());
+    let cache_metrics = registry
+        .map(CacheMetrics::register)
+        .transpose()
+        .context("cannot set up cache metrics")?;
+    let quota_metrics = registry
+        .map(|r| QuotaMetrics::register(r, settings.metrics_consumer_label, redis.is_some()))
+        .transpose()
+        .context("cannot set up quota metrics")?;
     let cache_in_redis = match settings.cache_store {
         CacheStore::Memory => None,
         CacheStore::Auto => redis.clone(),
@@ -88,9 +115,9 @@ pub async fn start(settings: Settings) -> anyhow::Result<Proxy> {
     let cache = Arc::new(Cache::new(
         cache_in_redis,
         settings.cache_memory_bytes,
-        metrics.clone(),
+        cache_metrics,
     ));
-    let quotas = Arc::new(Quotas::new(redis.map(RedisStore::new), metrics.clone()));
+    let quotas = Arc::new(Quotas::new(redis.map(RedisStore::new), quota_metrics));
     let gateway = Arc::new(Gateway::new(
         settings.clone(),
         metrics.clone(),
@@ -167,9 +194,4 @@ impl Proxy {
         let _ = self.shutdown.send(());
         let _ = self.task.await;
     }
-}
-
-/// rustls needs one process-wide crypto provider; ring builds fast and everywhere.
-pub fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
 }

@@ -1,5 +1,7 @@
 //! The proxy's Prometheus metrics, served at `/metrics` on their own port
-//! (`--metrics-listen`).
+//! (`--metrics-listen`): the registry every metric is served from, and the metrics of
+//! requests, upstream attempts, circuits and config. The cache and quotas register
+//! their own (`cache::CacheMetrics`, `quota::QuotaMetrics`) on the same registry.
 //!
 //! Names and labels follow the OpenTelemetry GenAI semantic conventions where they fit
 //! (`gen_ai_server_request_duration_seconds`, `gen_ai_server_time_to_first_token_seconds`,
@@ -14,17 +16,16 @@
 //! label, and the consumer label can be turned off (`--metrics-consumer-label=false`).
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use prometheus::{
     CounterVec, Encoder, Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
     Opts, Registry, TextEncoder,
 };
+use switchboard_api::Snapshot;
 
-use crate::access_log::RequestLog;
-use crate::health::CircuitView;
-use crate::ir::{Operation, Usage};
-use crate::runtime::Runtime;
+use crate::ir::Operation;
+use crate::ir::record::RequestRecord;
 
 /// Label names.
 mod label {
@@ -61,7 +62,8 @@ const TOKEN_BUCKETS: &[f64] = &[
     16777216.0, 67108864.0,
 ];
 
-/// Every metric the proxy exports.
+/// The metrics of requests, attempts, circuits and config, and the registry every
+/// metric is served from.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
@@ -85,23 +87,6 @@ pub struct Metrics {
     config_info: IntGaugeVec,
     config_reloads: IntCounterVec,
     config_applied_at: Gauge,
-    quota_used: prometheus::GaugeVec,
-    quota_limit: prometheus::GaugeVec,
-    quota_rejections: IntCounterVec,
-    quota_fallbacks: IntCounterVec,
-    quota_store_errors: prometheus::IntCounter,
-    quota_store_up: IntGauge,
-    cache_lookups: IntCounterVec,
-    cache_coalesced: IntCounterVec,
-    cache_saved_tokens: IntCounterVec,
-    cache_saved_cost: CounterVec,
-    cache_stored: IntCounterVec,
-    cache_stored_bytes: IntCounterVec,
-    cache_too_large: IntCounterVec,
-    cache_evictions: IntCounterVec,
-    cache_store_errors: prometheus::IntCounter,
-    cache_memory_entries: IntGauge,
-    cache_memory_bytes: IntGauge,
 }
 
 /// Counts a request in flight until dropped.
@@ -123,9 +108,8 @@ pub enum AttemptOutcome {
 // === impl Metrics ===
 
 impl Metrics {
-    /// `shared_quota_store`: whether quota counters live in Redis (only then is
-    /// `switchboard_quota_store_up` exported).
-    pub fn new(consumer_label: bool, shared_quota_store: bool) -> Result<Self, prometheus::Error> {
+    /// `consumer_label`: whether series carry the consumer.
+    pub fn new(consumer_label: bool) -> Result<Self, prometheus::Error> {
         use label::*;
         let registry = Registry::new();
         let counter = |name: &str, help: &str, labels: &[&str]| {
@@ -247,92 +231,6 @@ impl Metrics {
                 "switchboard_config_last_applied_timestamp_seconds",
                 "Unix time the served config was applied.",
             )?,
-            quota_used: prometheus::GaugeVec::new(
-                Opts::new(
-                    "switchboard_quota_used",
-                    "Used in the current window of a quota limit, as of this proxy's last admission on it (requests, tokens, or USD); consumer empty for shared quotas.",
-                ),
-                &["quota", "limit", CONSUMER],
-            )?,
-            quota_limit: prometheus::GaugeVec::new(
-                Opts::new(
-                    "switchboard_quota_limit",
-                    "The maximum of a quota limit per window.",
-                ),
-                &["quota", "limit"],
-            )?,
-            quota_rejections: counter(
-                "switchboard_quota_rejections_total",
-                "Requests refused by a quota limit (429).",
-                &["quota", "limit"],
-            )?,
-            quota_fallbacks: counter(
-                "switchboard_quota_fallbacks_total",
-                "Requests sent to a quota's fallback route instead of being refused.",
-                &["quota"],
-            )?,
-            quota_store_errors: prometheus::IntCounter::new(
-                "switchboard_quota_store_errors_total",
-                "Failed or skipped operations on the shared quota store (Redis); each quota's failurePolicy applied.",
-            )?,
-            quota_store_up: IntGauge::new(
-                "switchboard_quota_store_up",
-                "1 while the shared quota store (Redis) answers, 0 while it does not; absent without one.",
-            )?,
-            cache_lookups: counter(
-                "switchboard_cache_lookups_total",
-                "Requests on routes with a cache, by result: hit, miss (refresh included) or bypass (asked by the client, or not cacheable).",
-                &[ROUTE, "result"],
-            )?,
-            cache_coalesced: counter(
-                "switchboard_cache_coalesced_total",
-                "Hits that were the answer of an identical request in flight (waited for, not sent upstream).",
-                &[ROUTE],
-            )?,
-            cache_saved_tokens: counter(
-                "switchboard_cache_saved_tokens_total",
-                "Tokens that cache hits did not spend upstream (input, output), as the stored answer used them.",
-                &[ROUTE, TOKEN_TYPE],
-            )?,
-            cache_saved_cost: CounterVec::new(
-                Opts::new(
-                    "switchboard_cache_saved_cost_usd_total",
-                    "USD that cache hits did not spend, priced when the answer was stored.",
-                ),
-                &[ROUTE],
-            )?,
-            cache_stored: counter(
-                "switchboard_cache_stored_total",
-                "Answers stored in the cache.",
-                &[ROUTE],
-            )?,
-            cache_stored_bytes: counter(
-                "switchboard_cache_stored_bytes_total",
-                "Bytes of answers stored in the cache (uncompressed JSON).",
-                &[ROUTE],
-            )?,
-            cache_too_large: counter(
-                "switchboard_cache_too_large_total",
-                "Answers not stored because they were larger than the route's maxEntryBytes.",
-                &[ROUTE],
-            )?,
-            cache_evictions: counter(
-                "switchboard_cache_evictions_total",
-                "Entries removed from the in-memory cache, by cause: size (to make room) or expired.",
-                &["cause"],
-            )?,
-            cache_store_errors: prometheus::IntCounter::new(
-                "switchboard_cache_store_errors_total",
-                "Failed or skipped cache operations on Redis; lookups became misses.",
-            )?,
-            cache_memory_entries: IntGauge::new(
-                "switchboard_cache_memory_entries",
-                "Entries in the in-memory cache (0 when the cache is in Redis).",
-            )?,
-            cache_memory_bytes: IntGauge::new(
-                "switchboard_cache_memory_bytes",
-                "Bytes the in-memory cache holds, as it weighs entries (0 when the cache is in Redis).",
-            )?,
             registry,
         };
         let build_info = IntGaugeVec::new(
@@ -346,14 +244,7 @@ impl Metrics {
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
         metrics.register(Box::new(build_info))?;
-        // Fixed label sets start at 0, so that rate() sees their first increase.
-        for cause in ["size", "expired"] {
-            metrics.cache_evictions.with_label_values(&[cause]);
-        }
         metrics.register_all()?;
-        if shared_quota_store {
-            metrics.register(Box::new(metrics.quota_store_up.clone()))?;
-        }
         Ok(metrics)
     }
 
@@ -375,23 +266,7 @@ impl Metrics {
         self.register(Box::new(self.open_streams.clone()))?;
         self.register(Box::new(self.config_info.clone()))?;
         self.register(Box::new(self.config_reloads.clone()))?;
-        self.register(Box::new(self.config_applied_at.clone()))?;
-        self.register(Box::new(self.quota_used.clone()))?;
-        self.register(Box::new(self.quota_limit.clone()))?;
-        self.register(Box::new(self.quota_rejections.clone()))?;
-        self.register(Box::new(self.quota_fallbacks.clone()))?;
-        self.register(Box::new(self.quota_store_errors.clone()))?;
-        self.register(Box::new(self.cache_lookups.clone()))?;
-        self.register(Box::new(self.cache_coalesced.clone()))?;
-        self.register(Box::new(self.cache_saved_tokens.clone()))?;
-        self.register(Box::new(self.cache_saved_cost.clone()))?;
-        self.register(Box::new(self.cache_stored.clone()))?;
-        self.register(Box::new(self.cache_stored_bytes.clone()))?;
-        self.register(Box::new(self.cache_too_large.clone()))?;
-        self.register(Box::new(self.cache_evictions.clone()))?;
-        self.register(Box::new(self.cache_store_errors.clone()))?;
-        self.register(Box::new(self.cache_memory_entries.clone()))?;
-        self.register(Box::new(self.cache_memory_bytes.clone()))
+        self.register(Box::new(self.config_applied_at.clone()))
     }
 
     fn register(
@@ -399,6 +274,16 @@ impl Metrics {
         collector: Box<dyn prometheus::core::Collector>,
     ) -> Result<(), prometheus::Error> {
         self.registry.register(collector)
+    }
+
+    /// The registry `/metrics` serves, for other parts to register their metrics on.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Whether series carry the consumer.
+    pub fn consumer_label(&self) -> bool {
+        self.consumer_label
     }
 
     /// A request arrived; it counts as in flight until the guard is dropped.
@@ -413,17 +298,19 @@ impl Metrics {
         OpenStream(self.clone())
     }
 
-    /// A request is over: counts, durations, tokens and cost. `cost_usd` is `None`
-    /// when the answering model has no prices.
-    pub fn request(&self, log: &RequestLog, latency: Duration, cost_usd: Option<f64>) {
+    /// A request is over: counts, durations, tokens and cost (none when the answering
+    /// model has no prices).
+    pub fn request(&self, log: &RequestRecord) {
+        let latency = log.latency;
+        let cost_usd = log.cost_usd;
         let route = log.route.as_deref().unwrap_or_default();
-        let provider = log.provider.as_deref().unwrap_or_default();
+        let provider = log.tried.provider.as_deref().unwrap_or_default();
         // The client's model name only once it matched a route: bounded by the config.
         let request_model = match log.route {
             Some(_) => log.model.as_deref().unwrap_or_default(),
             None => "",
         };
-        let response_model = log.upstream_model.as_deref().unwrap_or_default();
+        let response_model = log.tried.upstream_model.as_deref().unwrap_or_default();
         let operation = log.operation.map(Operation::name).unwrap_or_default();
         let consumer = match self.consumer_label {
             true => log.consumer.as_deref().unwrap_or_default(),
@@ -523,125 +410,29 @@ impl Metrics {
         self.config_applied_at.set(now.as_secs_f64());
     }
 
-    /// What a quota limit's counter stood at after an admission.
-    pub fn quota_used(&self, quota: &str, limit: &str, consumer: &str, used: f64) {
-        let consumer = if self.consumer_label { consumer } else { "" };
-        self.quota_used
-            .with_label_values(&[quota, limit, consumer])
-            .set(used);
-    }
-
-    pub fn quota_rejected(&self, quota: &str, limit: &str) {
-        self.quota_rejections
-            .with_label_values(&[quota, limit])
-            .inc();
-    }
-
-    pub fn quota_fallback(&self, quota: &str) {
-        self.quota_fallbacks.with_label_values(&[quota]).inc();
-    }
-
-    pub fn quota_store_error(&self) {
-        self.quota_store_errors.inc();
-        self.quota_store_up.set(0);
-    }
-
-    /// The shared store answered (or, `false`, did not).
-    pub fn quota_store_up(&self, up: bool) {
-        self.quota_store_up.set(i64::from(up));
-    }
-
-    /// A request on a route with a cache: `hit`, `miss` or `bypass`.
-    pub fn cache_lookup(&self, route: &str, result: &str, coalesced: bool) {
-        self.cache_lookups.with_label_values(&[route, result]).inc();
-        if coalesced {
-            self.cache_coalesced.with_label_values(&[route]).inc();
-        }
-    }
-
-    /// What a hit saved: the stored answer's usage and cost.
-    pub fn cache_saved(&self, route: &str, usage: &Usage, cost_usd: Option<f64>) {
-        for (token_type, count) in [
-            ("input", usage.prompt_tokens),
-            ("output", usage.completion_tokens),
-        ] {
-            self.cache_saved_tokens
-                .with_label_values(&[route, token_type])
-                .inc_by(count);
-        }
-        if let Some(cost) = cost_usd {
-            self.cache_saved_cost
-                .with_label_values(&[route])
-                .inc_by(cost);
-        }
-    }
-
-    pub fn cache_stored(&self, route: &str, bytes: usize) {
-        self.cache_stored.with_label_values(&[route]).inc();
-        self.cache_stored_bytes
-            .with_label_values(&[route])
-            .inc_by(bytes as u64);
-    }
-
-    pub fn cache_too_large(&self, route: &str) {
-        self.cache_too_large.with_label_values(&[route]).inc();
-    }
-
-    pub fn cache_evicted(&self, cause: &str) {
-        self.cache_evictions.with_label_values(&[cause]).inc();
-    }
-
-    pub fn cache_store_error(&self) {
-        self.cache_store_errors.inc();
-    }
-
-    /// The in-memory cache's entries and bytes, if the cache is in memory.
-    pub fn cache_memory(&self, usage: Option<(u64, u64)>) {
-        let (entries, bytes) = usage.unwrap_or_default();
-        self.cache_memory_entries
-            .set(i64::try_from(entries).unwrap_or(i64::MAX));
-        self.cache_memory_bytes
-            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
-    }
-
     /// A config was refused; the previous one keeps serving.
     pub fn config_refused(&self) {
         self.config_reloads.with_label_values(&["refused"]).inc();
     }
 
-    /// The text exposition of every metric, with circuit states read from `runtime`.
-    pub fn render(&self, runtime: Option<&Runtime>) -> Vec<u8> {
+    /// Sets each backend's circuit state: (provider, upstream model name, state), the
+    /// state as `switchboard_backend_circuit_state` shows it.
+    pub fn circuits<'a>(&self, circuits: impl Iterator<Item = (&'a str, &'a str, CircuitState)>) {
         self.circuit_state.reset();
-        if let Some(runtime) = runtime {
-            let now = std::time::Instant::now();
-            for (provider, model, view) in runtime.circuits(now) {
-                let state = match view {
-                    CircuitView::Closed => 0,
-                    CircuitView::HalfOpen => 1,
-                    CircuitView::Ejected(_) => 2,
-                };
-                self.circuit_state
-                    .with_label_values(&[provider, model])
-                    .set(state);
-            }
+        for (provider, model, state) in circuits {
+            self.circuit_state
+                .with_label_values(&[provider, model])
+                .set(state as i64);
         }
-        self.quota_limit.reset();
-        if let Some(runtime) = runtime {
-            for (id, quota) in &runtime.snapshot.quotas {
-                for limit in &quota.limits {
-                    self.quota_limit
-                        .with_label_values(&[
-                            id.as_str(),
-                            switchboard_api::quota::limit_name(limit),
-                        ])
-                        .set(limit.max);
-                }
-            }
-        }
+    }
+
+    /// The text exposition of every metric on the registry, and the consumers of the
+    /// config serving (`snapshot`).
+    pub fn render(&self, snapshot: Option<&Snapshot>) -> Vec<u8> {
         let mut families = self.registry.gather();
         // Without the consumer label there is nothing to join consumer labels to.
-        if let Some(runtime) = runtime.filter(|_| self.consumer_label) {
-            families.push(consumer_info(runtime));
+        if let Some(snapshot) = snapshot.filter(|_| self.consumer_label) {
+            families.push(consumer_info(snapshot));
         }
         let mut out = Vec::with_capacity(16 * 1024);
         // Encoding into a Vec cannot fail on I/O; a metric family that does not encode
@@ -653,11 +444,21 @@ impl Metrics {
     }
 }
 
+/// A backend's circuit, as `switchboard_backend_circuit_state` counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CircuitState {
+    Closed = 0,
+    /// The next request probes it.
+    HalfOpen = 1,
+    /// Ejected.
+    Open = 2,
+}
+
 /// `switchboard_consumer_info{consumer, label_<name>...} 1` per consumer, its
 /// AIConsumer's labels as Prometheus labels (the pattern of kube-state-metrics'
 /// `kube_pod_labels`), so that any consumer series can be grouped by a label with
 /// `* on (consumer) group_left(label_team) switchboard_consumer_info`.
-fn consumer_info(runtime: &Runtime) -> prometheus::proto::MetricFamily {
+fn consumer_info(snapshot: &Snapshot) -> prometheus::proto::MetricFamily {
     use prometheus::proto::{Gauge as GaugeValue, LabelPair, Metric, MetricFamily, MetricType};
     let pair = |name: String, value: &str| {
         let mut pair = LabelPair::default();
@@ -671,7 +472,7 @@ fn consumer_info(runtime: &Runtime) -> prometheus::proto::MetricFamily {
         "1 per AIConsumer, with its labels as label_<name> (names sanitized).".to_string(),
     );
     family.set_field_type(MetricType::GAUGE);
-    for (id, consumer) in &runtime.snapshot.consumers {
+    for (id, consumer) in &snapshot.consumers {
         let mut labels = std::collections::BTreeMap::new();
         for (name, value) in &consumer.labels {
             labels.insert(format!("label_{}", sanitize_label(name)), value.as_str());

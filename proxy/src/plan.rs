@@ -31,7 +31,7 @@ pub struct Candidate<'r> {
 /// tier by tier, each tier ordered by `strategy`. Ejected backends are left out;
 /// when every backend is ejected, the one ejected longest ago is tried rather than
 /// failing outright.
-pub fn order(strategy: Strategy, candidates: Vec<Candidate<'_>>) -> Vec<Candidate<'_>> {
+pub fn attempt_order(strategy: Strategy, candidates: Vec<Candidate<'_>>) -> Vec<Candidate<'_>> {
     let (live, ejected): (Vec<_>, Vec<_>) = candidates
         .into_iter()
         .filter(|c| c.backend.weight > 0)
@@ -207,7 +207,7 @@ mod tests {
             backend("primary", 1, 0),
         ];
         for _ in 0..200 {
-            let plan = order(Strategy::Weighted, backends.iter().map(candidate).collect());
+            let plan = attempt_order(Strategy::Weighted, backends.iter().map(candidate).collect());
             assert_eq!(names(&plan), ["primary", "fallback"]);
         }
     }
@@ -217,7 +217,7 @@ mod tests {
         let backends = [backend("a", 3, 0), backend("b", 1, 0)];
         let mut first_a = 0;
         for _ in 0..4000 {
-            let plan = order(Strategy::Weighted, backends.iter().map(candidate).collect());
+            let plan = attempt_order(Strategy::Weighted, backends.iter().map(candidate).collect());
             assert_eq!(plan.len(), 2);
             if plan[0].backend.provider == "a" {
                 first_a += 1;
@@ -236,14 +236,14 @@ mod tests {
         candidates[0].ejected_since = Some(t0);
         for _ in 0..50 {
             assert_eq!(
-                names(&order(Strategy::Weighted, candidates.clone())),
+                names(&attempt_order(Strategy::Weighted, candidates.clone())),
                 ["b", "c"]
             );
         }
         candidates[1].ejected_since = Some(t0 + Duration::from_secs(1));
         candidates[2].ejected_since = Some(t0 + Duration::from_secs(2));
         assert_eq!(
-            names(&order(Strategy::Weighted, candidates)),
+            names(&attempt_order(Strategy::Weighted, candidates)),
             ["a"],
             "ejected longest ago"
         );
@@ -270,14 +270,14 @@ mod tests {
         candidates[2].price = Some(0.5);
         for _ in 0..50 {
             assert_eq!(
-                names(&order(Strategy::LowestLatency, candidates.clone())),
+                names(&attempt_order(Strategy::LowestLatency, candidates.clone())),
                 ["c", "b", "a", "z"]
             );
             assert_eq!(
-                names(&order(Strategy::LowestCost, candidates.clone())),
+                names(&attempt_order(Strategy::LowestCost, candidates.clone())),
                 ["c", "a", "b", "z"]
             );
-            let least = order(Strategy::LeastInFlight, candidates.clone());
+            let least = attempt_order(Strategy::LeastInFlight, candidates.clone());
             // The less busy of two random draws first: never the busiest of the three.
             assert_ne!(least[0].backend.provider, "a");
             assert_eq!(least[3].backend.provider, "z", "tiers still hold");

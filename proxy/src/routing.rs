@@ -1,40 +1,107 @@
 //! Picks the route for a request: model name, header matches, consumer allowlists.
 //! Which backends of the route to try, in what order, is `plan`'s job.
 
+use std::collections::HashMap;
+
 use http::HeaderMap;
-use switchboard_api::snapshot::{Consumer, Route};
+use regex::Regex;
+use switchboard_api::Snapshot;
+use switchboard_api::snapshot::{Consumer, HeaderMatchType, Route};
 
 use crate::error::ProxyError;
-use crate::runtime::Runtime;
+
+/// The header matches of every route, their regular expressions compiled once per
+/// Snapshot.
+#[derive(Debug, Default)]
+pub struct Routes {
+    /// By route id, index-aligned with `Route::headers`.
+    header_regexes: HashMap<String, Vec<Option<Regex>>>,
+}
+
+/// A route, with its id.
+#[derive(Debug, Clone, Copy)]
+pub struct Selected<'r> {
+    /// `namespace/name`.
+    pub id: &'r str,
+    pub route: &'r Route,
+}
+
+// === impl Routes ===
+
+impl Routes {
+    pub fn new(snapshot: &Snapshot) -> Self {
+        let mut header_regexes = HashMap::new();
+        for (id, route) in &snapshot.routes {
+            let regexes = route
+                .headers
+                .iter()
+                .map(|h| match h.kind {
+                    HeaderMatchType::Exact => None,
+                    // Compile validated the pattern; an error here leaves the match unmatched.
+                    HeaderMatchType::RegularExpression => Regex::new(&h.value).ok(),
+                })
+                .collect();
+            header_regexes.insert(id.clone(), regexes);
+        }
+        Self { header_regexes }
+    }
+
+    /// Whether every header match of route `id` holds for `headers`.
+    fn headers_match(&self, id: &str, route: &Route, headers: &HeaderMap) -> bool {
+        let regexes = self.header_regexes.get(id);
+        route.headers.iter().enumerate().all(|(i, m)| {
+            let Some(value) = headers.get(&m.name).and_then(|v| v.to_str().ok()) else {
+                return false;
+            };
+            match m.kind {
+                HeaderMatchType::Exact => value == m.value,
+                HeaderMatchType::RegularExpression => regexes
+                    .and_then(|r| r.get(i))
+                    .and_then(Option::as_ref)
+                    .is_some_and(|re| re.is_match(value)),
+            }
+        })
+    }
+}
 
 /// The first route serving `model` whose header matches hold and that the consumer may
 /// use. Unknown and forbidden models look the same to the caller.
 pub fn select<'r>(
-    runtime: &'r Runtime,
+    routes: &Routes,
+    snapshot: &'r Snapshot,
     consumer: &Consumer,
     model: &str,
     headers: &HeaderMap,
-) -> Result<(&'r str, &'r Route), ProxyError> {
+) -> Result<Selected<'r>, ProxyError> {
     let unknown = || ProxyError::UnknownModel(model.to_string());
     if !model_allowed(consumer, model) {
         return Err(unknown());
     }
-    let candidates = runtime.snapshot.models.get(model).ok_or_else(unknown)?;
+    let candidates = snapshot.models.get(model).ok_or_else(unknown)?;
     candidates
         .iter()
         .filter(|id| route_allowed(consumer, id))
-        .filter_map(|id| runtime.route(id).map(|route| (id.as_str(), route)))
-        .find(|(id, route)| runtime.headers_match(id, route, headers))
+        .filter_map(|id| snapshot.routes.get_key_value(id))
+        .find(|(id, route)| routes.headers_match(id, route, headers))
+        .map(|(id, route)| Selected { id, route })
         .ok_or_else(unknown)
+}
+
+/// Route `id`, if the consumer may use it (a quota's fallback route).
+pub fn allowed<'r>(snapshot: &'r Snapshot, consumer: &Consumer, id: &str) -> Option<Selected<'r>> {
+    if !route_allowed(consumer, id) {
+        return None;
+    }
+    let (id, route) = snapshot.routes.get_key_value(id)?;
+    Some(Selected { id, route })
 }
 
 /// Model names the consumer may request, for `GET /v1/models`.
 pub fn visible_models<'r>(
-    runtime: &'r Runtime,
+    snapshot: &'r Snapshot,
     consumer: &'r Consumer,
 ) -> impl Iterator<Item = &'r str> + 'r {
-    runtime
-        .snapshot
+    snapshot
         .models
         .iter()
         .filter(|(model, _)| model_allowed(consumer, model))
@@ -50,7 +117,7 @@ fn model_allowed(consumer: &Consumer, model: &str) -> bool {
 }
 
 /// Whether `consumer` may use route `route_id` (its `allowedRoutes`).
-pub fn route_allowed(consumer: &Consumer, route_id: &str) -> bool {
+fn route_allowed(consumer: &Consumer, route_id: &str) -> bool {
     consumer
         .allowed_routes
         .as_ref()

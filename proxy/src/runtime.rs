@@ -1,45 +1,41 @@
 //! The immutable runtime a proxy serves from, built from a Snapshot, and the handle
 //! through which it is swapped atomically.
 //!
-//! A request loads the current runtime once and keeps that `Arc` to its end, so a swap
-//! never changes the config under an in-flight request and never waits for one.
+//! A runtime is the Snapshot and what each part of the request path prepares from it
+//! once, rather than on every request: the key index (`auth`), compiled header
+//! matches (`routing`), a pooled client and parsed URLs per provider (`providers`,
+//! `upstream`), retry budgets (`plan`) and backend health (`health`). A request loads
+//! the current runtime once and keeps that `Arc` to its end, so a swap never changes
+//! the config under an in-flight request and never waits for one.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwapOption;
-use regex::Regex;
 use switchboard_api::Snapshot;
-use switchboard_api::snapshot::{Backend, Consumer, HeaderMatchType, Provider, Route};
+use switchboard_api::snapshot::Backend;
 
+use crate::auth::Keys;
 use crate::health::{BackendHealth, CircuitView};
 use crate::plan::RetryBudget;
-use crate::providers::UpstreamUrls;
+use crate::providers::{Upstream, UpstreamUrls};
+use crate::routing::Routes;
 use crate::upstream::{self, ClientError};
 
 /// Everything needed to serve requests under one Snapshot.
 #[derive(Debug)]
 pub struct Runtime {
     pub snapshot: Arc<Snapshot>,
-    /// Consumer id by key hash.
-    consumers_by_key: HashMap<String, String>,
-    /// Compiled regular expressions by route id, index-aligned with `Route::headers`.
-    header_regexes: HashMap<String, Vec<Option<Regex>>>,
-    providers: HashMap<String, Arc<ProviderRuntime>>,
+    /// Gateway keys, by hash.
+    pub keys: Keys,
+    /// Routes' header matches, compiled.
+    pub routes: Routes,
+    upstreams: HashMap<String, Arc<Upstream>>,
     /// Retry budget by route id. A reload starts each budget afresh.
     retry_budgets: HashMap<String, RetryBudget>,
     /// Passive health by backend (`health_key`), carried over across reloads.
     health: HashMap<String, Arc<BackendHealth>>,
-}
-
-/// A provider's config with its pooled client.
-#[derive(Debug)]
-pub struct ProviderRuntime {
-    pub id: String,
-    pub config: Provider,
-    pub client: reqwest::Client,
-    pub urls: UpstreamUrls,
 }
 
 /// Shared handle to the current runtime; empty until the first config loads.
@@ -52,15 +48,15 @@ impl Runtime {
     /// Builds a runtime. Clients of providers whose config is unchanged are taken from
     /// `previous`, so a reload keeps their warm connection pools.
     pub fn build(snapshot: Snapshot, previous: Option<&Runtime>) -> Result<Self, ClientError> {
-        let mut providers = HashMap::new();
+        let mut upstreams = HashMap::new();
         for (id, config) in &snapshot.providers {
             let reused = previous
-                .and_then(|p| p.providers.get(id))
+                .and_then(|p| p.upstreams.get(id))
                 .filter(|p| p.config == *config)
                 .cloned();
-            let provider = match reused {
-                Some(provider) => provider,
-                None => Arc::new(ProviderRuntime {
+            let upstream = match reused {
+                Some(upstream) => upstream,
+                None => Arc::new(Upstream {
                     id: id.clone(),
                     config: config.clone(),
                     client: upstream::client(id, config)?,
@@ -70,28 +66,7 @@ impl Runtime {
                     })?,
                 }),
             };
-            providers.insert(id.clone(), provider);
-        }
-
-        let mut consumers_by_key = HashMap::new();
-        for (id, consumer) in &snapshot.consumers {
-            for hash in &consumer.key_hashes {
-                consumers_by_key.insert(hash.clone(), id.clone());
-            }
-        }
-
-        let mut header_regexes = HashMap::new();
-        for (id, route) in &snapshot.routes {
-            let regexes = route
-                .headers
-                .iter()
-                .map(|h| match h.kind {
-                    HeaderMatchType::Exact => None,
-                    // Compile validated the pattern; an error here leaves the match unmatched.
-                    HeaderMatchType::RegularExpression => Regex::new(&h.value).ok(),
-                })
-                .collect();
-            header_regexes.insert(id.clone(), regexes);
+            upstreams.insert(id.clone(), upstream);
         }
 
         let retry_budgets = snapshot
@@ -110,10 +85,10 @@ impl Runtime {
         }
 
         Ok(Self {
+            keys: Keys::new(&snapshot),
+            routes: Routes::new(&snapshot),
             snapshot: Arc::new(snapshot),
-            consumers_by_key,
-            header_regexes,
-            providers,
+            upstreams,
             retry_budgets,
             health,
         })
@@ -121,34 +96,6 @@ impl Runtime {
 
     pub fn version(&self) -> &str {
         &self.snapshot.version
-    }
-
-    /// The consumer holding the key with this hash.
-    pub fn consumer_by_key_hash(&self, hash: &str) -> Option<(&str, &Consumer)> {
-        let id = self.consumers_by_key.get(hash)?;
-        let consumer = self.snapshot.consumers.get(id)?;
-        Some((id.as_str(), consumer))
-    }
-
-    pub fn route(&self, id: &str) -> Option<&Route> {
-        self.snapshot.routes.get(id)
-    }
-
-    /// Whether every header match of route `id` holds for `headers`.
-    pub fn headers_match(&self, id: &str, route: &Route, headers: &http::HeaderMap) -> bool {
-        let regexes = self.header_regexes.get(id);
-        route.headers.iter().enumerate().all(|(i, m)| {
-            let Some(value) = headers.get(&m.name).and_then(|v| v.to_str().ok()) else {
-                return false;
-            };
-            match m.kind {
-                HeaderMatchType::Exact => value == m.value,
-                HeaderMatchType::RegularExpression => regexes
-                    .and_then(|r| r.get(i))
-                    .and_then(Option::as_ref)
-                    .is_some_and(|re| re.is_match(value)),
-            }
-        })
     }
 
     /// What this proxy knows about a backend's health and load.
@@ -161,7 +108,7 @@ impl Runtime {
         self.health.iter().filter_map(move |(key, health)| {
             let (provider, model) = key.split_once('#')?;
             let upstream = &self
-                .providers
+                .upstreams
                 .get(provider)?
                 .config
                 .models
@@ -175,8 +122,9 @@ impl Runtime {
         self.retry_budgets.get(route_id)
     }
 
-    pub fn provider(&self, id: &str) -> Option<&Arc<ProviderRuntime>> {
-        self.providers.get(id)
+    /// A provider, with its client and URLs.
+    pub fn upstream(&self, id: &str) -> Option<&Arc<Upstream>> {
+        self.upstreams.get(id)
     }
 }
 
@@ -210,7 +158,7 @@ mod tests {
 
     #[test]
     fn debug_output_never_shows_a_provider_key() {
-        crate::install_crypto_provider();
+        crate::tls::install_crypto_provider();
         let mut provider = AIProvider::new(
             "openai",
             AIProviderSpec {

@@ -13,7 +13,8 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
-use crate::pipeline::{self, Gateway};
+use crate::gateway::Gateway;
+use crate::pipeline;
 
 /// Serves connections from `listener` until `shutdown` resolves, then stops accepting
 /// and waits up to the shutdown timeout for in-flight requests and streams.
@@ -24,7 +25,7 @@ pub async fn serve(
 ) {
     // hyper refuses a head past its buffer with a bare 431; heads between the limit
     // and twice it reach the pipeline, which refuses them with a 431 in the client's
-    // API format (`pipeline::check_head`). Past twice the limit, hyper's answer will do.
+    // API format (`intake::check_head`). Past twice the limit, hyper's answer will do.
     let head_buffer = gateway
         .settings
         .max_header_bytes

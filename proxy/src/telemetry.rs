@@ -26,8 +26,8 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::filter::{EnvFilter, Targets};
 use tracing_subscriber::prelude::*;
 
-use crate::access_log::RequestLog;
 use crate::ir::TraceHeaders;
+use crate::ir::record::RequestRecord;
 use crate::settings::LogFormat;
 
 /// The tracing target of the request and attempt spans (exported, never logged).
@@ -94,7 +94,7 @@ fn exporter_configured() -> bool {
 
 fn tracer_provider() -> Result<SdkTracerProvider, opentelemetry_otlp::ExporterBuildError> {
     // The exporter's HTTP client (reqwest, rustls) needs the process's crypto provider.
-    crate::install_crypto_provider();
+    crate::tls::install_crypto_provider();
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .build()?;
@@ -163,13 +163,13 @@ pub fn request_span(method: &http::Method, path: &str, headers: &HeaderMap) -> S
 }
 
 /// Records what the request's end knows on its span.
-pub fn record_request(span: &Span, log: &RequestLog, cost_usd: Option<f64>) {
+pub fn record_request(span: &Span, log: &RequestRecord) {
     if span.is_disabled() {
         return;
     }
     span.record("http.response.status_code", log.status);
     span.record("switchboard.request_id", log.request_id.as_str());
-    span.record("switchboard.attempts", log.attempts);
+    span.record("switchboard.attempts", log.tried.attempts);
     if let Some(error) = log.error {
         span.record("error.type", error);
     }
@@ -179,9 +179,9 @@ pub fn record_request(span: &Span, log: &RequestLog, cost_usd: Option<f64>) {
     let fields = [
         ("switchboard.route", &log.route),
         ("switchboard.consumer", &log.consumer),
-        ("switchboard.provider", &log.provider),
+        ("switchboard.provider", &log.tried.provider),
         ("gen_ai.request.model", &log.model),
-        ("gen_ai.response.model", &log.upstream_model),
+        ("gen_ai.response.model", &log.tried.upstream_model),
     ];
     for (name, value) in fields {
         if let Some(value) = value {
@@ -195,7 +195,7 @@ pub fn record_request(span: &Span, log: &RequestLog, cost_usd: Option<f64>) {
         span.record("gen_ai.usage.input_tokens", usage.prompt_tokens);
         span.record("gen_ai.usage.output_tokens", usage.completion_tokens);
     }
-    if let Some(cost) = cost_usd {
+    if let Some(cost) = log.cost_usd {
         span.record("switchboard.cost_usd", cost);
     }
 }

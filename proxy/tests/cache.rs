@@ -10,7 +10,7 @@ use http::StatusCode;
 use support::*;
 use switchboard_e2e::redis::RedisServer;
 use switchboard_proxy::Proxy;
-use switchboard_proxy::formats::{anthropic::EventDecoder, openai::ChunkDecoder};
+use switchboard_proxy::formats::{anthropic, openai};
 use switchboard_proxy::ir::chat::{FinishReason, StreamEvent};
 use switchboard_proxy::sse::{self, EventSplitter};
 
@@ -130,8 +130,8 @@ fn cache_header(response: &reqwest::Response) -> Option<&str> {
 fn decode(body: &[u8], anthropic: bool) -> Vec<StreamEvent> {
     let mut splitter = EventSplitter::default();
     let mut events = Vec::new();
-    let mut openai = ChunkDecoder::default();
-    let mut claude = EventDecoder::default();
+    let mut openai = openai::StreamDecoder::default();
+    let mut claude = anthropic::StreamDecoder::default();
     for event in splitter.push(body) {
         let data = sse::data(&event).expect("every event has data");
         match anthropic {

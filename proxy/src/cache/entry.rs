@@ -4,20 +4,18 @@
 //! embeddings response), whatever API the provider spoke: one format to store, and the
 //! gateway already reads and writes it. An OpenAI client asking for a whole answer gets
 //! the body as stored; any other client, or a client asking for a stream, gets it
-//! translated through the IR, a stream as one burst of well-formed events.
+//! through the IR, a stream as one burst of well-formed events.
 
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use http::{HeaderValue, Response, StatusCode};
 use serde::{Deserialize, Serialize};
 
-use crate::body::Body;
-use crate::client_api::{self, openai};
 use crate::formats::openai as openai_format;
 use crate::ir::chat::{ChatResponse, StreamEvent};
+use crate::ir::reply::Reply;
+use crate::ir::stream::ChatStream;
 use crate::ir::{ClientApi, Operation, Request, Usage};
-use crate::providers::{ChatStream, StreamEndHook};
 
 /// A stored answer.
 #[derive(Debug, Clone, PartialEq)]
@@ -102,31 +100,24 @@ impl Entry {
         })
     }
 
-    /// The answer to `request`, in its client's API, whole or streamed. `on_end`
-    /// reports a stream's end, as for an upstream stream. `None` if the stored body
-    /// cannot be read (then the request is a miss).
-    pub fn replay(&self, request: &Request, on_end: StreamEndHook) -> Option<Response<Body>> {
-        let mut response = if request.operation == Operation::Embeddings
+    /// The stored answer as the reply to `request`: the body as stored for an OpenAI
+    /// client that wants it whole (and for embeddings), else the answer in the IR,
+    /// whole or as a stream. `None` if the stored body cannot be read (then the
+    /// request is a miss).
+    pub fn reply(&self, request: &Request) -> Option<Reply> {
+        if request.operation == Operation::Embeddings
             || (request.api == ClientApi::OpenAI && !request.stream)
         {
-            openai::json_response(StatusCode::OK, self.body.clone())
-        } else {
-            let answer = openai_format::parse_response(&self.body).ok()?;
-            if request.stream {
-                client_api::event_stream(client_api::stream_body(
-                    request.api,
-                    request.client_wants_usage,
-                    as_stream(answer),
-                    on_end,
-                ))
-            } else {
-                client_api::write_response(request.api, &answer)
-            }
-        };
-        response
-            .headers_mut()
-            .insert(http::header::AGE, HeaderValue::from(self.age()));
-        Some(response)
+            return Some(Reply::Native {
+                body: self.body.clone(),
+                usage: Some(self.usage),
+            });
+        }
+        let answer = openai_format::parse_response(&self.body).ok()?;
+        Some(match request.stream {
+            true => Reply::ChatStream(as_stream(answer)),
+            false => Reply::Chat(answer),
+        })
     }
 }
 

@@ -1,7 +1,7 @@
 //! The response cache: exact-match answers in this proxy's memory or in Redis, and
 //! coalescing of identical requests in flight.
 //!
-//! A request on a route with a cache policy gets a `Plan`: off (no policy), bypass
+//! A request on a route with a cache policy gets a `Decision`: off (no policy), bypass
 //! (the client said so, or the request is not cacheable), or a key to look up and
 //! store under. A hit is answered from the entry before quota admission and costs
 //! nothing. A miss first waits for an identical request already on its way upstream
@@ -11,6 +11,7 @@
 
 mod entry;
 mod key;
+mod metrics;
 mod record;
 
 use std::collections::HashMap;
@@ -23,10 +24,12 @@ use tokio::sync::watch;
 
 pub use self::entry::Entry;
 pub use self::key::{Key, NotCacheable};
+pub use self::metrics::CacheMetrics;
 pub use self::record::Recorder;
 use crate::error::ProxyError;
-use crate::ir::Request;
-use crate::metrics::Metrics;
+use crate::ir::record::CacheResult;
+use crate::ir::reply::Reply;
+use crate::ir::{Request, Usage};
 use crate::redis::{RedisError, SharedRedis};
 
 /// Request header: `bypass` (no lookup, nothing stored) or `refresh` (no lookup, the
@@ -34,26 +37,6 @@ use crate::redis::{RedisError, SharedRedis};
 pub const CACHE_HEADER: &str = "x-switchboard-cache";
 /// Request header: seconds to keep this request's answer, if shorter than the route's TTL.
 pub const CACHE_TTL_HEADER: &str = "x-switchboard-cache-ttl";
-
-/// What the cache did for a request, as the response header and the log say it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CacheResult {
-    Hit,
-    /// Looked up and not found, or `refresh`.
-    Miss,
-    /// Not looked up: the client asked so, or the request is not cacheable.
-    Bypass,
-}
-
-impl CacheResult {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CacheResult::Hit => "hit",
-            CacheResult::Miss => "miss",
-            CacheResult::Bypass => "bypass",
-        }
-    }
-}
 
 /// Where entries live.
 #[derive(Debug)]
@@ -68,7 +51,7 @@ pub struct Cache {
     store: Store,
     /// Requests on their way upstream, by key, with a channel that carries their answer.
     flights: Flights,
-    metrics: Option<Arc<Metrics>>,
+    metrics: Option<Arc<CacheMetrics>>,
 }
 
 /// Requests on their way upstream, by key, with a channel that carries their answer.
@@ -76,7 +59,7 @@ type Flights = Arc<Mutex<HashMap<Key, watch::Receiver<Option<Arc<Entry>>>>>>;
 
 /// What a request does with the cache.
 #[derive(Debug)]
-pub enum Plan {
+enum Decision {
     /// The route has no cache.
     Off,
     /// Not looked up, not stored.
@@ -84,9 +67,39 @@ pub enum Plan {
     Use(Ticket),
 }
 
+/// What the cache had for a request.
+#[derive(Debug)]
+pub enum Lookup {
+    /// The answer, from the cache.
+    Hit(Hit),
+    /// Nothing: the request goes upstream.
+    Miss(Miss),
+}
+
+/// A request answered from the cache.
+#[derive(Debug)]
+pub struct Hit {
+    /// The stored answer, as a reply to the request.
+    pub reply: Reply,
+    /// What the stored answer used, and what it had cost (what the hit saves).
+    pub usage: Usage,
+    pub cost_usd: Option<f64>,
+    /// Seconds since it was stored.
+    pub age: u64,
+}
+
+/// A request the cache did not answer.
+#[derive(Debug)]
+pub struct Miss {
+    /// What the cache did: `None` on a route without a cache.
+    pub result: Option<CacheResult>,
+    /// Stores the answer, if the route caches it.
+    pub recorder: Option<Recorder>,
+}
+
 /// A cacheable request's key and what it may do with it.
 #[derive(Debug, Clone)]
-pub struct Ticket {
+struct Ticket {
     key: Key,
     ttl: Duration,
     max_bytes: u64,
@@ -95,9 +108,9 @@ pub struct Ticket {
     coalesce_wait: Duration,
 }
 
-/// What the cache had for a request.
+/// What the store had for a ticket.
 #[derive(Debug)]
-pub enum Found {
+enum Found {
     /// An entry; `coalesced` when it was the answer of an identical request in flight.
     Hit { entry: Arc<Entry>, coalesced: bool },
     /// Nothing: go upstream, and store the answer with this.
@@ -119,8 +132,9 @@ impl Cache {
     pub fn new(
         redis: Option<Arc<SharedRedis>>,
         memory_bytes: u64,
-        metrics: Option<Arc<Metrics>>,
+        metrics: Option<CacheMetrics>,
     ) -> Self {
+        let metrics = metrics.map(Arc::new);
         let store = match redis {
             Some(redis) => Store::Redis(redis),
             None => {
@@ -134,10 +148,10 @@ impl Cache {
                             if let Some(metrics) = &evictions {
                                 match cause {
                                     moka::notification::RemovalCause::Size => {
-                                        metrics.cache_evicted("size");
+                                        metrics.evicted("size");
                                     }
                                     moka::notification::RemovalCause::Expired => {
-                                        metrics.cache_evicted("expired");
+                                        metrics.evicted("expired");
                                     }
                                     _ => {}
                                 }
@@ -154,18 +168,85 @@ impl Cache {
         }
     }
 
+    /// Serves `request` on `route` from `consumer` from the cache if it can: the
+    /// stored answer, or that of an identical request in flight. A hit is answered
+    /// before quota admission: it uses no allowance, and its tokens and cost count as
+    /// saved. A stored answer this version cannot read is a miss.
+    pub async fn look_up(
+        self: &Arc<Self>,
+        (route_id, route): (&str, &Route),
+        consumer: &str,
+        request: &Request,
+        headers: &HeaderMap,
+    ) -> Result<Lookup, ProxyError> {
+        let ticket = match Self::decide(route_id, route, consumer, request, headers)? {
+            Decision::Off => {
+                return Ok(Lookup::Miss(Miss {
+                    result: None,
+                    recorder: None,
+                }));
+            }
+            Decision::Bypass => {
+                self.looked_up(route_id, CacheResult::Bypass, false);
+                return Ok(Lookup::Miss(Miss {
+                    result: Some(CacheResult::Bypass),
+                    recorder: None,
+                }));
+            }
+            Decision::Use(ticket) => ticket,
+        };
+        let (entry, coalesced) = match self.find(route_id, &ticket).await {
+            Found::Hit { entry, coalesced } => (entry, coalesced),
+            Found::Miss(recorder) => {
+                self.looked_up(route_id, CacheResult::Miss, false);
+                return Ok(Lookup::Miss(Miss {
+                    result: Some(CacheResult::Miss),
+                    recorder: Some(recorder),
+                }));
+            }
+        };
+        let Some(reply) = entry.reply(request) else {
+            // Unreadable (written by another version): answered upstream instead.
+            self.looked_up(route_id, CacheResult::Miss, false);
+            return Ok(Lookup::Miss(Miss {
+                result: Some(CacheResult::Miss),
+                recorder: None,
+            }));
+        };
+        self.looked_up(route_id, CacheResult::Hit, coalesced);
+        Ok(Lookup::Hit(Hit {
+            reply,
+            usage: entry.usage,
+            cost_usd: entry.cost_usd,
+            age: entry.age(),
+        }))
+    }
+
+    fn looked_up(&self, route: &str, result: CacheResult, coalesced: bool) {
+        if let Some(metrics) = &self.metrics {
+            metrics.lookup(route, result.as_str(), coalesced);
+        }
+    }
+
+    /// A hit was answered: what it saved (the stored answer's usage and cost).
+    pub fn count_saved(&self, route: &str, usage: &Usage, cost_usd: Option<f64>) {
+        if let Some(metrics) = &self.metrics {
+            metrics.saved(route, usage, cost_usd);
+        }
+    }
+
     /// How `request` on `route` from `consumer` uses the cache, from the route's
     /// policy and the request's headers. A header with a value it does not know is a
     /// 400, so that a typo does not silently cache.
-    pub fn plan(
+    fn decide(
         route_id: &str,
         route: &Route,
         consumer: &str,
         request: &Request,
         headers: &HeaderMap,
-    ) -> Result<Plan, ProxyError> {
+    ) -> Result<Decision, ProxyError> {
         let Some(policy) = route.cache else {
-            return Ok(Plan::Off);
+            return Ok(Decision::Off);
         };
         let bypass_asked = headers
             .get_all(http::header::CACHE_CONTROL)
@@ -180,7 +261,7 @@ impl Cache {
             });
         let look_up = match headers.get(CACHE_HEADER).map(|v| v.to_str()) {
             None => true,
-            Some(Ok(v)) if v.eq_ignore_ascii_case("bypass") => return Ok(Plan::Bypass),
+            Some(Ok(v)) if v.eq_ignore_ascii_case("bypass") => return Ok(Decision::Bypass),
             Some(Ok(v)) if v.eq_ignore_ascii_case("refresh") => false,
             Some(_) => {
                 return Err(ProxyError::BadRequest(format!(
@@ -189,7 +270,7 @@ impl Cache {
             }
         };
         if bypass_asked {
-            return Ok(Plan::Bypass);
+            return Ok(Decision::Bypass);
         }
         let ttl = ttl(&policy, headers)?;
         match key::of(
@@ -200,20 +281,20 @@ impl Cache {
             consumer,
             request,
         ) {
-            Ok(key) => Ok(Plan::Use(Ticket {
+            Ok(key) => Ok(Decision::Use(Ticket {
                 key,
                 ttl,
                 max_bytes: policy.max_entry_bytes,
                 look_up,
                 coalesce_wait: Duration::from_millis(policy.coalesce_wait_ms),
             })),
-            Err(_) => Ok(Plan::Bypass),
+            Err(_) => Ok(Decision::Bypass),
         }
     }
 
     /// The entry for `ticket`, or the answer of an identical request in flight; else a
     /// recorder for this request's own answer.
-    pub async fn find(self: &Arc<Self>, route: &str, ticket: &Ticket) -> Found {
+    async fn find(self: &Arc<Self>, route: &str, ticket: &Ticket) -> Found {
         if ticket.look_up
             && let Some(entry) = self.get(ticket.key).await
         {
@@ -245,15 +326,14 @@ impl Cache {
                 }
             }
         }
-        Found::Miss(Recorder {
-            cache: self.clone(),
-            route: route.to_string(),
-            key: ticket.key,
-            ttl: ticket.ttl,
-            max_bytes: ticket.max_bytes,
+        Found::Miss(Recorder::new(
+            self.clone(),
+            route.to_string(),
+            ticket.key,
+            ticket.ttl,
+            ticket.max_bytes,
             flight,
-            stream_usage: Arc::default(),
-        })
+        ))
     }
 
     fn board(&self, key: Key) -> Boarding {
@@ -291,7 +371,7 @@ impl Cache {
     /// Stores `entry` (in Redis, off the request's path).
     fn store(self: &Arc<Self>, route: &str, key: Key, entry: Arc<Entry>) {
         if let Some(metrics) = &self.metrics {
-            metrics.cache_stored(route, entry.body.len());
+            metrics.stored(route, entry.body.len());
         }
         match &self.store {
             Store::Memory(memory) => memory.insert(key, entry),
@@ -318,13 +398,13 @@ impl Cache {
 
     fn too_large(&self, route: &str) {
         if let Some(metrics) = &self.metrics {
-            metrics.cache_too_large(route);
+            metrics.too_large(route);
         }
     }
 
     fn redis_failed(&self, error: &RedisError) {
         if let Some(metrics) = &self.metrics {
-            metrics.cache_store_error();
+            metrics.store_error();
         }
         // Once per pause, not once per request: `Down` is the pause itself.
         if !matches!(error, RedisError::Down(_)) {
@@ -332,15 +412,20 @@ impl Cache {
         }
     }
 
-    /// Entries and their bytes in memory (none with Redis), for metrics.
-    pub fn memory_usage(&self) -> Option<(u64, u64)> {
-        match &self.store {
+    /// Updates the gauges of entries and bytes held in memory (0 with Redis), before
+    /// a scrape.
+    pub fn measure_memory(&self) {
+        let Some(metrics) = &self.metrics else {
+            return;
+        };
+        let usage = match &self.store {
             Store::Memory(memory) => {
                 memory.run_pending_tasks();
                 Some((memory.entry_count(), memory.weighted_size()))
             }
             Store::Redis(_) => None,
-        }
+        };
+        metrics.memory(usage);
     }
 }
 

@@ -2,72 +2,98 @@
 //! it has ended complete. Nothing is stored from an error, a stream cut short (by the
 //! provider, the client leaving, or a quota), or an answer over the size limit.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
-use http_body_util::{BodyExt, StreamBody};
 use switchboard_api::snapshot::Pricing;
 
 use super::entry::Entry;
 use super::{Cache, Flight, Key};
-use crate::body::Body;
-use crate::formats::openai::{self as openai_format, ChunkDecoder};
+use crate::formats::openai as openai_format;
 use crate::formats::unix_now;
 use crate::ir::Usage;
 use crate::ir::chat::{ChatResponse, Finish, StreamEvent, ToolCall};
-use crate::providers::{ChatStream, Reply, StreamEndHook};
-use crate::quota::StreamBudget;
-use crate::sse::{self, EventSplitter};
 
-/// Stores the answer of one cache miss.
+/// Stores the answer of one cache miss. Whoever writes the answer to the client feeds
+/// it here: a whole answer with `record_native` or `record_chat`, a stream event by
+/// event with `observe` and, once it ended complete, `complete`.
 #[derive(Debug)]
 pub struct Recorder {
-    pub(super) cache: Arc<Cache>,
-    pub(super) route: String,
-    pub(super) key: Key,
-    pub(super) ttl: Duration,
-    pub(super) max_bytes: u64,
+    cache: Arc<Cache>,
+    route: String,
+    key: Key,
+    ttl: Duration,
+    max_bytes: u64,
     /// Identical requests waiting for this answer.
-    pub(super) flight: Option<Flight>,
-    /// A native stream's usage, as its relay reported it.
-    pub(super) stream_usage: Arc<OnceLock<Usage>>,
+    flight: Option<Flight>,
+    /// The answering model's prices: what a later hit saves.
+    pricing: Option<Pricing>,
+    /// A streamed answer so far (boxed: most answers are whole).
+    collector: Box<Collector>,
 }
 
 impl Recorder {
-    /// `reply`, storing it once it is complete. `pricing` prices what a later hit
-    /// saves; `budget` is the quota budget a native stream was metered against (a
-    /// stream that reached it was cut, and is not stored).
-    pub fn record(
-        self,
-        reply: Reply,
-        pricing: Option<Pricing>,
-        budget: Option<StreamBudget>,
-    ) -> Reply {
-        match reply {
-            Reply::Native { body, usage } => {
-                self.store(body.clone(), usage.unwrap_or_default(), pricing);
-                Reply::Native { body, usage }
-            }
-            Reply::Chat(answer) => {
-                let body = openai_format::write_response(&answer, unix_now());
-                self.store(body, answer.usage, pricing);
-                Reply::Chat(answer)
-            }
-            Reply::ChatStream(events) => Reply::ChatStream(self.collect_events(events, pricing)),
-            Reply::NativeStream(body) => {
-                Reply::NativeStream(self.collect_native(body, pricing, budget))
-            }
+    pub(super) fn new(
+        cache: Arc<Cache>,
+        route: String,
+        key: Key,
+        ttl: Duration,
+        max_bytes: u64,
+        flight: Option<Flight>,
+    ) -> Self {
+        Self {
+            cache,
+            route,
+            key,
+            ttl,
+            max_bytes,
+            flight,
+            pricing: None,
+            collector: Box::new(Collector::new(max_bytes)),
         }
     }
 
-    fn store(self, body: Bytes, usage: Usage, pricing: Option<Pricing>) {
+    /// The answering model's prices.
+    pub fn priced(mut self, pricing: Option<Pricing>) -> Self {
+        self.pricing = pricing;
+        self
+    }
+
+    /// Stores a whole answer in the client's (OpenAI's) own format.
+    pub fn record_native(self, body: &Bytes, usage: Option<Usage>) {
+        self.store(body.clone(), usage.unwrap_or_default());
+    }
+
+    /// Stores a whole answer from the IR.
+    pub fn record_chat(self, answer: &ChatResponse) {
+        let body = openai_format::write_response(answer, unix_now());
+        self.store(body, answer.usage);
+    }
+
+    /// Takes in one event of a streamed answer.
+    pub fn observe(&mut self, event: &StreamEvent) {
+        self.collector.push(event);
+    }
+
+    /// The stream ended complete, having reported `usage` (the usage it reported in
+    /// its events otherwise): stores the answer, unless it failed or grew too large.
+    pub fn complete(mut self, usage: Option<Usage>) {
+        if let Some(mut answer) = self.collector.answer() {
+            if let Some(usage) = usage {
+                answer.usage = usage;
+            }
+            let body = openai_format::write_response(&answer, unix_now());
+            self.store(body, answer.usage);
+        }
+    }
+
+    fn store(self, body: Bytes, usage: Usage) {
         if body.len() as u64 > self.max_bytes {
             self.cache.too_large(&self.route);
             return;
         }
-        let cost = pricing.map(|p| {
+        let cost = self.pricing.map(|p| {
             p.cost_usd(
                 usage.prompt_tokens,
                 usage.cached_tokens(),
@@ -79,99 +105,6 @@ impl Recorder {
         if let Some(flight) = self.flight {
             flight.land(entry);
         }
-    }
-
-    /// A translated stream, collected as it passes.
-    fn collect_events(self, events: ChatStream, pricing: Option<Pricing>) -> ChatStream {
-        let mut collector = Collector::new(self.max_bytes);
-        let mut recorder = Some(self);
-        Box::pin(events.map(move |batch| {
-            for event in &batch {
-                if collector.push(event)
-                    && let (Some(recorder), Some(answer)) = (recorder.take(), collector.answer())
-                {
-                    recorder.store_answer(answer, pricing);
-                }
-            }
-            batch
-        }))
-    }
-
-    /// Wraps the hook an upstream stream reports its end to, so that a native stream's
-    /// usage reaches the recorder: the relay takes out the usage chunk when the client
-    /// did not ask for it, before the bytes pass here.
-    pub fn watch(&self, hook: StreamEndHook) -> StreamEndHook {
-        let usage = self.stream_usage.clone();
-        Box::new(move |end| {
-            if let Some(reported) = end.usage {
-                let _ = usage.set(reported);
-            }
-            hook(end);
-        })
-    }
-
-    /// An OpenAI stream passed through as bytes, decoded on the side; stored when the
-    /// body has ended after `[DONE]`, with the usage the relay reported.
-    fn collect_native(
-        self,
-        body: Body,
-        pricing: Option<Pricing>,
-        budget: Option<StreamBudget>,
-    ) -> Body {
-        struct State {
-            body: Body,
-            collector: Collector,
-            splitter: EventSplitter,
-            decoder: ChunkDecoder,
-            events: Vec<StreamEvent>,
-            ended: bool,
-            recorder: Option<Recorder>,
-        }
-        let state = State {
-            body,
-            collector: Collector::new(self.max_bytes),
-            splitter: EventSplitter::default(),
-            decoder: ChunkDecoder::default(),
-            events: Vec::new(),
-            ended: false,
-            recorder: Some(self),
-        };
-        let frames = futures_util::stream::unfold(state, move |mut state| async move {
-            let Some(frame) = state.body.frame().await else {
-                // The body is over: the relay has reported its end, with the usage.
-                let cut = budget.is_some_and(|mut b| b.spend(state.collector.output_bytes));
-                if let (true, false, Some(recorder)) = (state.ended, cut, state.recorder.take())
-                    && let Some(mut answer) = state.collector.answer()
-                {
-                    if let Some(usage) = recorder.stream_usage.get() {
-                        answer.usage = *usage;
-                    }
-                    recorder.store_answer(answer, pricing);
-                }
-                return None;
-            };
-            if let (Ok(frame), Some(_)) = (&frame, &state.recorder)
-                && let Some(data) = frame.data_ref()
-            {
-                for event in state.splitter.push(data) {
-                    if let Some(data) = sse::data(&event) {
-                        state.decoder.decode(&data, &mut state.events);
-                    }
-                }
-                for event in std::mem::take(&mut state.events) {
-                    if state.collector.push(&event) {
-                        state.ended = true;
-                    }
-                }
-            }
-            Some((frame, state))
-        });
-        StreamBody::new(frames).boxed_unsync()
-    }
-
-    fn store_answer(self, answer: ChatResponse, pricing: Option<Pricing>) {
-        let body = openai_format::write_response(&answer, unix_now());
-        self.store(body, answer.usage, pricing);
     }
 }
 
@@ -189,6 +122,8 @@ struct Collector {
     max_bytes: u64,
     /// Nothing to store: too large, or the stream failed.
     spoiled: bool,
+    /// The provider ended the stream normally.
+    done: bool,
 }
 
 impl Collector {
@@ -203,11 +138,12 @@ impl Collector {
             output_bytes: 0,
             max_bytes,
             spoiled: false,
+            done: false,
         }
     }
 
-    /// Takes in one event; true when the stream has ended (`Done` or an error).
-    fn push(&mut self, event: &StreamEvent) -> bool {
+    /// Takes in one event.
+    fn push(&mut self, event: &StreamEvent) {
         match event {
             StreamEvent::Start { id, model, usage } => {
                 self.id.clone_from(id);
@@ -240,23 +176,19 @@ impl Collector {
             }
             StreamEvent::Finish(finish) => self.finish = Some(finish.clone()),
             StreamEvent::Usage(usage) => self.usage = *usage,
-            StreamEvent::Error(_) => {
-                self.spoiled = true;
-                return true;
-            }
-            StreamEvent::Done => return true,
+            StreamEvent::Error(_) => self.spoiled = true,
+            StreamEvent::Done => self.done = true,
         }
         if self.output_bytes as u64 > self.max_bytes {
             // Stop growing; `answer` will refuse.
             self.spoiled = true;
             self.text = String::new();
         }
-        false
     }
 
     /// The whole answer, if the stream ended complete.
     fn answer(&mut self) -> Option<ChatResponse> {
-        if self.spoiled {
+        if self.spoiled || !self.done {
             return None;
         }
         Some(ChatResponse {

@@ -7,15 +7,14 @@ use http::{Response, StatusCode};
 use indexmap::IndexMap;
 use serde_json::value::RawValue;
 
-use super::openai::json_response;
 use super::{bad, model_name, stream_flag};
-use crate::body::Body;
+use crate::body::{self, Body};
 use crate::error::ProxyError;
 use crate::formats::anthropic as format;
 use crate::ir::{ClientApi, Operation, Request};
 
-/// Parses and validates a Messages API request body.
-pub fn parse_request(body: Bytes) -> Result<Request, ProxyError> {
+/// Reads and checks a Messages API request body, typed into the IR.
+pub fn read_request(body: Bytes) -> Result<Request, ProxyError> {
     if body.is_empty() {
         return Err(bad("request body is empty; send a JSON object"));
     }
@@ -49,7 +48,7 @@ pub fn error_response(error: &ProxyError) -> Response<Body> {
         ProxyError::UpstreamOverloaded { .. } => (overloaded(), "overloaded_error"),
         _ => (class.status, error_type(class.status)),
     };
-    json_response(status, format::error_json(type_, &error.to_string()))
+    body::json(status, format::write_error(type_, &error.to_string()))
 }
 
 /// Anthropic's 529, which it sends when overloaded.

@@ -1,24 +1,60 @@
-//! Client-facing APIs: parse requests into the IR, and write answers and errors in the
-//! client's own format.
+//! Client-facing APIs, one module per API with the same shape: read a request into the
+//! IR (`read_request`), write an answer (`write_response`) and its stream events
+//! (`StreamEncoder`), and write errors (`error_response`), always in the client's own
+//! format.
 
 pub mod anthropic;
 pub mod openai;
 
-use bytes::BytesMut;
-use futures_util::StreamExt;
-use http::{HeaderValue, Response, StatusCode, header};
-use http_body_util::{BodyExt, StreamBody};
-use hyper::body::Frame;
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, Response, StatusCode, header};
 
-use crate::body::Body;
+use crate::body::{self, Body};
 use crate::error::ProxyError;
 use crate::formats::{self, anthropic as anthropic_format, openai as openai_format};
 use crate::ir::chat::{ChatResponse, StreamEvent};
-use crate::ir::{ClientApi, Usage};
-use crate::providers::{ChatStream, StreamEnd, StreamEndHook, StreamOutcome};
+use crate::ir::{ClientApi, Operation, Request, TraceHeaders};
 
 /// Longest model name accepted; model names end up in logs and error messages.
 const MAX_MODEL_NAME: usize = 256;
+
+/// A client API endpoint the gateway proxies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `/v1/chat/completions` or `/v1/embeddings`.
+    OpenAI(Operation),
+    /// `/v1/messages`.
+    AnthropicMessages,
+}
+
+// === impl Endpoint ===
+
+impl Endpoint {
+    /// The endpoint served at `path`, if it is one.
+    pub fn of_path(path: &str) -> Option<Self> {
+        match path {
+            "/v1/chat/completions" => Some(Endpoint::OpenAI(Operation::ChatCompletions)),
+            "/v1/embeddings" => Some(Endpoint::OpenAI(Operation::Embeddings)),
+            "/v1/messages" => Some(Endpoint::AnthropicMessages),
+            _ => None,
+        }
+    }
+}
+
+/// Reads and checks a request body sent to `endpoint`; `headers` carry its trace
+/// context.
+pub fn read_request(
+    endpoint: Endpoint,
+    body: Bytes,
+    headers: &HeaderMap,
+) -> Result<Request, ProxyError> {
+    let mut request = match endpoint {
+        Endpoint::OpenAI(operation) => openai::read_request(operation, body)?,
+        Endpoint::AnthropicMessages => anthropic::read_request(body)?,
+    };
+    request.trace = TraceHeaders::from_headers(headers);
+    Ok(request)
+}
 
 fn bad(message: &str) -> ProxyError {
     ProxyError::BadRequest(message.to_string())
@@ -57,7 +93,7 @@ pub fn error_response(api: ClientApi, error: &ProxyError) -> Response<Body> {
             status,
             native: Some(native),
             ..
-        } if native.api == api => openai::json_response(*status, native.body.clone()),
+        } if native.api == api => body::json(*status, native.body.clone()),
         _ => match api {
             ClientApi::OpenAI => openai::error_response(error),
             ClientApi::Anthropic => anthropic::error_response(error),
@@ -77,162 +113,37 @@ pub fn write_response(api: ClientApi, response: &ChatResponse) -> Response<Body>
         ClientApi::OpenAI => openai_format::write_response(response, formats::unix_now()),
         ClientApi::Anthropic => anthropic_format::write_response(response),
     };
-    openai::json_response(StatusCode::OK, body)
+    body::json(StatusCode::OK, body)
 }
 
-/// A translated stream as a response body of `api`'s events. Each batch of IR events
-/// leaves as one write as soon as it arrives. Reports its end once through `on_end`;
-/// dropped early (the client left), it drops the upstream stream with it.
-pub fn stream_body(
-    api: ClientApi,
-    include_usage: bool,
-    events: ChatStream,
-    on_end: StreamEndHook,
-) -> Body {
-    let encoder = match api {
-        ClientApi::OpenAI => Encoder::OpenAI(openai_format::ChunkEncoder::new(
-            include_usage,
-            formats::unix_now(),
-        )),
-        ClientApi::Anthropic => Encoder::Anthropic(anthropic_format::EventEncoder::default()),
-    };
-    let state = EncodedStream {
-        events,
-        encoder,
-        usage: None,
-        started: false,
-        on_end: Some(on_end),
-    };
-    let frames = futures_util::stream::unfold(state, |mut state| async move {
-        loop {
-            state.on_end.as_ref()?;
-            let Some(batch) = state.events.next().await else {
-                // A ChatStream ends with Done or Error; this is a safety net.
-                state.end(StreamOutcome::UpstreamError);
-                return None;
-            };
-            let mut out = BytesMut::new();
-            let mut outcome = None;
-            if !state.started && batch.first().is_some_and(StreamEvent::needs_start) {
-                // Clients need the start first (OpenAI's role chunk, Anthropic's
-                // message_start), even if the provider never sent it.
-                state
-                    .encoder
-                    .encode(StreamEvent::anonymous_start(), &mut out);
-            }
-            state.started = true;
-            for event in batch {
-                match &event {
-                    StreamEvent::Start { usage, .. } => state.usage = *usage,
-                    StreamEvent::Usage(usage) => state.usage = Some(*usage),
-                    StreamEvent::Done => outcome = Some(StreamOutcome::Complete),
-                    StreamEvent::Error(_) => outcome = Some(StreamOutcome::UpstreamError),
-                    _ => {}
-                }
-                state.encoder.encode(event, &mut out);
-            }
-            if let Some(outcome) = outcome {
-                state.end(outcome);
-            }
-            if !out.is_empty() {
-                return Some((Ok(Frame::data(out.freeze())), state));
+/// Writes IR stream events as `api`'s stream events.
+#[derive(Debug)]
+pub enum StreamEncoder {
+    OpenAI(openai_format::StreamEncoder),
+    Anthropic(anthropic_format::StreamEncoder),
+}
+
+// === impl StreamEncoder ===
+
+impl StreamEncoder {
+    /// `include_usage`: OpenAI clients get a final usage chunk only when they asked.
+    pub fn new(api: ClientApi, include_usage: bool) -> Self {
+        match api {
+            ClientApi::OpenAI => StreamEncoder::OpenAI(openai_format::StreamEncoder::new(
+                include_usage,
+                formats::unix_now(),
+            )),
+            ClientApi::Anthropic => {
+                StreamEncoder::Anthropic(anthropic_format::StreamEncoder::default())
             }
         }
-    });
-    StreamBody::new(frames).boxed_unsync()
-}
+    }
 
-enum Encoder {
-    OpenAI(openai_format::ChunkEncoder),
-    Anthropic(anthropic_format::EventEncoder),
-}
-
-impl Encoder {
-    fn encode(&mut self, event: StreamEvent, out: &mut BytesMut) {
+    /// Appends the client's events for `event` to `out`.
+    pub fn encode(&mut self, event: StreamEvent, out: &mut BytesMut) {
         match self {
-            Encoder::OpenAI(encoder) => encoder.encode(event, out),
-            Encoder::Anthropic(encoder) => encoder.encode(event, out),
+            StreamEncoder::OpenAI(encoder) => encoder.encode(event, out),
+            StreamEncoder::Anthropic(encoder) => encoder.encode(event, out),
         }
-    }
-}
-
-struct EncodedStream {
-    events: ChatStream,
-    encoder: Encoder,
-    usage: Option<Usage>,
-    /// Whether anything was encoded yet.
-    started: bool,
-    on_end: Option<StreamEndHook>,
-}
-
-impl EncodedStream {
-    fn end(&mut self, outcome: StreamOutcome) {
-        if let Some(on_end) = self.on_end.take() {
-            on_end(StreamEnd {
-                usage: self.usage,
-                outcome,
-            });
-        }
-    }
-}
-
-impl Drop for EncodedStream {
-    fn drop(&mut self) {
-        self.end(StreamOutcome::ClientGone);
-    }
-}
-
-/// A server-sent event stream response.
-pub fn event_stream(body: Body) -> Response<Body> {
-    let mut response = Response::new(body);
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    // Tell buffering reverse proxies in front of us to pass events on at once.
-    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    response
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::ir::chat::{Finish, FinishReason};
-
-    async fn body_text(api: ClientApi, events: Vec<StreamEvent>) -> String {
-        let stream: ChatStream = Box::pin(futures_util::stream::iter(vec![events]));
-        let body = stream_body(api, false, stream, Box::new(|_| {}));
-        let bytes = body.collect().await.unwrap().to_bytes();
-        String::from_utf8(bytes.to_vec()).unwrap()
-    }
-
-    /// A provider that never sent a start still gives clients the event they need first.
-    #[tokio::test]
-    async fn a_stream_without_a_start_still_opens_with_one() {
-        let events = vec![
-            StreamEvent::Text("hi".into()),
-            StreamEvent::Finish(Finish {
-                reason: FinishReason::Stop,
-                stop_sequence: None,
-            }),
-            StreamEvent::Done,
-        ];
-        let anthropic = body_text(ClientApi::Anthropic, events.clone()).await;
-        assert!(
-            anthropic.starts_with("event: message_start\n"),
-            "{anthropic}"
-        );
-        assert!(anthropic.ends_with("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"));
-        let openai = body_text(ClientApi::OpenAI, events).await;
-        assert!(
-            openai.starts_with(r#"data: {"id":"","object":"chat.completion.chunk""#),
-            "{openai}"
-        );
-        assert!(
-            openai.contains(r#""delta":{"role":"assistant","content":""}"#),
-            "{openai}"
-        );
     }
 }

@@ -1,19 +1,21 @@
-//! OpenAI's API as clients see it: request parsing and validation, error bodies, and the
-//! model list.
+//! OpenAI's API as clients see it: reading requests (the fields the gateway acts on
+//! checked, the rest kept as raw JSON), error bodies, and the model list.
 
 use bytes::Bytes;
-use http::{HeaderValue, Response, StatusCode, header};
+use http::{Response, StatusCode};
 use indexmap::IndexMap;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
 use super::{bad, model_name, stream_flag};
-use crate::body::{Body, full};
+use crate::body::{self, Body};
 use crate::error::ProxyError;
+use crate::formats::openai as format;
 use crate::ir::{ClientApi, Operation, Request};
 
-/// Parses and validates a request body for `operation`.
-pub fn parse_request(operation: Operation, body: Bytes) -> Result<Request, ProxyError> {
+/// Reads and checks a request body for `operation`. The body stays untyped: it is
+/// typed (`formats::openai::parse_request`) only if it must be translated.
+pub fn read_request(operation: Operation, body: Bytes) -> Result<Request, ProxyError> {
     if body.is_empty() {
         return Err(bad("request body is empty; send a JSON object"));
     }
@@ -71,35 +73,9 @@ struct StreamOptions {
 
 /// The error as OpenAI's `{"error":{"message","type","param","code"}}`.
 pub fn error_response(error: &ProxyError) -> Response<Body> {
-    json_response(error.class().status, error_json(error))
-}
-
-/// OpenAI's error body for `error`.
-fn error_json(error: &ProxyError) -> Vec<u8> {
     let class = error.class();
-    let body = ErrorBody {
-        error: ErrorDetail {
-            message: error.to_string(),
-            type_: class.type_,
-            param: None,
-            code: class.code,
-        },
-    };
-    serde_json::to_vec(&body).unwrap_or_default()
-}
-
-#[derive(Serialize)]
-struct ErrorBody {
-    error: ErrorDetail,
-}
-
-#[derive(Serialize)]
-struct ErrorDetail {
-    message: String,
-    #[serde(rename = "type")]
-    type_: &'static str,
-    param: Option<&'static str>,
-    code: &'static str,
+    let body = format::write_error(&error.to_string(), class.type_, class.code);
+    body::json(class.status, body)
 }
 
 /// `GET /v1/models`: the given model names in OpenAI's list format.
@@ -116,7 +92,7 @@ pub fn models_response<'a>(models: impl Iterator<Item = &'a str>) -> Response<Bo
         object: "list",
         data,
     };
-    json_response(
+    body::json(
         StatusCode::OK,
         serde_json::to_vec(&list).unwrap_or_default(),
     )
@@ -136,17 +112,6 @@ struct ModelEntry<'a> {
     owned_by: &'static str,
 }
 
-/// A JSON response with `status`.
-pub fn json_response(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
-    let mut response = Response::new(full(body));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
-}
-
 /// `GET /v1/models/{id}`: one model in OpenAI's format.
 pub fn model_response(id: &str) -> Response<Body> {
     let entry = ModelEntry {
@@ -155,7 +120,7 @@ pub fn model_response(id: &str) -> Response<Body> {
         created: 0,
         owned_by: "switchboard",
     };
-    json_response(
+    body::json(
         StatusCode::OK,
         serde_json::to_vec(&entry).unwrap_or_default(),
     )
@@ -172,7 +137,7 @@ mod tests {
         let body = Bytes::from_static(
             br#"{"model":"m","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"x"}]}"#,
         );
-        let request = parse_request(Operation::ChatCompletions, body.clone()).unwrap();
+        let request = read_request(Operation::ChatCompletions, body.clone()).unwrap();
         assert_eq!(request.model, "m");
         assert!(request.stream && request.client_wants_usage);
         assert_eq!(request.body, body);
@@ -185,7 +150,7 @@ mod tests {
     #[test]
     fn refuses_an_overlong_model_name() {
         let body = format!(r#"{{"model":"{}","messages":[{{}}]}}"#, "m".repeat(300));
-        let error = parse_request(Operation::ChatCompletions, Bytes::from(body)).unwrap_err();
+        let error = read_request(Operation::ChatCompletions, Bytes::from(body)).unwrap_err();
         assert!(matches!(error, ProxyError::BadRequest(_)));
         assert!(
             !error.to_string().contains("mmmm"),
@@ -200,7 +165,7 @@ mod tests {
         #[test]
         fn never_panics_on_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
             for op in [Operation::ChatCompletions, Operation::Embeddings] {
-                if let Err(error) = parse_request(op, Bytes::from(bytes.clone())) {
+                if let Err(error) = read_request(op, Bytes::from(bytes.clone())) {
                     prop_assert_eq!(error.class().status, StatusCode::BAD_REQUEST);
                 }
             }
@@ -218,7 +183,7 @@ mod tests {
             }
             object.insert("messages".into(), serde_json::Value::Array(vec![serde_json::json!({}); n]));
             let body = Bytes::from(serde_json::to_vec(&object).unwrap());
-            if let Err(error) = parse_request(Operation::ChatCompletions, body) {
+            if let Err(error) = read_request(Operation::ChatCompletions, body) {
                 prop_assert_eq!(error.class().status, StatusCode::BAD_REQUEST);
             }
         }

@@ -623,7 +623,7 @@ fn tool_input(arguments: &str) -> Value {
 
 /// Writes IR stream events as Messages API stream events.
 #[derive(Debug, Default)]
-pub struct EventEncoder {
+pub struct StreamEncoder {
     /// Index of the next content block.
     next_block: u32,
     /// The open content block: `None` for text, `Some(tool index)` for a tool call.
@@ -634,7 +634,7 @@ pub struct EventEncoder {
     usage: Option<Usage>,
 }
 
-impl EventEncoder {
+impl StreamEncoder {
     pub fn encode(&mut self, event: StreamEvent, out: &mut BytesMut) {
         match event {
             StreamEvent::Start { id, model, usage } => {
@@ -842,13 +842,13 @@ pub(crate) struct WireError {
 
 /// Reads Messages API stream events into IR events.
 #[derive(Debug, Default)]
-pub struct EventDecoder {
+pub struct StreamDecoder {
     /// Tool call index by content block index.
     tool_blocks: Vec<(u32, u32)>,
     usage: Option<WireUsage>,
 }
 
-impl EventDecoder {
+impl StreamDecoder {
     /// The IR events for one upstream event's data.
     pub fn decode(&mut self, data: &str, out: &mut Vec<StreamEvent>) {
         let event = match serde_json::from_str::<WireEvent>(data) {
@@ -961,14 +961,14 @@ struct ErrorEnvelope {
 }
 
 /// The message of an Anthropic error body, if it is one.
-pub fn error_message(body: &[u8]) -> Option<String> {
+pub fn parse_error(body: &[u8]) -> Option<String> {
     serde_json::from_slice::<ErrorEnvelope>(body)
         .ok()
         .map(|e| e.error.message)
 }
 
 /// Anthropic's `{"type":"error","error":{"type","message"}}` body.
-pub fn error_json(type_: &str, message: &str) -> Vec<u8> {
+pub fn write_error(type_: &str, message: &str) -> Vec<u8> {
     serde_json::to_vec(&json!({"type": "error", "error": {"type": type_, "message": message}}))
         .unwrap_or_default()
 }

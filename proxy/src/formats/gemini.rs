@@ -371,7 +371,7 @@ fn random_suffix(rng: &mut fastrand::Rng) -> String {
 /// Reads streamed `GenerateContentResponse`s into IR events. The stream has no end
 /// marker: it is complete when it closes after a finish reason.
 #[derive(Debug)]
-pub struct ResponseDecoder {
+pub struct StreamDecoder {
     started: bool,
     tool_calls: u32,
     finished: bool,
@@ -379,13 +379,13 @@ pub struct ResponseDecoder {
     rng: fastrand::Rng,
 }
 
-impl Default for ResponseDecoder {
+impl Default for StreamDecoder {
     fn default() -> Self {
         Self::with_rng(fastrand::Rng::new())
     }
 }
 
-impl ResponseDecoder {
+impl StreamDecoder {
     pub fn with_rng(rng: fastrand::Rng) -> Self {
         Self {
             started: false,
@@ -483,7 +483,7 @@ struct ErrorEnvelope {
 }
 
 /// The message of a Google API error body, if it is one.
-pub fn error_message(body: &[u8]) -> Option<String> {
+pub fn parse_error(body: &[u8]) -> Option<String> {
     serde_json::from_slice::<ErrorEnvelope>(body)
         .ok()
         .map(|e| e.error.message)

@@ -1,6 +1,18 @@
 //! Wire formats: each module holds one API's JSON shapes and their translation to and
 //! from the IR (`ir::chat`). Client APIs and provider adapters use these; nothing else
 //! knows a wire format.
+//!
+//! Every module has the same shape, in both directions where the API is spoken on
+//! that side (Gemini is only ever a provider):
+//!
+//! | step | client side (what a client sends and gets) | provider side (what we send and get) |
+//! |---|---|---|
+//! | request | `parse_request(body) -> ChatRequest` | `write_request(&ChatRequest, ..) -> Bytes` |
+//! | response | `write_response(&ChatResponse) -> Bytes` | `parse_response(body) -> ChatResponse` |
+//! | stream event | `StreamEncoder`: IR events -> wire events | `StreamDecoder`: wire events -> IR events |
+//! | error | `write_error(..) -> body` | `parse_error(body) -> message` |
+//!
+//! `SseDecoder` is the one loop from upstream bytes to IR events (split, then decode).
 
 pub mod anthropic;
 pub mod gemini;
@@ -9,7 +21,8 @@ pub mod openai;
 use serde_json::{Map, Value};
 
 use crate::error::ProxyError;
-use crate::ir::chat::{Message, Role, Tool, ToolCall};
+use crate::ir::chat::{Message, Role, StreamEvent, Tool, ToolCall};
+use crate::sse::{self, EventSplitter};
 
 fn bad_request(message: impl Into<String>) -> ProxyError {
     ProxyError::BadRequest(message.into())
@@ -135,32 +148,95 @@ pub fn unix_now() -> u64 {
 }
 
 /// A provider's stream format: upstream event data in, IR events out.
-pub trait StreamDecoder {
+pub trait DecodeStream {
     /// The IR events for one upstream event's `data`.
-    fn decode(&mut self, data: &str, out: &mut Vec<crate::ir::chat::StreamEvent>);
+    fn decode(&mut self, data: &str, out: &mut Vec<StreamEvent>);
     /// The upstream closed the stream; events that close it (`Done` when closing is how
     /// the format ends a stream).
-    fn end(&mut self, _out: &mut Vec<crate::ir::chat::StreamEvent>) {}
+    fn end(&mut self, _out: &mut Vec<StreamEvent>) {}
 }
 
-impl StreamDecoder for openai::ChunkDecoder {
-    fn decode(&mut self, data: &str, out: &mut Vec<crate::ir::chat::StreamEvent>) {
-        openai::ChunkDecoder::decode(self, data, out);
+impl DecodeStream for openai::StreamDecoder {
+    fn decode(&mut self, data: &str, out: &mut Vec<StreamEvent>) {
+        openai::StreamDecoder::decode(self, data, out);
     }
 }
 
-impl StreamDecoder for anthropic::EventDecoder {
-    fn decode(&mut self, data: &str, out: &mut Vec<crate::ir::chat::StreamEvent>) {
-        anthropic::EventDecoder::decode(self, data, out);
+impl DecodeStream for anthropic::StreamDecoder {
+    fn decode(&mut self, data: &str, out: &mut Vec<StreamEvent>) {
+        anthropic::StreamDecoder::decode(self, data, out);
     }
 }
 
-impl StreamDecoder for gemini::ResponseDecoder {
-    fn decode(&mut self, data: &str, out: &mut Vec<crate::ir::chat::StreamEvent>) {
-        gemini::ResponseDecoder::decode(self, data, out);
+impl DecodeStream for gemini::StreamDecoder {
+    fn decode(&mut self, data: &str, out: &mut Vec<StreamEvent>) {
+        gemini::StreamDecoder::decode(self, data, out);
     }
-    fn end(&mut self, out: &mut Vec<crate::ir::chat::StreamEvent>) {
-        gemini::ResponseDecoder::end(self, out);
+    fn end(&mut self, out: &mut Vec<StreamEvent>) {
+        gemini::StreamDecoder::end(self, out);
+    }
+}
+
+impl<D: DecodeStream + ?Sized> DecodeStream for &mut D {
+    fn decode(&mut self, data: &str, out: &mut Vec<StreamEvent>) {
+        (**self).decode(data, out);
+    }
+    fn end(&mut self, out: &mut Vec<StreamEvent>) {
+        (**self).end(out);
+    }
+}
+
+impl<D: DecodeStream + ?Sized> DecodeStream for Box<D> {
+    fn decode(&mut self, data: &str, out: &mut Vec<StreamEvent>) {
+        (**self).decode(data, out);
+    }
+    fn end(&mut self, out: &mut Vec<StreamEvent>) {
+        (**self).end(out);
+    }
+}
+
+/// Upstream bytes to IR events: splits the bytes into server-sent events as they
+/// arrive (nothing is held back beyond an unfinished event) and decodes each event's
+/// data. The only place a byte stream becomes IR events.
+#[derive(Debug, Default)]
+pub struct SseDecoder<D> {
+    splitter: EventSplitter,
+    decoder: D,
+}
+
+impl<D: DecodeStream> SseDecoder<D> {
+    pub fn new(decoder: D) -> Self {
+        Self {
+            splitter: EventSplitter::default(),
+            decoder,
+        }
+    }
+
+    /// Appends the IR events of every event that `bytes` complete.
+    pub fn push(&mut self, bytes: &[u8], out: &mut Vec<StreamEvent>) {
+        for event in self.splitter.push(bytes) {
+            self.decode_event(&event, out);
+        }
+    }
+
+    /// Appends the IR events of one whole event (already split from the stream).
+    pub fn decode_event(&mut self, event: &[u8], out: &mut Vec<StreamEvent>) {
+        if let Some(data) = sse::data(event) {
+            self.decoder.decode(&data, out);
+        }
+    }
+
+    /// The upstream closed: appends the events of an unfinished last event, then what
+    /// the format ends a stream with.
+    pub fn finish(&mut self, out: &mut Vec<StreamEvent>) {
+        if let Some(rest) = self.splitter.remainder() {
+            self.decode_event(&rest, out);
+        }
+        self.decoder.end(out);
+    }
+
+    pub fn decoder(&self) -> &D {
+        &self.decoder
     }
 }
 
@@ -169,9 +245,8 @@ pub(crate) mod golden {
     //! The providers' documented examples (proxy/tests/golden, sources in SOURCES.md)
     //! and helpers to run stream decoders over them.
 
-    use super::StreamDecoder;
+    use super::{DecodeStream, SseDecoder};
     use crate::ir::chat::StreamEvent;
-    use crate::sse::{self, EventSplitter};
 
     pub fn read(path: &str) -> String {
         let full = format!("{}/tests/golden/{path}", env!("CARGO_MANIFEST_DIR"));
@@ -180,27 +255,20 @@ pub(crate) mod golden {
 
     /// Decodes `bytes` delivered as `chunks` (split points), as the proxy does.
     pub fn decode_split(
-        decoder: &mut dyn StreamDecoder,
+        decoder: &mut dyn DecodeStream,
         bytes: &[u8],
         splits: &[usize],
     ) -> Vec<StreamEvent> {
-        let mut splitter = EventSplitter::default();
+        let mut sse = SseDecoder::new(decoder);
         let mut out = Vec::new();
         let mut points: Vec<usize> = splits.iter().map(|s| s % (bytes.len() + 1)).collect();
         points.sort_unstable();
         let mut from = 0;
         for point in points.into_iter().chain([bytes.len()]) {
-            for event in splitter.push(&bytes[from..point]) {
-                if let Some(data) = sse::data(&event) {
-                    decoder.decode(&data, &mut out);
-                }
-            }
+            sse.push(&bytes[from..point], &mut out);
             from = point;
         }
-        if let Some(data) = splitter.remainder().and_then(|e| sse::data(&e)) {
-            decoder.decode(&data, &mut out);
-        }
-        decoder.end(&mut out);
+        sse.finish(&mut out);
         out
     }
 
@@ -235,20 +303,18 @@ mod tests {
     use super::golden::{decode_split, read};
     use super::*;
 
-    type NewDecoder = fn() -> Box<dyn StreamDecoder>;
+    type NewDecoder = fn() -> Box<dyn DecodeStream>;
 
     /// Every documented stream, for every decoder that reads it.
     fn streams() -> Vec<(&'static str, NewDecoder)> {
-        fn openai() -> Box<dyn StreamDecoder> {
-            Box::<openai::ChunkDecoder>::default()
+        fn openai() -> Box<dyn DecodeStream> {
+            Box::<openai::StreamDecoder>::default()
         }
-        fn anthropic() -> Box<dyn StreamDecoder> {
-            Box::<anthropic::EventDecoder>::default()
+        fn anthropic() -> Box<dyn DecodeStream> {
+            Box::<anthropic::StreamDecoder>::default()
         }
-        fn gemini() -> Box<dyn StreamDecoder> {
-            Box::new(gemini::ResponseDecoder::with_rng(fastrand::Rng::with_seed(
-                7,
-            )))
+        fn gemini() -> Box<dyn DecodeStream> {
+            Box::new(gemini::StreamDecoder::with_rng(fastrand::Rng::with_seed(7)))
         }
         vec![
             ("openai/stream_text.sse", openai),

@@ -523,7 +523,7 @@ fn usage_to_wire(usage: &Usage) -> Value {
 
 /// Writes IR stream events as `chat.completion.chunk` events.
 #[derive(Debug)]
-pub struct ChunkEncoder {
+pub struct StreamEncoder {
     id: String,
     model: String,
     created: u64,
@@ -577,12 +577,25 @@ struct FunctionDelta<'a> {
     arguments: &'a str,
 }
 
-impl ChunkEncoder {
+impl StreamEncoder {
     pub fn new(include_usage: bool, created: u64) -> Self {
         Self {
             id: String::new(),
             model: String::new(),
             created,
+            include_usage,
+            usage: None,
+        }
+    }
+
+    /// An encoder for the end of a stream whose start the provider wrote itself (its
+    /// chunks passed through): what it writes carries the provider's `head`.
+    pub fn continuing(head: Option<&StreamHead>, include_usage: bool) -> Self {
+        let head = head.cloned().unwrap_or_default();
+        Self {
+            id: head.id,
+            model: head.model,
+            created: head.created,
             include_usage,
             usage: None,
         }
@@ -646,7 +659,7 @@ impl ChunkEncoder {
                 self.chunk(Delta::default(), Some(reason), out);
             }
             StreamEvent::Usage(usage) => self.usage = Some(usage),
-            StreamEvent::Error(error) => write_data(out, &error_json(&error)),
+            StreamEvent::Error(error) => write_data(out, &stream_error(&error)),
             StreamEvent::Done => {
                 if self.include_usage {
                     let usage = self.usage.unwrap_or_default();
@@ -693,7 +706,7 @@ fn write_data(out: &mut BytesMut, value: &impl Serialize) {
 }
 
 /// A mid-stream error as OpenAI's SDKs read it: a data event with an `error` object.
-fn error_json(error: &StreamError) -> Value {
+fn stream_error(error: &StreamError) -> Value {
     let (type_, code) = match error.kind {
         StreamErrorKind::Overloaded => ("server_error", "overloaded"),
         StreamErrorKind::RateLimited => ("rate_limit_error", "rate_limit_exceeded"),
@@ -711,6 +724,8 @@ struct WireChunk {
     id: String,
     #[serde(default)]
     model: String,
+    #[serde(default)]
+    created: u64,
     #[serde(default)]
     choices: Vec<WireChunkChoice>,
     usage: Option<Usage>,
@@ -754,12 +769,26 @@ struct WireStreamError {
 
 /// Reads `chat.completion.chunk` events into IR events.
 #[derive(Debug, Default)]
-pub struct ChunkDecoder {
-    started: bool,
+pub struct StreamDecoder {
+    /// The stream's identity, from its first chunk with an answer.
+    head: Option<StreamHead>,
     refused: bool,
 }
 
-impl ChunkDecoder {
+/// What every chunk of a stream repeats: its id, creation time and model.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StreamHead {
+    pub id: String,
+    pub created: u64,
+    pub model: String,
+}
+
+impl StreamDecoder {
+    /// The stream's id, creation time and model, once its first chunk arrived.
+    pub fn head(&self) -> Option<&StreamHead> {
+        self.head.as_ref()
+    }
+
     /// The IR events for one upstream event's data.
     pub fn decode(&mut self, data: &str, out: &mut Vec<StreamEvent>) {
         if data == "[DONE]" {
@@ -779,8 +808,12 @@ impl ChunkDecoder {
         // Azure opens with a content-filter chunk that has no id and no choices; the
         // answer starts with the first chunk that has either.
         let has_answer = !chunk.id.is_empty() || !chunk.choices.is_empty();
-        if !self.started && has_answer {
-            self.started = true;
+        if self.head.is_none() && has_answer {
+            self.head = Some(StreamHead {
+                id: chunk.id.clone(),
+                created: chunk.created,
+                model: chunk.model.clone(),
+            });
             out.push(StreamEvent::Start {
                 id: chunk.id,
                 model: chunk.model,
@@ -846,11 +879,39 @@ struct ErrorMessage {
     message: Option<String>,
 }
 
-/// The message of an OpenAI error body; `Some("")`-less `None` if it is not one.
-pub fn error_message(body: &[u8]) -> Option<Option<String>> {
+/// The message of an OpenAI error body: `None` if the body is not one, `Some(None)`
+/// if it is one without a message.
+pub fn parse_error(body: &[u8]) -> Option<Option<String>> {
     serde_json::from_slice::<ErrorEnvelope>(body)
         .ok()
         .map(|e| e.error.message)
+}
+
+/// OpenAI's `{"error":{"message","type","param","code"}}` body.
+pub fn write_error(message: &str, type_: &str, code: &str) -> Vec<u8> {
+    let body = ErrorBody {
+        error: ErrorDetail {
+            message,
+            type_,
+            param: None,
+            code,
+        },
+    };
+    serde_json::to_vec(&body).unwrap_or_default()
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: ErrorDetail<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorDetail<'a> {
+    message: &'a str,
+    #[serde(rename = "type")]
+    type_: &'a str,
+    param: Option<&'a str>,
+    code: &'a str,
 }
 
 #[cfg(test)]

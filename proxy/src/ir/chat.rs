@@ -11,15 +11,6 @@ use serde_json::Value;
 
 use super::Usage;
 
-/// The client API a request arrived through; errors and responses are written in it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ClientApi {
-    /// OpenAI's `/v1/chat/completions`, `/v1/embeddings`, `/v1/models`.
-    OpenAI,
-    /// Anthropic's `/v1/messages`.
-    Anthropic,
-}
-
 /// A chat request.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ChatRequest {
@@ -254,20 +245,10 @@ impl StreamError {
             message: message.into(),
         }
     }
-}
 
-// === impl Usage ===
-
-impl Usage {
-    /// Usage from input, output and cached-input counts; `input` includes `cached`.
-    pub fn new(input: u64, output: u64, cached: u64) -> Self {
-        Self {
-            prompt_tokens: input,
-            completion_tokens: output,
-            total_tokens: input + output,
-            prompt_tokens_details: (cached > 0).then_some(super::PromptTokensDetails {
-                cached_tokens: cached,
-            }),
-        }
+    /// The upstream connection broke mid-stream: the one error every stream path
+    /// writes for it.
+    pub fn broken() -> Self {
+        Self::upstream("upstream provider failed mid-stream")
     }
 }

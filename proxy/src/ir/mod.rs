@@ -1,112 +1,23 @@
-//! The internal request: what the pipeline, routing and provider adapters work on.
+//! The gateway's shared vocabulary: the types every step of a request passes to the
+//! next, and nothing that acts. Every other module may use these; these use nothing
+//! of the crate.
 //!
-//! Every request carries the few fields the gateway acts on (model, stream, usage).
-//! An OpenAI request also keeps its top-level fields as raw JSON, so that it reaches an
-//! OpenAI-shaped provider unchanged and new OpenAI fields pass through without a
-//! gateway release. Whenever a request must be translated (another client API, or a
-//! provider with another API), it is typed as a [`chat::ChatRequest`].
+//! - `request`: the client's request as the gateway reads it (`Request`), its API and
+//!   operation;
+//! - `chat`: the internal chat representation every client API parses into and every
+//!   provider adapter translates from (N + M adapters, not N x M);
+//! - `usage`: token counts;
+//! - `reply`: what a provider (or the cache) answered;
+//! - `stream`: streamed answers, and how a stream ended;
+//! - `record`: what is known of a request when it ends, for the access line, the
+//!   metrics and the request's span.
 
 pub mod chat;
+pub mod record;
+pub mod reply;
+pub mod request;
+pub mod stream;
+pub mod usage;
 
-use bytes::Bytes;
-use indexmap::IndexMap;
-use serde::Deserialize;
-use serde_json::value::RawValue;
-
-/// The API operation a request asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Operation {
-    ChatCompletions,
-    Embeddings,
-}
-
-pub use chat::ClientApi;
-
-/// A parsed client request.
-#[derive(Debug)]
-pub struct Request {
-    /// The API the client speaks; responses and errors are written in it.
-    pub api: ClientApi,
-    pub operation: Operation,
-    /// The model name the client asked for (a route's model name or alias).
-    pub model: String,
-    /// Whether the client asked for a server-sent-event stream.
-    pub stream: bool,
-    /// Whether the client itself asked for a final usage chunk in the stream.
-    pub client_wants_usage: bool,
-    /// The body as received; forwarded as is when nothing needs rewriting.
-    pub body: Bytes,
-    /// OpenAI requests: top-level fields of the body, in their original order, values
-    /// untouched. Empty for other client APIs.
-    pub fields: IndexMap<String, Box<RawValue>>,
-    /// The typed chat request, when the request is translated.
-    pub chat: Option<chat::ChatRequest>,
-    /// The client's W3C trace context, for the upstream request.
-    pub trace: TraceHeaders,
-}
-
-/// W3C trace context headers (`traceparent`, `tracestate`).
-#[derive(Debug, Clone, Default)]
-pub struct TraceHeaders {
-    pub traceparent: Option<http::HeaderValue>,
-    pub tracestate: Option<http::HeaderValue>,
-}
-
-impl TraceHeaders {
-    pub fn from_headers(headers: &http::HeaderMap) -> Self {
-        Self {
-            traceparent: headers.get("traceparent").cloned(),
-            tracestate: headers.get("tracestate").cloned(),
-        }
-    }
-}
-
-/// Token counts reported by a provider.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-pub struct Usage {
-    #[serde(default)]
-    pub prompt_tokens: u64,
-    #[serde(default)]
-    pub completion_tokens: u64,
-    #[serde(default)]
-    pub total_tokens: u64,
-    #[serde(default)]
-    pub prompt_tokens_details: Option<PromptTokensDetails>,
-}
-
-/// Breakdown of prompt tokens.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-pub struct PromptTokensDetails {
-    #[serde(default)]
-    pub cached_tokens: u64,
-}
-
-// === impl Operation ===
-
-impl Operation {
-    pub const ALL: [Operation; 2] = [Operation::ChatCompletions, Operation::Embeddings];
-
-    /// `gen_ai.operation.name` in the OpenTelemetry GenAI conventions.
-    pub fn name(self) -> &'static str {
-        match self {
-            Operation::ChatCompletions => "chat",
-            Operation::Embeddings => "embeddings",
-        }
-    }
-
-    /// The path suffix of this operation in OpenAI-shaped APIs.
-    pub fn path(self) -> &'static str {
-        match self {
-            Operation::ChatCompletions => "/chat/completions",
-            Operation::Embeddings => "/embeddings",
-        }
-    }
-}
-
-// === impl Usage ===
-
-impl Usage {
-    pub fn cached_tokens(&self) -> u64 {
-        self.prompt_tokens_details.map_or(0, |d| d.cached_tokens)
-    }
-}
+pub use self::request::{ClientApi, Operation, Request, TraceHeaders};
+pub use self::usage::{PromptTokensDetails, Usage};

@@ -1,38 +1,62 @@
 //! The `anthropic` provider: Anthropic's Messages API, translated through the IR.
 
+use bytes::Bytes;
 use switchboard_api::snapshot::Provider;
 
-use super::exchange::{self, ErrorFormat};
-use super::{Call, Endpoint, Reply, UpstreamUrls, decode_stream};
+use super::exchange::ErrorBody;
+use super::{Adapter, Call, Endpoint, UpstreamUrls, decode_stream};
 use crate::error::ProxyError;
-use crate::formats::anthropic;
+use crate::formats::anthropic as format;
+use crate::ir::ClientApi;
+use crate::ir::reply::Reply;
 
-pub(super) async fn call(call: Call<'_>) -> Result<Reply, ProxyError> {
-    let request = call.request;
-    let chat = super::typed(request)?;
-    let provider = &call.provider.config;
-    let body = anthropic::write_request(
-        chat,
-        call.upstream_model,
-        request.stream,
-        provider.anthropic.default_max_tokens,
-    )?;
-    let response = exchange::post(&call, body, ErrorFormat::Anthropic, |builder, key| {
-        let builder = builder.header("anthropic-version", &provider.anthropic.version);
+/// Anthropic's Messages API.
+pub(super) struct Anthropic;
+
+impl Adapter for Anthropic {
+    fn request(call: &Call<'_>) -> Result<Bytes, ProxyError> {
+        let request = call.request;
+        format::write_request(
+            super::typed(request)?,
+            call.upstream_model,
+            request.stream,
+            call.upstream.config.anthropic.default_max_tokens,
+        )
+    }
+
+    fn authorize(
+        builder: reqwest::RequestBuilder,
+        config: &Provider,
+        key: Option<&str>,
+    ) -> reqwest::RequestBuilder {
+        let builder = builder.header("anthropic-version", &config.anthropic.version);
         match key {
             Some(key) => builder.header("x-api-key", key),
             None => builder,
         }
-    })
-    .await?;
-    if request.stream {
-        return Ok(Reply::ChatStream(decode_stream(
-            response.bytes_stream(),
-            anthropic::EventDecoder::default(),
-        )));
     }
-    let body = exchange::body(response, call.timeout).await?;
-    Ok(Reply::Chat(anthropic::parse_response(&body)?))
+
+    fn response(_: &Call<'_>, body: Bytes) -> Result<Reply, ProxyError> {
+        Ok(Reply::Chat(format::parse_response(&body)?))
+    }
+
+    fn stream(_: &Call<'_>, response: reqwest::Response) -> Reply {
+        Reply::ChatStream(decode_stream(
+            response.bytes_stream(),
+            format::StreamDecoder::default(),
+        ))
+    }
+
+    fn error(body: &[u8]) -> ErrorBody {
+        match format::parse_error(body) {
+            Some(message) => ErrorBody {
+                message: Some(message),
+                native: Some(ClientApi::Anthropic),
+                bad_key: false,
+            },
+            None => ErrorBody::default(),
+        }
+    }
 }
 
 /// `{endpoint}/messages` for every model: the model is named in the body.

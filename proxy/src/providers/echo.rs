@@ -13,13 +13,15 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::{Call, ChatStream, Reply};
+use super::Call;
 use crate::error::ProxyError;
 use crate::ir::chat::{ChatResponse, Finish, FinishReason, StreamEvent};
+use crate::ir::reply::Reply;
+use crate::ir::stream::ChatStream;
 use crate::ir::{Operation, Request, Usage};
 
 pub(super) async fn call(call: Call<'_>) -> Result<Reply, ProxyError> {
-    let echo = call.provider.config.echo;
+    let echo = call.upstream.config.echo;
     if echo.latency_ms > 0 {
         tokio::time::sleep(Duration::from_millis(echo.latency_ms)).await;
     }

@@ -1,6 +1,6 @@
-//! What every HTTP provider adapter does the same way: send with a deadline, and turn
-//! a failed status into the right `ProxyError`, keeping the provider's message (never
-//! its credentials).
+//! What every HTTP provider adapter does the same way: send the adapter's body with a
+//! deadline, and turn a failed status into the right `ProxyError`, keeping the
+//! provider's message (never its credentials).
 
 use std::time::Duration;
 
@@ -8,37 +8,50 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderValue, StatusCode, header};
 use switchboard_api::snapshot::ApiKey;
 
-use super::{Call, Endpoint};
+use super::{Adapter, Call, Endpoint};
 use crate::error::{NativeError, ProxyError};
-use crate::formats::{anthropic, gemini, openai};
 use crate::ir::ClientApi;
+use crate::ir::reply::Reply;
 
-/// The shape of a provider's error bodies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorFormat {
-    OpenAI,
-    Anthropic,
-    Google,
+/// What a provider's error body says, as its adapter reads it.
+#[derive(Debug, Default)]
+pub struct ErrorBody {
+    /// Its message, if it has one.
+    pub message: Option<String>,
+    /// The client API whose error format the body is in: clients of that API get the
+    /// body itself.
+    pub native: Option<ClientApi>,
+    /// The body says the provider key is wrong (Google answers 400 for that).
+    pub bad_key: bool,
 }
 
-/// POSTs the JSON `body` to the call's upstream URL with the request id, the headers
-/// `provider_headers` adds (given the provider key, if any), and returns the response
-/// if its status is a success; otherwise the error, read in `format`.
-pub async fn post(
-    call: &Call<'_>,
-    body: Bytes,
-    format: ErrorFormat,
-    provider_headers: impl FnOnce(reqwest::RequestBuilder, Option<&str>) -> reqwest::RequestBuilder,
-) -> Result<reqwest::Response, ProxyError> {
+/// Sends `call` through adapter `A`: its request, with its credentials, then its reply
+/// from the response, whole or streamed.
+pub async fn call<A: Adapter>(call: Call<'_>) -> Result<Reply, ProxyError> {
+    let body = A::request(&call)?;
+    let response = post::<A>(&call, body).await?;
+    if call.request.stream {
+        return Ok(A::stream(&call, response));
+    }
+    let body = response
+        .bytes()
+        .await
+        .map_err(|e| classify(&e, call.timeout))?;
+    A::response(&call, body)
+}
+
+/// POSTs the JSON `body` to the call's upstream URL with the request id, trace context
+/// and the adapter's credentials, and returns the response if its status is a
+/// success; otherwise the error, as the adapter reads it.
+async fn post<A: Adapter>(call: &Call<'_>, body: Bytes) -> Result<reqwest::Response, ProxyError> {
     let request = call.request;
-    let url = call
-        .provider
+    let upstream = call.upstream;
+    let url = upstream
         .urls
         .get(call.upstream_model, Endpoint::of(request))
         .cloned()
         .ok_or_else(|| ProxyError::UnknownModel(request.model.clone()))?;
-    let mut builder = call
-        .provider
+    let mut builder = upstream
         .client
         .post(url)
         .header(header::CONTENT_TYPE, "application/json")
@@ -50,10 +63,10 @@ pub async fn post(
     if let Some(tracestate) = &call.trace.tracestate {
         builder = builder.header("tracestate", tracestate);
     }
-    let key = call.provider.config.api_key.as_ref();
-    let builder = provider_headers(builder, key.map(ApiKey::expose));
+    let key = upstream.config.api_key.as_ref();
+    let builder = A::authorize(builder, &upstream.config, key.map(ApiKey::expose));
     let response = send(builder, request.stream, call.timeout).await?;
-    check_status(response, format, key).await
+    check_status::<A>(response, key).await
 }
 
 /// Sends `builder`. A whole response must arrive within `timeout`; a stream must
@@ -72,11 +85,6 @@ async fn send(
         .await
         .map_err(|_| ProxyError::UpstreamTimeout(timeout))?
         .map_err(|e| classify(&e, timeout))
-}
-
-/// A whole response body.
-pub async fn body(response: reqwest::Response, timeout: Duration) -> Result<Bytes, ProxyError> {
-    response.bytes().await.map_err(|e| classify(&e, timeout))
 }
 
 fn classify(error: &reqwest::Error, timeout: Duration) -> ProxyError {
@@ -99,9 +107,8 @@ const MAX_MESSAGE: usize = 1024;
 /// 401 and 403 mean the gateway's provider key is wrong: the client gets a 502 without
 /// the provider's message. 503 and 529 mean overloaded. Other 4xx are the client's to
 /// fix and keep their status; other 5xx become 502. `Retry-After` is kept.
-async fn check_status(
+async fn check_status<A: Adapter>(
     response: reqwest::Response,
-    format: ErrorFormat,
     key: Option<&ApiKey>,
 ) -> Result<reqwest::Response, ProxyError> {
     let status = response.status();
@@ -114,23 +121,13 @@ async fn check_status(
         .and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok());
     let body = error_body(response).await;
     let code = status.as_u16();
-    if matches!(code, 401 | 403) || (format == ErrorFormat::Google && gemini::is_bad_key(&body)) {
+    let said = A::error(&body);
+    if matches!(code, 401 | 403) || said.bad_key {
         return Err(ProxyError::UpstreamAuth(code));
     }
 
     let leaks_key = key.is_some_and(|k| contains(&body, k.expose().as_bytes()));
-    let (message, native_api) = match format {
-        ErrorFormat::OpenAI => match openai::error_message(&body) {
-            Some(message) => (message, Some(ClientApi::OpenAI)),
-            None => (None, None),
-        },
-        ErrorFormat::Anthropic => match anthropic::error_message(&body) {
-            Some(message) => (Some(message), Some(ClientApi::Anthropic)),
-            None => (None, None),
-        },
-        ErrorFormat::Google => (gemini::error_message(&body), None),
-    };
-    let message = message.map(|m| clean(&m, key));
+    let message = said.message.map(|m| clean(&m, key));
     Err(match code {
         503 | 529 => ProxyError::UpstreamOverloaded {
             retry_after,
@@ -140,7 +137,8 @@ async fn check_status(
             status: StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_REQUEST),
             retry_after,
             message,
-            native: native_api
+            native: said
+                .native
                 .filter(|_| !leaks_key)
                 .map(|api| NativeError { api, body }),
         },

@@ -1,28 +1,52 @@
 //! The `gemini` provider: Google's Generative Language API, translated through the IR.
 
+use bytes::Bytes;
 use switchboard_api::snapshot::Provider;
 
-use super::exchange::{self, ErrorFormat};
-use super::{Call, Endpoint, Reply, UpstreamUrls, decode_stream};
+use super::exchange::ErrorBody;
+use super::{Adapter, Call, Endpoint, UpstreamUrls, decode_stream};
 use crate::error::ProxyError;
-use crate::formats::gemini;
+use crate::formats::gemini as format;
+use crate::ir::reply::Reply;
 
-pub(super) async fn call(call: Call<'_>) -> Result<Reply, ProxyError> {
-    let request = call.request;
-    let body = gemini::write_request(super::typed(request)?)?;
-    let response = exchange::post(&call, body, ErrorFormat::Google, |builder, key| match key {
-        Some(key) => builder.header("x-goog-api-key", key),
-        None => builder,
-    })
-    .await?;
-    if request.stream {
-        return Ok(Reply::ChatStream(decode_stream(
-            response.bytes_stream(),
-            gemini::ResponseDecoder::default(),
-        )));
+/// Google's Generative Language API.
+pub(super) struct Gemini;
+
+impl Adapter for Gemini {
+    fn request(call: &Call<'_>) -> Result<Bytes, ProxyError> {
+        format::write_request(super::typed(call.request)?)
     }
-    let body = exchange::body(response, call.timeout).await?;
-    Ok(Reply::Chat(gemini::parse_response(&body)?))
+
+    fn authorize(
+        builder: reqwest::RequestBuilder,
+        _: &Provider,
+        key: Option<&str>,
+    ) -> reqwest::RequestBuilder {
+        match key {
+            Some(key) => builder.header("x-goog-api-key", key),
+            None => builder,
+        }
+    }
+
+    fn response(_: &Call<'_>, body: Bytes) -> Result<Reply, ProxyError> {
+        Ok(Reply::Chat(format::parse_response(&body)?))
+    }
+
+    fn stream(_: &Call<'_>, response: reqwest::Response) -> Reply {
+        Reply::ChatStream(decode_stream(
+            response.bytes_stream(),
+            format::StreamDecoder::default(),
+        ))
+    }
+
+    fn error(body: &[u8]) -> ErrorBody {
+        ErrorBody {
+            message: format::parse_error(body),
+            // No client speaks Google's format.
+            native: None,
+            bad_key: format::is_bad_key(body),
+        }
+    }
 }
 
 /// `{endpoint}/models/{model}:generateContent`, and `:streamGenerateContent?alt=sse`

@@ -1,9 +1,11 @@
 //! Provider adapters: from the IR to a provider's wire format and back.
 //!
-//! Each adapter takes a `Call` and returns a `Reply`. OpenAI-shaped providers answer
-//! OpenAI clients in their own bytes (`Native`), which pass through untouched; every
-//! other pairing is translated through the IR (`Chat`, `ChatStream`), and the client
-//! API writes the answer in its own format.
+//! Every HTTP adapter has the same four steps (`Adapter`): the request body to send,
+//! the provider's credentials on it, the reply from a whole response, and the reply
+//! from a stream; how errors read is the fifth. The exchange itself (send within a
+//! deadline, map a failed status to a `ProxyError`) is shared (`exchange`). OpenAI-shaped
+//! providers answer OpenAI clients in their own bytes (`Reply::Native*`), which pass
+//! through untouched; every other pairing is translated through the IR.
 
 mod anthropic;
 mod echo;
@@ -12,7 +14,6 @@ mod gemini;
 mod openai;
 
 use std::collections::HashMap;
-use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -20,19 +21,27 @@ use futures_util::{Stream, StreamExt};
 use switchboard_api::snapshot::{Provider, ProviderType};
 use url::Url;
 
-use crate::body::Body;
 use crate::error::ProxyError;
-use crate::formats::StreamDecoder;
-use crate::ir::chat::{ChatResponse, StreamError, StreamEvent};
-use crate::ir::{ClientApi, Operation, Request, TraceHeaders, Usage};
-use crate::quota::StreamBudget;
-use crate::runtime::ProviderRuntime;
-use crate::sse::{self, EventSplitter};
+use crate::formats::{DecodeStream, SseDecoder};
+use crate::ir::chat::{ChatRequest, StreamError, StreamEvent};
+use crate::ir::reply::Reply;
+use crate::ir::stream::ChatStream;
+use crate::ir::{ClientApi, Operation, Request, TraceHeaders};
+
+/// A provider's config with what calling it takes: its pooled client and upstream URLs.
+#[derive(Debug)]
+pub struct Upstream {
+    /// `namespace/name`.
+    pub id: String,
+    pub config: Provider,
+    pub client: reqwest::Client,
+    pub urls: UpstreamUrls,
+}
 
 /// One request to one provider.
 pub struct Call<'a> {
     pub request: &'a Request,
-    pub provider: &'a ProviderRuntime,
+    pub upstream: &'a Upstream,
     /// The model name the provider knows (the Azure deployment for azure-openai).
     pub upstream_model: &'a str,
     /// For a whole response: the time it may take; for a stream: until its headers.
@@ -40,15 +49,12 @@ pub struct Call<'a> {
     pub request_id: &'a str,
     /// W3C trace context to send upstream.
     pub trace: TraceHeaders,
-    /// For a stream under a quota that cuts: the output it may produce.
-    pub budget: Option<StreamBudget>,
-    pub on_stream_end: StreamEndHook,
 }
 
 impl std::fmt::Debug for Call<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Call")
-            .field("provider", &self.provider.id)
+            .field("provider", &self.upstream.id)
             .field("upstream_model", &self.upstream_model)
             .field("timeout", &self.timeout)
             .field("request_id", &self.request_id)
@@ -56,74 +62,33 @@ impl std::fmt::Debug for Call<'_> {
     }
 }
 
-/// What a provider answered.
-pub enum Reply {
-    /// A whole JSON response in the client's format, with the usage read from it.
-    Native { body: Bytes, usage: Option<Usage> },
-    /// Server-sent events in the client's format, forwarded as they arrive. Reports its
-    /// end through the call's `on_stream_end`.
-    NativeStream(Body),
-    /// A whole answer, for the client API to write.
-    Chat(ChatResponse),
-    /// A streamed answer, for the client API to write as it arrives.
-    ChatStream(ChatStream),
-}
-
-impl std::fmt::Debug for Reply {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Reply::Native { usage, .. } => f.debug_struct("Native").field("usage", usage).finish(),
-            Reply::NativeStream(_) => f.write_str("NativeStream"),
-            Reply::Chat(response) => f.debug_tuple("Chat").field(response).finish(),
-            Reply::ChatStream(_) => f.write_str("ChatStream"),
-        }
-    }
-}
-
-/// IR stream events in batches, each batch what one upstream read produced. The last
-/// batch ends with `Done` or `Error`.
-pub type ChatStream = Pin<Box<dyn Stream<Item = Vec<StreamEvent>> + Send>>;
-
-/// Called once when a stream ends, however it ends. `Sync` so that a `&Call` can be
-/// held across an await.
-pub type StreamEndHook = Box<dyn FnOnce(StreamEnd) + Send + Sync>;
-
-/// How a stream ended.
-#[derive(Debug, Clone, Copy)]
-pub struct StreamEnd {
-    pub usage: Option<Usage>,
-    pub outcome: StreamOutcome,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StreamOutcome {
-    /// The upstream finished the stream.
-    Complete,
-    /// The client went away; the upstream request was dropped.
-    ClientGone,
-    /// The upstream failed mid-stream; the client got an error event.
-    UpstreamError,
-}
-
-impl StreamOutcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StreamOutcome::Complete => "complete",
-            StreamOutcome::ClientGone => "client_gone",
-            StreamOutcome::UpstreamError => "upstream_error",
-        }
-    }
+/// What an HTTP provider adapter does; `exchange` does the rest.
+trait Adapter {
+    /// request: the body to send upstream.
+    fn request(call: &Call<'_>) -> Result<Bytes, ProxyError>;
+    /// The provider's credentials (and any headers its API requires) on the request.
+    fn authorize(
+        builder: reqwest::RequestBuilder,
+        config: &Provider,
+        key: Option<&str>,
+    ) -> reqwest::RequestBuilder;
+    /// response: the reply in a whole response's body.
+    fn response(call: &Call<'_>, body: Bytes) -> Result<Reply, ProxyError>;
+    /// stream event: the reply in a streamed response.
+    fn stream(call: &Call<'_>, response: reqwest::Response) -> Reply;
+    /// error: what an error body says.
+    fn error(body: &[u8]) -> exchange::ErrorBody;
 }
 
 /// Sends `call` to its provider.
 pub async fn call(call: Call<'_>) -> Result<Reply, ProxyError> {
-    match call.provider.config.kind {
+    match call.upstream.config.kind {
         ProviderType::Echo => echo::call(call).await,
         ProviderType::OpenAI | ProviderType::AzureOpenAI | ProviderType::OpenAICompatible => {
-            openai::call(call).await
+            exchange::call::<openai::OpenAI>(call).await
         }
-        ProviderType::Anthropic => anthropic::call(call).await,
-        ProviderType::Gemini => gemini::call(call).await,
+        ProviderType::Anthropic => exchange::call::<anthropic::Anthropic>(call).await,
+        ProviderType::Gemini => exchange::call::<gemini::Gemini>(call).await,
     }
 }
 
@@ -145,6 +110,18 @@ pub fn supports(kind: ProviderType, operation: Operation) -> bool {
     match operation {
         Operation::ChatCompletions => true,
         Operation::Embeddings => !matches!(kind, ProviderType::Anthropic | ProviderType::Gemini),
+    }
+}
+
+/// `gen_ai.provider.name`: the GenAI conventions' names where they have one.
+pub fn gen_ai_name(kind: ProviderType) -> &'static str {
+    match kind {
+        ProviderType::OpenAI => "openai",
+        ProviderType::AzureOpenAI => "azure.ai.openai",
+        ProviderType::Anthropic => "anthropic",
+        ProviderType::Gemini => "gcp.gemini",
+        ProviderType::OpenAICompatible => "openai_compatible",
+        ProviderType::Echo => "switchboard.echo",
     }
 }
 
@@ -194,24 +171,21 @@ impl Endpoint {
     }
 }
 
-/// Decodes an upstream event stream into IR event batches as bytes arrive: nothing is
-/// held back beyond an incomplete event. Ends after `Done` or `Error`; a stream that
-/// breaks or closes early ends with an `Error`.
+/// Decodes an upstream event stream into IR event batches as bytes arrive. Ends after
+/// `Done` or `Error`; a stream that breaks or closes early ends with an `Error`.
 fn decode_stream<S, D>(upstream: S, decoder: D) -> ChatStream
 where
     S: Stream<Item = reqwest::Result<Bytes>> + Send + Unpin + 'static,
-    D: StreamDecoder + Send + 'static,
+    D: DecodeStream + Send + 'static,
 {
     struct State<S, D> {
         upstream: S,
-        splitter: EventSplitter,
-        decoder: D,
+        decoder: SseDecoder<D>,
         ended: bool,
     }
     let state = State {
         upstream,
-        splitter: EventSplitter::default(),
-        decoder,
+        decoder: SseDecoder::new(decoder),
         ended: false,
     };
     let batches = futures_util::stream::unfold(state, |mut state| async move {
@@ -221,21 +195,10 @@ where
             }
             let mut out = Vec::new();
             match state.upstream.next().await {
-                Some(Ok(chunk)) => {
-                    for event in state.splitter.push(&chunk) {
-                        if let Some(data) = sse::data(&event) {
-                            state.decoder.decode(&data, &mut out);
-                        }
-                    }
-                }
-                Some(Err(_)) => out.push(StreamEvent::Error(StreamError::upstream(
-                    "upstream provider failed mid-stream",
-                ))),
+                Some(Ok(chunk)) => state.decoder.push(&chunk, &mut out),
+                Some(Err(_)) => out.push(StreamEvent::Error(StreamError::broken())),
                 None => {
-                    if let Some(data) = state.splitter.remainder().and_then(|e| sse::data(&e)) {
-                        state.decoder.decode(&data, &mut out);
-                    }
-                    state.decoder.end(&mut out);
+                    state.decoder.finish(&mut out);
                     if !out.iter().any(is_terminal) {
                         out.push(StreamEvent::Error(StreamError::upstream(
                             "upstream provider ended the stream before it was complete",
@@ -261,7 +224,7 @@ fn is_terminal(event: &StreamEvent) -> bool {
 }
 
 /// The typed request; the pipeline types every request a provider translates.
-fn typed(request: &Request) -> Result<&crate::ir::chat::ChatRequest, ProxyError> {
+fn typed(request: &Request) -> Result<&ChatRequest, ProxyError> {
     request
         .chat
         .as_ref()

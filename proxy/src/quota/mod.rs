@@ -10,6 +10,7 @@
 //! the route's most expensive backend. Settling adds the difference between what was
 //! used and what was reserved. See docs/quotas.md.
 
+mod metrics;
 mod store;
 
 use std::collections::BTreeSet;
@@ -17,18 +18,16 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
+use switchboard_api::Snapshot;
 use switchboard_api::quota::{self as counters, SHARED_SCOPE};
 use switchboard_api::snapshot::{Quota, QuotaLimit, Route};
 use switchboard_api::v1alpha1::{FailurePolicy, MidStreamPolicy, QuotaMetric, QuotaScope};
 
+pub use self::metrics::QuotaMetrics;
 pub use self::store::{Adjustment, CounterOp, LocalStore, RedisStore, Reserved, StoreError};
 use crate::error::ProxyError;
 use crate::ir::chat::{Finish, FinishReason, StreamEvent};
 use crate::ir::{Request, Usage};
-use crate::metrics::Metrics;
-use crate::providers::ChatStream;
-use crate::runtime::Runtime;
-use futures_util::StreamExt;
 
 /// Counters outlive their window by this much, so a late settle still finds them.
 const TTL_MARGIN: Duration = Duration::from_secs(60);
@@ -38,7 +37,7 @@ const TTL_MARGIN: Duration = Duration::from_secs(60);
 pub struct Quotas {
     local: LocalStore,
     redis: Option<RedisStore>,
-    metrics: Option<Arc<Metrics>>,
+    metrics: Option<QuotaMetrics>,
 }
 
 /// What a request asks for, as admission sees it.
@@ -120,8 +119,8 @@ pub struct StreamBudget {
     bytes: u64,
 }
 
-/// One counter of an admission, with what it stands for.
-struct Planned<'r> {
+/// One counter a request is charged on, with what it stands for.
+struct Charge<'r> {
     quota_id: &'r str,
     quota: &'r Quota,
     limit: &'r QuotaLimit,
@@ -134,9 +133,9 @@ struct Planned<'r> {
 // === impl Quotas ===
 
 impl Quotas {
-    pub fn new(redis: Option<RedisStore>, metrics: Option<Arc<Metrics>>) -> Self {
+    pub fn new(redis: Option<RedisStore>, metrics: Option<QuotaMetrics>) -> Self {
         if let (Some(metrics), Some(_)) = (&metrics, &redis) {
-            metrics.quota_store_up(true);
+            metrics.store_up(true);
         }
         Self {
             local: LocalStore::default(),
@@ -149,16 +148,16 @@ impl Quotas {
     /// `excluded` quotas); `Ok(None)` when no quota applies.
     pub async fn admit(
         self: &Arc<Self>,
-        runtime: &Runtime,
+        snapshot: &Snapshot,
         demand: &Demand<'_>,
         excluded: &BTreeSet<String>,
     ) -> Result<Option<Reservation>, Refused> {
         let now = unix_now();
-        let plan = plan(runtime, demand, excluded, now);
-        if plan.is_empty() {
+        let charged = charges(snapshot, demand, excluded, now);
+        if charged.is_empty() {
             return Ok(None);
         }
-        let ops: Vec<&CounterOp> = plan.iter().map(|p| &p.op).collect();
+        let ops: Vec<&CounterOp> = charged.iter().map(|p| &p.op).collect();
         let (reserved, in_redis) = match &self.redis {
             None => (self.local.reserve(&ops), false),
             Some(redis) => match redis.reserve(&ops).await {
@@ -168,7 +167,7 @@ impl Quotas {
                 }
                 Err(error) => {
                     self.store_failed(&error);
-                    if let Some(closed) = plan
+                    if let Some(closed) = charged
                         .iter()
                         .find(|p| p.quota.failure_policy == FailurePolicy::FailClosed)
                     {
@@ -182,15 +181,15 @@ impl Quotas {
         };
         match reserved {
             Reserved::Admitted(after) => {
-                self.record_usage(&plan, &after);
-                let rate_limits = RateLimits::from_plan(&plan, &after, now);
+                self.record_usage(&charged, &after);
+                let rate_limits = RateLimits::from_charges(&charged, &after, now);
                 let stream_budget = demand
                     .stream
-                    .then(|| stream_budget(&plan, &after, demand))
+                    .then(|| stream_budget(&charged, &after, demand))
                     .flatten();
                 Ok(Some(Reservation {
                     quotas: self.clone(),
-                    held: plan
+                    held: charged
                         .into_iter()
                         .map(|p| Held {
                             metric: p.limit.metric,
@@ -205,10 +204,10 @@ impl Quotas {
                 }))
             }
             Reserved::Refused { index, used } => {
-                let refused = &plan[index];
+                let refused = &charged[index];
                 let limit = counters::limit_name(refused.limit).to_string();
                 if let Some(metrics) = &self.metrics {
-                    metrics.quota_rejected(refused.quota_id, &limit);
+                    metrics.rejected(refused.quota_id, &limit);
                 }
                 // The store reports only the counter that refused; it has no headroom.
                 let mut rate_limits = RateLimits::default();
@@ -227,12 +226,12 @@ impl Quotas {
         }
     }
 
-    fn record_usage(&self, plan: &[Planned<'_>], after: &[i64]) {
+    fn record_usage(&self, charged: &[Charge<'_>], after: &[i64]) {
         let Some(metrics) = &self.metrics else {
             return;
         };
-        for (p, used) in plan.iter().zip(after) {
-            metrics.quota_used(
+        for (p, used) in charged.iter().zip(after) {
+            metrics.used(
                 p.quota_id,
                 counters::limit_name(p.limit),
                 if p.scope == SHARED_SCOPE { "" } else { p.scope },
@@ -243,13 +242,13 @@ impl Quotas {
 
     fn store_ok(&self) {
         if let Some(metrics) = &self.metrics {
-            metrics.quota_store_up(true);
+            metrics.store_up(true);
         }
     }
 
     fn store_failed(&self, error: &StoreError) {
         if let Some(metrics) = &self.metrics {
-            metrics.quota_store_error();
+            metrics.store_error();
         }
         // Once per pause, not once per request: `Down` is the pause itself.
         if !matches!(error, StoreError::Down(_)) {
@@ -272,17 +271,31 @@ impl Quotas {
     pub fn redis(&self) -> Option<&RedisStore> {
         self.redis.as_ref()
     }
+
+    /// A request goes to `quota`'s fallback route instead of being refused.
+    pub fn fallback_taken(&self, quota: &str) {
+        if let Some(metrics) = &self.metrics {
+            metrics.fallback(quota);
+        }
+    }
+
+    /// A new config serves: its quotas' limits, for the limit gauges.
+    pub fn config_applied(&self, snapshot: &Snapshot) {
+        if let Some(metrics) = &self.metrics {
+            metrics.limits(snapshot);
+        }
+    }
 }
 
-/// Every counter `demand` touches, in quota order.
-fn plan<'r>(
-    runtime: &'r Runtime,
+/// Every counter `demand` is charged on, in quota order.
+fn charges<'r>(
+    snapshot: &'r Snapshot,
     demand: &Demand<'r>,
     excluded: &BTreeSet<String>,
     now: i64,
-) -> Vec<Planned<'r>> {
-    let mut plan = Vec::new();
-    for (quota_id, quota) in &runtime.snapshot.quotas {
+) -> Vec<Charge<'r>> {
+    let mut charged = Vec::new();
+    for (quota_id, quota) in &snapshot.quotas {
         let applies = quota
             .consumers
             .as_ref()
@@ -317,7 +330,7 @@ fn plan<'r>(
                     demand.input_tokens as f64 * demand.prices.0 + output as f64 * demand.prices.1
                 }
             };
-            plan.push(Planned {
+            charged.push(Charge {
                 quota_id,
                 quota,
                 limit,
@@ -332,14 +345,18 @@ fn plan<'r>(
             });
         }
     }
-    plan
+    charged
 }
 
 /// The output a stream may produce before a limit that cuts would be passed; `None`
 /// when no such limit is tighter than the request's own output estimate.
-fn stream_budget(plan: &[Planned<'_>], after: &[i64], demand: &Demand<'_>) -> Option<StreamBudget> {
+fn stream_budget(
+    charged: &[Charge<'_>],
+    after: &[i64],
+    demand: &Demand<'_>,
+) -> Option<StreamBudget> {
     let mut allowance: Option<u64> = None;
-    for (p, used_after) in plan.iter().zip(after) {
+    for (p, used_after) in charged.iter().zip(after) {
         if p.quota.mid_stream != MidStreamPolicy::Cut {
             continue;
         }
@@ -372,7 +389,7 @@ fn unix_now() -> i64 {
 impl<'a> Demand<'a> {
     /// The demand of `request` from `consumer` on `route`.
     pub fn new(
-        runtime: &Runtime,
+        snapshot: &Snapshot,
         request: &'a Request,
         consumer: &'a str,
         route_id: &'a str,
@@ -383,17 +400,17 @@ impl<'a> Demand<'a> {
             route: route_id,
             model: &request.model,
             stream: request.stream,
-            input_tokens: (request.body.len() as u64).div_ceil(4),
+            input_tokens: request.estimated_input_tokens(),
             max_output_tokens: max_output_tokens(request),
-            prices: highest_prices(runtime, route),
+            prices: highest_prices(snapshot, route),
         }
     }
 
     /// The same demand on another route (a quota's fallback).
-    pub fn on_route(&self, runtime: &Runtime, route_id: &'a str, route: &Route) -> Self {
+    pub fn on_route(&self, snapshot: &Snapshot, route_id: &'a str, route: &Route) -> Self {
         Self {
             route: route_id,
-            prices: highest_prices(runtime, route),
+            prices: highest_prices(snapshot, route),
             ..self.clone()
         }
     }
@@ -411,13 +428,17 @@ fn max_output_tokens(request: &Request) -> Option<u64> {
 }
 
 /// USD per input and per output token of the route's most expensive priced backend.
-fn highest_prices(runtime: &Runtime, route: &Route) -> (f64, f64) {
+fn highest_prices(snapshot: &Snapshot, route: &Route) -> (f64, f64) {
     route
         .backends
         .iter()
         .filter_map(|b| {
-            let provider = runtime.provider(&b.provider)?;
-            provider.config.models.get(&b.model)?.pricing
+            snapshot
+                .providers
+                .get(&b.provider)?
+                .models
+                .get(&b.model)?
+                .pricing
         })
         .fold((0.0, 0.0), |(input, output), p| {
             (
@@ -473,9 +494,9 @@ impl Reservation {
 // === impl RateLimits ===
 
 impl RateLimits {
-    fn from_plan(plan: &[Planned<'_>], used: &[i64], now: i64) -> Self {
+    fn from_charges(charged: &[Charge<'_>], used: &[i64], now: i64) -> Self {
         let mut limits = Self::default();
-        for (p, used) in plan.iter().zip(used) {
+        for (p, used) in charged.iter().zip(used) {
             let headroom = Headroom {
                 limit: p.op.max,
                 remaining: (p.op.max - used).max(0),
@@ -496,7 +517,7 @@ impl RateLimits {
     }
 
     /// The refused counter shows no headroom.
-    fn exhaust(&mut self, refused: &Planned<'_>, now: i64) {
+    fn exhaust(&mut self, refused: &Charge<'_>, now: i64) {
         let headroom = Some(Headroom {
             limit: refused.op.max,
             remaining: 0,
@@ -558,8 +579,14 @@ impl StreamBudget {
         }
     }
 
-    /// Counts `bytes` more bytes of output text; true once the allowance is spent.
-    pub fn spend(&mut self, bytes: usize) -> bool {
+    /// Counts the output text of `event` (answer text, tool-call arguments); true once
+    /// the allowance is spent, when the stream must be cut after this event.
+    pub fn count(&mut self, event: &StreamEvent) -> bool {
+        let bytes = match event {
+            StreamEvent::Text(text) => text.len(),
+            StreamEvent::ToolCallArguments { arguments, .. } => arguments.len(),
+            _ => return false,
+        };
         self.bytes += bytes as u64;
         self.tokens() >= self.allowance
     }
@@ -568,64 +595,25 @@ impl StreamBudget {
     pub fn tokens(&self) -> u64 {
         self.bytes.div_ceil(4)
     }
-}
 
-/// Meters a translated stream against `budget`: once its output reaches the budget,
-/// the stream ends there with finish reason `length`, a usage estimate and `Done`, and
-/// the upstream request is dropped.
-pub fn meter(events: ChatStream, budget: StreamBudget, input_tokens: u64) -> ChatStream {
-    struct State {
-        events: ChatStream,
-        budget: StreamBudget,
-        /// Input tokens: as the provider reported them, else the estimate.
-        input_tokens: u64,
-        done: bool,
+    /// What a stream cut here used: `input_tokens` (as reported, or estimated) and
+    /// the output so far.
+    pub fn used(&self, input_tokens: u64) -> Usage {
+        Usage::new(input_tokens, self.tokens(), 0)
     }
-    let state = State {
-        events,
-        budget,
-        input_tokens,
-        done: false,
-    };
-    Box::pin(futures_util::stream::unfold(
-        state,
-        |mut state| async move {
-            if state.done {
-                return None;
-            }
-            let mut batch = state.events.next().await?;
-            let cut_at = batch.iter().position(|event| match event {
-                StreamEvent::Start { usage: Some(u), .. } | StreamEvent::Usage(u) => {
-                    state.input_tokens = u.prompt_tokens;
-                    false
-                }
-                StreamEvent::Text(text) => state.budget.spend(text.len()),
-                StreamEvent::ToolCallArguments { arguments, .. } => {
-                    state.budget.spend(arguments.len())
-                }
-                _ => false,
-            });
-            if let Some(at) = cut_at {
-                batch.truncate(at + 1);
-                let output = state.budget.tokens();
-                batch.extend([
-                    StreamEvent::Finish(Finish {
-                        reason: FinishReason::Length,
-                        stop_sequence: None,
-                    }),
-                    StreamEvent::Usage(Usage {
-                        prompt_tokens: state.input_tokens,
-                        completion_tokens: output,
-                        total_tokens: state.input_tokens + output,
-                        prompt_tokens_details: None,
-                    }),
-                    StreamEvent::Done,
-                ]);
-                state.done = true;
-            }
-            Some((batch, state))
-        },
-    ))
+
+    /// The events that end a stream cut at its budget, having used `usage`: finish
+    /// reason `length`, the usage, and the end.
+    pub fn closing_events(usage: Usage) -> [StreamEvent; 3] {
+        [
+            StreamEvent::Finish(Finish {
+                reason: FinishReason::Length,
+                stop_sequence: None,
+            }),
+            StreamEvent::Usage(usage),
+            StreamEvent::Done,
+        ]
+    }
 }
 
 impl From<Refusal> for ProxyError {
@@ -652,9 +640,25 @@ mod tests {
     #[test]
     fn a_stream_budget_counts_four_bytes_a_token() {
         let mut budget = StreamBudget::new(3);
-        assert!(!budget.spend(4));
-        assert!(!budget.spend(4));
-        assert!(budget.spend(1), "9 bytes round up to 3 tokens");
+        let text = |t: &str| StreamEvent::Text(t.to_string());
+        assert!(!budget.count(&text("abcd")));
+        assert!(!budget.count(&StreamEvent::Done), "only output counts");
+        assert!(!budget.count(&StreamEvent::ToolCallArguments {
+            index: 0,
+            arguments: "{\"a\"".to_string()
+        }));
+        assert!(budget.count(&text("x")), "9 bytes round up to 3 tokens");
         assert_eq!(budget.tokens(), 3);
+        assert_eq!(budget.used(7), Usage::new(7, 3, 0));
+        let [finish, usage, done] = StreamBudget::closing_events(budget.used(7));
+        assert_eq!(
+            finish,
+            StreamEvent::Finish(Finish {
+                reason: FinishReason::Length,
+                stop_sequence: None
+            })
+        );
+        assert_eq!(usage, StreamEvent::Usage(Usage::new(7, 3, 0)));
+        assert_eq!(done, StreamEvent::Done);
     }
 }

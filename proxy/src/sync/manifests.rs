@@ -26,7 +26,7 @@ use switchboard_api::v1alpha1::{AIConsumer, AIProvider, AIQuota, AIRoute, GROUP,
 use switchboard_api::{Compiled, compile};
 use tokio::sync::mpsc;
 
-use crate::pipeline::Gateway;
+use crate::gateway::Gateway;
 use crate::runtime::Runtime;
 
 /// A problem in one document of one file.

@@ -7,7 +7,7 @@ pub mod operator;
 
 use std::sync::Arc;
 
-use crate::pipeline::Gateway;
+use crate::gateway::Gateway;
 use crate::settings::Settings;
 
 /// Keeps config flowing into the gateway until dropped.

@@ -23,7 +23,7 @@ use anyhow::Context;
 use bytes::Bytes;
 use switchboard_api::Snapshot;
 
-use crate::pipeline::Gateway;
+use crate::gateway::Gateway;
 use crate::runtime::Runtime;
 
 /// How long the operator may hold a poll before answering 304.

@@ -247,7 +247,7 @@ fn written_responses_read_back_the_same() {
 #[test]
 fn decodes_the_documented_tool_use_stream() {
     let events = decode_split(
-        &mut EventDecoder::default(),
+        &mut StreamDecoder::default(),
         read("anthropic/stream_tool_use.sse").as_bytes(),
         &[],
     );
@@ -287,7 +287,7 @@ fn decodes_the_documented_tool_use_stream() {
 #[test]
 fn decodes_the_documented_error_event() {
     let events = decode_split(
-        &mut EventDecoder::default(),
+        &mut StreamDecoder::default(),
         read("anthropic/stream_error.sse").as_bytes(),
         &[],
     );
@@ -303,9 +303,9 @@ fn decodes_the_documented_error_event() {
 #[test]
 fn skips_event_types_it_does_not_know() {
     let mut out = Vec::new();
-    EventDecoder::default().decode(r#"{"type":"future_event","x":1}"#, &mut out);
+    StreamDecoder::default().decode(r#"{"type":"future_event","x":1}"#, &mut out);
     assert!(out.is_empty());
-    EventDecoder::default().decode(r#"{"type":"message_start"}"#, &mut out);
+    StreamDecoder::default().decode(r#"{"type":"message_start"}"#, &mut out);
     assert!(
         matches!(out[0], StreamEvent::Error(_)),
         "a broken known event is an error"
@@ -317,11 +317,11 @@ fn skips_event_types_it_does_not_know() {
 #[test]
 fn encoded_streams_decode_back_to_the_same_events() {
     let source = decode_split(
-        &mut EventDecoder::default(),
+        &mut StreamDecoder::default(),
         read("anthropic/stream_tool_use.sse").as_bytes(),
         &[],
     );
-    let mut encoder = EventEncoder::default();
+    let mut encoder = StreamEncoder::default();
     let mut bytes = BytesMut::new();
     for event in source.clone() {
         encoder.encode(event, &mut bytes);
@@ -340,7 +340,7 @@ fn encoded_streams_decode_back_to_the_same_events() {
     let stops = names.iter().filter(|n| **n == "content_block_stop").count();
     assert_eq!((starts, stops), (2, 2), "every block opened is closed");
 
-    let decoded = decode_split(&mut EventDecoder::default(), &bytes, &[]);
+    let decoded = decode_split(&mut StreamDecoder::default(), &bytes, &[]);
     assert_eq!(collect(&decoded), collect(&source));
     assert_eq!(decoded.last(), Some(&StreamEvent::Done));
     assert_eq!(decoded[decoded.len() - 2], source[source.len() - 2]);
@@ -349,7 +349,7 @@ fn encoded_streams_decode_back_to_the_same_events() {
 #[test]
 fn encodes_errors_as_the_documented_error_event() {
     let mut bytes = BytesMut::new();
-    EventEncoder::default().encode(
+    StreamEncoder::default().encode(
         StreamEvent::Error(StreamError {
             kind: StreamErrorKind::Overloaded,
             message: "Overloaded".into(),
@@ -362,7 +362,7 @@ fn encodes_errors_as_the_documented_error_event() {
     );
     let documented = read("anthropic/error_overloaded.json");
     assert_eq!(
-        error_message(documented.as_bytes()).as_deref(),
+        parse_error(documented.as_bytes()).as_deref(),
         Some("Overloaded")
     );
 }

@@ -186,7 +186,7 @@ fn maps_finish_reasons() {
 #[test]
 fn decodes_the_documented_stream() {
     for path in ["gemini/stream_text.sse", "gemini/stream_text_crlf.sse"] {
-        let events = decode_split(&mut ResponseDecoder::default(), read(path).as_bytes(), &[]);
+        let events = decode_split(&mut StreamDecoder::default(), read(path).as_bytes(), &[]);
         assert!(
             matches!(&events[0], StreamEvent::Start { model, .. } if model == "gemini-3.1-flash-lite")
         );
@@ -209,13 +209,13 @@ fn decodes_the_documented_stream() {
 fn a_stream_closed_before_its_finish_reason_is_not_done() {
     let stream = read("gemini/stream_text.sse");
     let first = stream.split("\n\n").next().unwrap();
-    let events = decode_split(&mut ResponseDecoder::default(), first.as_bytes(), &[]);
+    let events = decode_split(&mut StreamDecoder::default(), first.as_bytes(), &[]);
     assert!(!events.contains(&StreamEvent::Done));
 }
 
 #[test]
 fn streamed_function_calls_arrive_whole() {
-    let mut decoder = ResponseDecoder::default();
+    let mut decoder = StreamDecoder::default();
     let mut out = Vec::new();
     decoder.decode(
         r#"{"candidates":[{"content":{"parts":[{"functionCall":{"name":"a","args":{"x":1}}},{"functionCall":{"id":"own","name":"b","args":{}}}]},"finishReason":"STOP"}]}"#,
@@ -240,12 +240,12 @@ fn reads_the_documented_errors() {
     let bad_key = read("gemini/error_400.json");
     assert!(is_bad_key(bad_key.as_bytes()));
     assert_eq!(
-        error_message(read("gemini/error_503.json").as_bytes()).as_deref(),
+        parse_error(read("gemini/error_503.json").as_bytes()).as_deref(),
         Some("The model is overloaded. Please try again later.")
     );
     assert!(!is_bad_key(read("gemini/error_429.json").as_bytes()));
     let mut out = Vec::new();
-    ResponseDecoder::default().decode(&read("gemini/error_503.json"), &mut out);
+    StreamDecoder::default().decode(&read("gemini/error_503.json"), &mut out);
     assert!(matches!(
         out[0],
         StreamEvent::Error(StreamError {

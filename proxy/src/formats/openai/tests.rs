@@ -151,7 +151,7 @@ fn written_responses_read_back_the_same() {
 #[test]
 fn decodes_the_documented_tool_call_stream() {
     let events = decode_split(
-        &mut ChunkDecoder::default(),
+        &mut StreamDecoder::default(),
         read("openai/stream_tool_calls.sse").as_bytes(),
         &[],
     );
@@ -183,7 +183,7 @@ fn decodes_the_documented_tool_call_stream() {
 }
 
 fn encode(events: &[StreamEvent], include_usage: bool) -> String {
-    let mut encoder = ChunkEncoder::new(include_usage, 1);
+    let mut encoder = StreamEncoder::new(include_usage, 1);
     let mut out = BytesMut::new();
     for event in events {
         encoder.encode(event.clone(), &mut out);
@@ -197,9 +197,9 @@ fn encode(events: &[StreamEvent], include_usage: bool) -> String {
 #[test]
 fn encoded_streams_decode_back_to_the_same_events() {
     for path in ["openai/stream_tool_calls.sse", "openai/stream_text.sse"] {
-        let source = decode_split(&mut ChunkDecoder::default(), read(path).as_bytes(), &[]);
+        let source = decode_split(&mut StreamDecoder::default(), read(path).as_bytes(), &[]);
         let text = encode(&source, true);
-        let decoded = decode_split(&mut ChunkDecoder::default(), text.as_bytes(), &[]);
+        let decoded = decode_split(&mut StreamDecoder::default(), text.as_bytes(), &[]);
         assert_eq!(decoded, source, "{path}");
 
         let chunks: Vec<Value> = text
@@ -259,7 +259,7 @@ fn mid_stream_errors_are_error_events_without_done() {
 
 #[test]
 fn azure_content_filter_chunk_does_not_start_the_answer() {
-    let mut decoder = ChunkDecoder::default();
+    let mut decoder = StreamDecoder::default();
     let mut out = Vec::new();
     decoder.decode(
         r#"{"choices":[],"created":0,"id":"","model":"","object":"","prompt_filter_results":[{"prompt_index":0,"content_filter_results":{}}]}"#,

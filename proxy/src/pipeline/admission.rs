@@ -1,0 +1,82 @@
+//! Admission under the quotas, with a quota's fallback route: the step between
+//! `quota` (counters) and `routing` (who may use the fallback).
+
+use std::collections::BTreeSet;
+
+use switchboard_api::Snapshot;
+
+use crate::auth::Caller;
+use crate::error::ProxyError;
+use crate::gateway::Gateway;
+use crate::ir::Request;
+use crate::quota::{Demand, RateLimits, Refused, Reservation};
+use crate::routing::{self, Selected};
+
+/// A request admitted under its quotas.
+#[derive(Debug)]
+pub struct Admitted<'r> {
+    /// The route it goes to: the one asked for, or a quota's fallback route.
+    pub route: Selected<'r>,
+    /// What it holds on its counters until settled; `None` when no quota applies.
+    pub reservation: Option<Reservation>,
+    /// The quota whose limit sent it to its fallback route.
+    pub fallback_from: Option<String>,
+}
+
+/// Reserves the request's usage on every quota that applies. A quota over its limit
+/// refuses the request with 429, or sends it to the quota's fallback route (once, if
+/// the consumer may use it), where the remaining quotas apply. Either way, the
+/// rate-limit headers for the response.
+pub async fn admit<'r>(
+    gateway: &Gateway,
+    snapshot: &'r Snapshot,
+    caller: Caller<'_>,
+    asked: Selected<'r>,
+    request: &Request,
+) -> (Result<Admitted<'r>, ProxyError>, Option<RateLimits>) {
+    if snapshot.quotas.is_empty() {
+        return admitted(asked, None, None);
+    }
+    let quotas = &gateway.quotas;
+    let demand = Demand::new(snapshot, request, caller.id, asked.id, asked.route);
+    let refusal = match quotas.admit(snapshot, &demand, &BTreeSet::new()).await {
+        Ok(reservation) => return admitted(asked, reservation, None),
+        Err(Refused::Unavailable { quota }) => {
+            return (Err(ProxyError::QuotaUnavailable { quota }), None);
+        }
+        Err(Refused::OverLimit(refusal)) => refusal,
+    };
+    let fallback = refusal
+        .fallback_route
+        .as_deref()
+        .and_then(|id| routing::allowed(snapshot, caller.consumer, id));
+    let Some(fallback) = fallback else {
+        let rate_limits = Some(refusal.rate_limits.clone());
+        return (Err(refusal.into()), rate_limits);
+    };
+    quotas.fallback_taken(&refusal.quota);
+    let excluded = BTreeSet::from([refusal.quota.clone()]);
+    let demand = demand.on_route(snapshot, fallback.id, fallback.route);
+    match quotas.admit(snapshot, &demand, &excluded).await {
+        Ok(reservation) => admitted(fallback, reservation, Some(refusal.quota)),
+        Err(Refused::Unavailable { quota }) => (Err(ProxyError::QuotaUnavailable { quota }), None),
+        Err(Refused::OverLimit(refusal)) => {
+            let rate_limits = Some(refusal.rate_limits.clone());
+            (Err(refusal.into()), rate_limits)
+        }
+    }
+}
+
+fn admitted<'r>(
+    route: Selected<'r>,
+    reservation: Option<Reservation>,
+    fallback_from: Option<String>,
+) -> (Result<Admitted<'r>, ProxyError>, Option<RateLimits>) {
+    let rate_limits = reservation.as_ref().map(|r| r.rate_limits.clone());
+    let admitted = Admitted {
+        route,
+        reservation,
+        fallback_from,
+    };
+    (Ok(admitted), rate_limits)
+}

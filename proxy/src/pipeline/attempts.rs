@@ -1,0 +1,416 @@
+//! The attempts of one request on its route: the route's backends in plan order until
+//! one answers, within the route's attempt limit, retry budget and total timeout.
+//!
+//! Retryable failures (see `ProxyError::is_retryable`) move on to the next backend at
+//! once; a backend tried before is tried again after a jittered backoff, and not before
+//! its `Retry-After` (one asking for more than `maxBackoff` is not tried again). Other
+//! failures return at once. A stream fails over only until its first event; after
+//! that the reply is the client's, and a failure ends the stream with an error event.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use switchboard_api::snapshot::{Backend, Model};
+use tracing::Instrument;
+
+use crate::error::ProxyError;
+use crate::formats;
+use crate::gateway::Gateway;
+use crate::health::{self, BackendHealth, CircuitView};
+use crate::ir::Request;
+use crate::ir::chat::StreamEvent;
+use crate::ir::record::Tried;
+use crate::ir::reply::Reply;
+use crate::ir::stream::NativeChunk;
+use crate::metrics::AttemptOutcome;
+use crate::plan::{self, Candidate, RetryBudget};
+use crate::providers::{self, Call, Upstream};
+use crate::routing::Selected;
+use crate::runtime::Runtime;
+use crate::telemetry;
+
+/// Tries `route`'s backends for `request` until one answers; each attempt is counted
+/// in `tried` as it begins (so a request whose client leaves mid-attempt still says
+/// where it was).
+pub async fn run(
+    gateway: &Gateway,
+    runtime: &Runtime,
+    route: Selected<'_>,
+    request: &mut Request,
+    request_id: &str,
+    tried: &mut Tried,
+) -> Result<Reply, ProxyError> {
+    let mut attempts = Attempts::plan(runtime, route, request, request_id)?;
+    while let Some(next) = attempts.next(tried.attempts).await {
+        tried.attempt(
+            &next.backend.provider,
+            &next.model.upstream_name,
+            next.model.pricing,
+        );
+        if tried.attempts > 1
+            && let Some(metrics) = &gateway.metrics
+        {
+            metrics.retry(route.id, attempts.is_fallback(next.index));
+        }
+        if request.chat.is_none() && !providers::speaks(next.upstream.config.kind, request.api) {
+            // Only OpenAI requests arrive untyped; they are typed when translated.
+            request.chat = Some(formats::openai::parse_request(&request.body)?);
+        }
+        let result = attempt(gateway, &attempts, &next, request, tried.attempts).await;
+        if let Some(done) = attempts.judge(next, result, tried.attempts) {
+            return done;
+        }
+    }
+    Err(attempts.failure())
+}
+
+/// Where a request stands among its route's backends.
+struct Attempts<'r> {
+    runtime: &'r Runtime,
+    route: Selected<'r>,
+    request_id: &'r str,
+    plan: Vec<Entry<'r>>,
+    /// Every backend is ejected: the plan holds the one ejected longest ago; try it.
+    forced: bool,
+    /// Steps walk the plan round and round; a step whose backend the circuit refuses
+    /// (ejected meanwhile, or probed by another request) is skipped without counting
+    /// as an attempt, and a whole round of refusals ends the request.
+    step: usize,
+    refused_in_a_row: usize,
+    /// The plan entry of the first attempt: a later attempt elsewhere is a fallback.
+    first_choice: Option<usize>,
+    last_error: Option<ProxyError>,
+    started: Instant,
+}
+
+/// A backend of the plan, and when it may be tried again.
+struct Entry<'r> {
+    backend: &'r Backend,
+    /// Not before this instant (its Retry-After).
+    not_before: Option<Instant>,
+    /// Not again at all (it asked for longer than `maxBackoff`).
+    given_up: bool,
+}
+
+/// The backend to try next, with what trying it takes.
+struct Next<'r> {
+    index: usize,
+    backend: &'r Backend,
+    upstream: &'r Arc<Upstream>,
+    model: &'r Model,
+    /// Counts the attempt in flight on the backend; takes its outcome.
+    tracked: health::Attempt,
+}
+
+// === impl Attempts ===
+
+impl<'r> Attempts<'r> {
+    /// The route's backends that can serve the request, in the order to try them.
+    fn plan(
+        runtime: &'r Runtime,
+        route: Selected<'r>,
+        request: &Request,
+        request_id: &'r str,
+    ) -> Result<Self, ProxyError> {
+        let operation = request.operation;
+        let plan = plan::attempt_order(route.route.strategy, candidates(runtime, route, request));
+        if plan.is_empty() {
+            let known = route
+                .route
+                .backends
+                .first()
+                .and_then(|b| runtime.upstream(&b.provider))
+                .is_some();
+            return Err(match known {
+                true => ProxyError::BadRequest(format!(
+                    "the providers serving '{}' have no {} API",
+                    request.model,
+                    operation.path().trim_start_matches('/')
+                )),
+                false => ProxyError::UnknownModel(request.model.clone()),
+            });
+        }
+        if let Some(budget) = runtime.retry_budget(route.id) {
+            budget.deposit();
+        }
+        Ok(Self {
+            runtime,
+            route,
+            request_id,
+            forced: plan.iter().all(|c| c.ejected_since.is_some()),
+            plan: plan
+                .into_iter()
+                .map(|c| Entry {
+                    backend: c.backend,
+                    not_before: None,
+                    given_up: false,
+                })
+                .collect(),
+            step: 0,
+            refused_in_a_row: 0,
+            first_choice: None,
+            last_error: None,
+            started: Instant::now(),
+        })
+    }
+
+    /// The next backend to try, once its backoff has passed; `None` when the request
+    /// has no attempts, budget or time left, or every backend refuses.
+    async fn next(&mut self, made: u32) -> Option<Next<'r>> {
+        let route = self.route.route;
+        let policy = &route.retry;
+        while made < policy.attempts && self.refused_in_a_row < self.plan.len() {
+            let index = self.step % self.plan.len();
+            let round = (self.step / self.plan.len()) as u32;
+            self.step += 1;
+            let entry = &self.plan[index];
+            let backend = entry.backend;
+            let found = self.runtime.upstream(&backend.provider).and_then(|u| {
+                let model = u.config.models.get(&backend.model)?;
+                Some((u, model, self.runtime.health(backend)?))
+            });
+            let (Some((upstream, model, health)), false) = (found, entry.given_up) else {
+                self.refused_in_a_row += 1;
+                continue;
+            };
+            if self.last_error.is_some() {
+                let budget = self.runtime.retry_budget(self.route.id);
+                if !budget.is_none_or(RetryBudget::withdraw) {
+                    tracing::debug!(route = self.route.id, "retry budget spent; not retrying");
+                    return None;
+                }
+                let delay = self.delay(index, round);
+                let total = route.total_timeout_ms.map(Duration::from_millis);
+                if total.is_some_and(|t| self.started.elapsed() + delay >= t) {
+                    return None;
+                }
+                tokio::time::sleep(delay).await;
+            }
+            let Some(tracked) = health.begin(self.forced) else {
+                self.refused_in_a_row += 1;
+                continue;
+            };
+            self.refused_in_a_row = 0;
+            self.first_choice.get_or_insert(index);
+            return Some(Next {
+                index,
+                backend,
+                upstream,
+                model,
+                tracked,
+            });
+        }
+        None
+    }
+
+    /// A backend tried before waits a backoff, and at least its Retry-After.
+    fn delay(&self, index: usize, round: u32) -> Duration {
+        let policy = &self.route.route.retry;
+        let mut delay = match round {
+            0 => Duration::ZERO,
+            _ => plan::backoff(
+                Duration::from_millis(policy.backoff_ms),
+                Duration::from_millis(policy.max_backoff_ms),
+                round,
+            ),
+        };
+        if let Some(at) = self.plan[index].not_before {
+            delay = delay.max(at.saturating_duration_since(Instant::now()));
+        }
+        delay
+    }
+
+    /// Whether an attempt on plan entry `index` is on another backend than the first.
+    fn is_fallback(&self, index: usize) -> bool {
+        self.first_choice.is_some_and(|first| first != index)
+    }
+
+    /// What an attempt's result means: the request's answer (or final failure), or
+    /// `None` to try again. Tells the backend's circuit how the attempt went.
+    fn judge(
+        &mut self,
+        next: Next<'_>,
+        result: Result<Reply, ProxyError>,
+        number: u32,
+    ) -> Option<Result<Reply, ProxyError>> {
+        match result {
+            Ok(reply) => {
+                next.tracked.succeeded();
+                Some(Ok(reply))
+            }
+            Err(error) if error.is_retryable() => {
+                next.tracked.failed(&self.route.route.circuit);
+                let max_backoff = Duration::from_millis(self.route.route.retry.max_backoff_ms);
+                let entry = &mut self.plan[next.index];
+                match error.retry_after_delay() {
+                    Some(asked) if asked > max_backoff => entry.given_up = true,
+                    Some(asked) => entry.not_before = Some(Instant::now() + asked),
+                    None => {}
+                }
+                tracing::debug!(
+                    request_id = self.request_id,
+                    provider = %next.backend.provider,
+                    attempt = number,
+                    error = %error,
+                    "attempt failed; trying the next backend"
+                );
+                self.last_error = Some(error);
+                None
+            }
+            // The provider answered: alive, and the request is at fault; no verdict.
+            Err(error) => Some(Err(error)),
+        }
+    }
+
+    /// Why the request got no answer.
+    fn failure(&mut self) -> ProxyError {
+        self.last_error
+            .take()
+            .unwrap_or(ProxyError::UpstreamOverloaded {
+                retry_after: None,
+                message: Some("every backend of the route is ejected after failing".to_string()),
+            })
+    }
+}
+
+/// One attempt: the call to the backend within the attempt's timeout and, for a
+/// stream, its first event; in its own span, counted by outcome.
+async fn attempt(
+    gateway: &Gateway,
+    attempts: &Attempts<'_>,
+    next: &Next<'_>,
+    request: &Request,
+    number: u32,
+) -> Result<Reply, ProxyError> {
+    let route = attempts.route.route;
+    let upstream = next.upstream;
+    let model = &next.model.upstream_name;
+    let mut timeout = Duration::from_millis(
+        route
+            .request_timeout_ms
+            .unwrap_or(upstream.config.request_timeout_ms),
+    );
+    if let Some(total) = route.total_timeout_ms.map(Duration::from_millis) {
+        timeout = timeout.min(total.saturating_sub(attempts.started.elapsed()));
+    }
+    let span = telemetry::attempt_span(
+        request.operation.name(),
+        providers::gen_ai_name(upstream.config.kind),
+        &next.backend.provider,
+        model,
+        number,
+    );
+    let trace = telemetry::upstream_headers(&span, &request.trace);
+    let first_token = route.first_token_timeout_ms.map(Duration::from_millis);
+    let result = async {
+        let reply = providers::call(Call {
+            request,
+            upstream,
+            upstream_model: model,
+            timeout,
+            request_id: attempts.request_id,
+            trace,
+        })
+        .await?;
+        first_event(reply, first_token).await
+    }
+    .instrument(span.clone())
+    .await;
+    let outcome = match &result {
+        Ok(_) => AttemptOutcome::Success,
+        Err(error) => {
+            telemetry::attempt_failed(&span, error.kind());
+            AttemptOutcome::Failed(error.kind())
+        }
+    };
+    if let Some(metrics) = &gateway.metrics {
+        metrics.attempt(&next.backend.provider, model, outcome);
+    }
+    result
+}
+
+/// Waits for a stream's first event, so that a stream which fails or stays silent
+/// before sending anything can still fail over: the client has received nothing yet.
+/// Whole replies pass through.
+async fn first_event(reply: Reply, within: Option<Duration>) -> Result<Reply, ProxyError> {
+    let deadline = async {
+        match within {
+            Some(within) => tokio::time::sleep(within).await,
+            None => std::future::pending().await,
+        }
+    };
+    let silent = || ProxyError::UpstreamTimeout(within.unwrap_or_default());
+    match reply {
+        Reply::NativeStream(mut chunks) => {
+            let first = tokio::select! {
+                first = chunks.next() => first,
+                () = deadline => return Err(silent()),
+            };
+            match first {
+                Some(first @ NativeChunk::Events { .. }) => Ok(Reply::NativeStream(Box::pin(
+                    futures_util::stream::once(async { first }).chain(chunks),
+                ))),
+                Some(NativeChunk::Broken) | None => Err(ProxyError::UpstreamProtocol),
+            }
+        }
+        Reply::ChatStream(mut events) => {
+            // A read may decode to no events (a keep-alive comment): wait for one.
+            let first_batch = async {
+                loop {
+                    match events.next().await {
+                        Some(batch) if batch.is_empty() => continue,
+                        other => return other,
+                    }
+                }
+            };
+            let first = tokio::select! {
+                first = first_batch => first,
+                () = deadline => return Err(silent()),
+            };
+            match first {
+                Some(batch) if batch.iter().any(|e| matches!(e, StreamEvent::Error(_))) => {
+                    Err(ProxyError::UpstreamProtocol)
+                }
+                Some(batch) => Ok(Reply::ChatStream(Box::pin(
+                    futures_util::stream::once(async { batch }).chain(events),
+                ))),
+                None => Err(ProxyError::UpstreamProtocol),
+            }
+        }
+        whole @ (Reply::Native { .. } | Reply::Chat(_)) => Ok(whole),
+    }
+}
+
+/// The route's backends that can serve the request, with what the plan weighs them by.
+fn candidates<'r>(runtime: &Runtime, route: Selected<'r>, request: &Request) -> Vec<Candidate<'r>> {
+    let now = Instant::now();
+    route
+        .route
+        .backends
+        .iter()
+        .filter_map(|backend| {
+            let upstream = runtime.upstream(&backend.provider)?;
+            if !providers::supports(upstream.config.kind, request.operation) {
+                return None;
+            }
+            let health: &BackendHealth = runtime.health(backend)?;
+            let price = upstream
+                .config
+                .models
+                .get(&backend.model)
+                .and_then(|m| m.pricing)
+                .map(|p| p.input_per_million + p.output_per_million);
+            Some(Candidate {
+                backend,
+                in_flight: health.in_flight(),
+                latency: health.latency(),
+                price,
+                ejected_since: match health.view(now) {
+                    CircuitView::Ejected(since) => Some(since),
+                    CircuitView::Closed | CircuitView::HalfOpen => None,
+                },
+            })
+        })
+        .collect()
+}
