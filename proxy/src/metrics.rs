@@ -281,11 +281,6 @@ impl Metrics {
         &self.registry
     }
 
-    /// Whether series carry the consumer.
-    pub fn consumer_label(&self) -> bool {
-        self.consumer_label
-    }
-
     /// A request arrived; it counts as in flight until the guard is dropped.
     pub fn in_flight(self: &Arc<Self>) -> InFlight {
         self.in_flight.inc();

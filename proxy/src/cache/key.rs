@@ -11,7 +11,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use switchboard_api::snapshot::{CacheScope, CacheableRequests, Route};
 
-use crate::ir::{ClientApi, Operation, Request};
+use crate::ir::{Operation, Request};
 
 /// Bumped when what goes into a key or an entry changes, so old entries are not read.
 const FORMAT: &[u8] = b"switchboard-cache-v1";
@@ -77,7 +77,7 @@ pub fn of(
 
     let mut hash = Sha256::new();
     bytes(&mut hash, FORMAT);
-    bytes(&mut hash, api_name(request.api).as_bytes());
+    bytes(&mut hash, request.api.name().as_bytes());
     bytes(&mut hash, request.operation.name().as_bytes());
     bytes(&mut hash, route_id.as_bytes());
     for backend in &route.backends {
@@ -105,13 +105,6 @@ pub fn of(
         other => canonical(&mut hash, other),
     }
     Ok(Key(hash.finalize().into()))
-}
-
-fn api_name(api: ClientApi) -> &'static str {
-    match api {
-        ClientApi::OpenAI => "openai",
-        ClientApi::Anthropic => "anthropic",
-    }
 }
 
 /// Length-prefixed bytes: no two sequences of fields hash alike.
@@ -157,6 +150,7 @@ fn canonical(hash: &mut Sha256, value: &Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ir::ClientApi;
     use bytes::Bytes;
     use switchboard_api::snapshot::Backend;
 

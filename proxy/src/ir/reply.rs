@@ -31,11 +31,3 @@ impl std::fmt::Debug for Reply {
         }
     }
 }
-
-// === impl Reply ===
-
-impl Reply {
-    pub fn is_stream(&self) -> bool {
-        matches!(self, Reply::NativeStream(_) | Reply::ChatStream(_))
-    }
-}
