@@ -22,6 +22,16 @@ pub struct Inputs {
     pub consumers: BTreeMap<ObjectKey, AIConsumer>,
     pub quotas: BTreeMap<ObjectKey, AIQuota>,
     pub secrets: BTreeMap<ObjectKey, Secret>,
+    /// Labels of each namespace by name, which routes' `allowedConsumers` namespace
+    /// selectors match. A namespace missing here has only the label Kubernetes gives
+    /// every namespace, `kubernetes.io/metadata.name: <name>`.
+    pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
+    /// The platform namespace: its routes are offered to other namespaces' consumers
+    /// without them naming the route, and its quotas may limit every namespace.
+    pub platform_namespace: Option<String>,
+    /// True in the standalone proxy: the quickstart's public key is then accepted while
+    /// every provider is the built-in echo provider.
+    pub standalone: bool,
 }
 
 /// One object of a kind compile reads.
