@@ -7,6 +7,7 @@
 
 pub mod compile;
 pub mod crds;
+pub mod keys;
 pub mod quota;
 pub mod snapshot;
 pub mod v1alpha1;

@@ -25,9 +25,9 @@ pub struct Snapshot {
     pub providers: BTreeMap<String, Provider>,
     /// Routes by `namespace/name`.
     pub routes: BTreeMap<String, Route>,
-    /// For each model name clients may send, the routes that serve it, most specific
-    /// first. The first whose header matches hold wins.
-    pub models: BTreeMap<String, Vec<String>>,
+    /// What each group of consumers may reach: consumers that may use the same routes
+    /// share one table (`Consumer::route_table` is an index here).
+    pub route_tables: Vec<RouteTable>,
     /// Consumers by `namespace/name`.
     pub consumers: BTreeMap<String, Consumer>,
     /// Quotas by `namespace/name`.
@@ -227,11 +227,20 @@ pub struct Backend {
 pub struct Consumer {
     /// `hash_key()` of each valid gateway key.
     pub key_hashes: BTreeSet<String>,
-    /// Model names it may request; `None` means any.
-    pub allowed_models: Option<BTreeSet<String>>,
-    /// Routes (`namespace/name`) it may use; `None` means any.
-    pub allowed_routes: Option<BTreeSet<String>>,
+    /// Index in `Snapshot::route_tables` of the routes it may use.
+    pub route_table: usize,
     pub labels: BTreeMap<String, String>,
+}
+
+/// The routes some consumers may use: every access rule (namespaces, the routes'
+/// grants, the consumers' allowlists) already applied by compile.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct RouteTable {
+    /// For each model name these consumers may send, the routes (`namespace/name`)
+    /// that serve it, in the order they are tried: the consumers' own namespace first,
+    /// then the platform namespace, then routes granted by other namespaces; within
+    /// each, more header matches first, then older. The first whose matches hold wins.
+    pub models: BTreeMap<String, Vec<String>>,
 }
 
 /// A quota with its targets resolved.
@@ -309,9 +318,18 @@ impl Snapshot {
                 }
             }
         }
-        for (model, routes) in &self.models {
-            if let Some(route) = routes.iter().find(|r| !self.routes.contains_key(*r)) {
-                return Err(format!("model {model} names unknown route {route}"));
+        for table in &self.route_tables {
+            for (model, routes) in &table.models {
+                if let Some(route) = routes.iter().find(|r| !self.routes.contains_key(*r)) {
+                    return Err(format!("model {model} names unknown route {route}"));
+                }
+            }
+        }
+        for (id, consumer) in &self.consumers {
+            if consumer.route_table >= self.route_tables.len() {
+                return Err(format!(
+                    "consumer {id} names a route table that does not exist"
+                ));
             }
         }
         Ok(())

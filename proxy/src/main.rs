@@ -37,7 +37,7 @@ fn check(settings: &Settings) -> ExitCode {
         eprintln!("error: --check needs --manifests DIR");
         return ExitCode::FAILURE;
     };
-    let compiled = match manifests::load_and_compile(dir) {
+    let compiled = match manifests::load_and_compile(dir, settings.platform_namespace.as_deref()) {
         Ok(compiled) => compiled,
         Err(errors) => {
             for error in errors {

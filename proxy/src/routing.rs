@@ -1,4 +1,5 @@
-//! Picks the route for a request: model name, header matches, consumer allowlists.
+//! Picks the route for a request: model name and header matches, among the routes the
+//! consumer's route table lists (who may use what is decided by compile, `access`).
 //! Which backends of the route to try, in what order, is `plan`'s job.
 
 use std::collections::HashMap;
@@ -6,7 +7,7 @@ use std::collections::HashMap;
 use http::HeaderMap;
 use regex::Regex;
 use switchboard_api::Snapshot;
-use switchboard_api::snapshot::{Consumer, HeaderMatchType, Route};
+use switchboard_api::snapshot::{Consumer, HeaderMatchType, Route, RouteTable};
 
 use crate::error::ProxyError;
 
@@ -64,8 +65,9 @@ impl Routes {
     }
 }
 
-/// The first route serving `model` whose header matches hold and that the consumer may
-/// use. Unknown and forbidden models look the same to the caller.
+/// The first route serving `model` whose header matches hold, among those the consumer
+/// may use (its route table: compile made every access decision). Unknown and
+/// forbidden models look the same to the caller.
 pub fn select<'r>(
     routes: &Routes,
     snapshot: &'r Snapshot,
@@ -74,13 +76,11 @@ pub fn select<'r>(
     headers: &HeaderMap,
 ) -> Result<Selected<'r>, ProxyError> {
     let unknown = || ProxyError::UnknownModel(model.to_string());
-    if !model_allowed(consumer, model) {
-        return Err(unknown());
-    }
-    let candidates = snapshot.models.get(model).ok_or_else(unknown)?;
+    let candidates = table(snapshot, consumer)
+        .and_then(|t| t.models.get(model))
+        .ok_or_else(unknown)?;
     candidates
         .iter()
-        .filter(|id| route_allowed(consumer, id))
         .filter_map(|id| snapshot.routes.get_key_value(id))
         .find(|(id, route)| routes.headers_match(id, route, headers))
         .map(|(id, route)| Selected { id, route })
@@ -89,7 +89,11 @@ pub fn select<'r>(
 
 /// Route `id`, if the consumer may use it (a quota's fallback route).
 pub fn allowed<'r>(snapshot: &'r Snapshot, consumer: &Consumer, id: &str) -> Option<Selected<'r>> {
-    if !route_allowed(consumer, id) {
+    let reachable = table(snapshot, consumer)?
+        .models
+        .values()
+        .any(|ids| ids.iter().any(|r| r == id));
+    if !reachable {
         return None;
     }
     let (id, route) = snapshot.routes.get_key_value(id)?;
@@ -101,25 +105,13 @@ pub fn visible_models<'r>(
     snapshot: &'r Snapshot,
     consumer: &'r Consumer,
 ) -> impl Iterator<Item = &'r str> + 'r {
-    snapshot
-        .models
-        .iter()
-        .filter(|(model, _)| model_allowed(consumer, model))
-        .filter(|(_, routes)| routes.iter().any(|id| route_allowed(consumer, id)))
-        .map(|(model, _)| model.as_str())
+    table(snapshot, consumer)
+        .into_iter()
+        .flat_map(|t| t.models.keys())
+        .map(String::as_str)
 }
 
-fn model_allowed(consumer: &Consumer, model: &str) -> bool {
-    consumer
-        .allowed_models
-        .as_ref()
-        .is_none_or(|allowed| allowed.contains(model))
-}
-
-/// Whether `consumer` may use route `route_id` (its `allowedRoutes`).
-fn route_allowed(consumer: &Consumer, route_id: &str) -> bool {
-    consumer
-        .allowed_routes
-        .as_ref()
-        .is_none_or(|allowed| allowed.contains(route_id))
+/// The consumer's route table; `validate` made sure it exists.
+fn table<'r>(snapshot: &'r Snapshot, consumer: &Consumer) -> Option<&'r RouteTable> {
+    snapshot.route_tables.get(consumer.route_table)
 }

@@ -21,6 +21,12 @@ pub struct Settings {
     )]
     pub manifests: Option<PathBuf>,
 
+    /// The platform namespace of the manifests: its routes may be offered to every
+    /// namespace's consumers and its quotas may limit them (docs/configuration.md,
+    /// "Namespaces and teams"). Through the operator, the operator's flag decides.
+    #[arg(long, env = "SWITCHBOARD_PLATFORM_NAMESPACE", value_name = "NAMESPACE")]
+    pub platform_namespace: Option<String>,
+
     /// The operator's config service (`https://...`) to take config from, instead of
     /// manifests on disk.
     #[arg(long, env = "SWITCHBOARD_OPERATOR", value_name = "URL", requires_all = ["operator_token_file", "operator_ca_file"])]
@@ -166,6 +172,7 @@ impl Settings {
     pub fn for_manifests(dir: impl Into<PathBuf>) -> Self {
         Self {
             manifests: Some(dir.into()),
+            platform_namespace: None,
             operator: None,
             operator_token_file: None,
             operator_ca_file: None,

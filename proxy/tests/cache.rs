@@ -572,7 +572,7 @@ async fn the_cache_example_answers_a_repeat_from_the_cache() {
     let ask = |stream: bool| {
         client()
             .post(url(&proxy, "/v1/chat/completions"))
-            .bearer_auth("sk-switchboard-cache-demo")
+            .bearer_auth("sk-switchboard-quickstart")
             .body(format!(
                 r#"{{"model":"faq","temperature":0,"stream":{stream},"messages":[{{"role":"user","content":"What are your opening hours?"}}]}}"#
             ))
@@ -601,7 +601,7 @@ async fn the_cache_example_answers_a_repeat_from_the_cache() {
     let prompt = |stream: bool| {
         client()
             .post(url(&proxy, "/v1/chat/completions"))
-            .bearer_auth("sk-switchboard-cache-demo")
+            .bearer_auth("sk-switchboard-quickstart")
             .body(format!(
                 r#"{{"model":"faq","temperature":0,"stream":{stream},"messages":[{{"role":"user","content":"Where are you?"}}]}}"#
             ))

@@ -525,6 +525,9 @@ async fn the_fallback_example_fails_over_from_openai_to_anthropic() {
             &format!("  type: anthropic\n  endpoint: {}\n", anthropic.url()),
         );
     assert_ne!(pointed, example, "the example names both provider types");
+    // The shipped placeholder key is refused; a user puts a real one in its place.
+    let app_key = "sk-sb-fallback-test-Qx8vT1mZ0rL3kP9wYb2N";
+    let pointed = pointed.replace("sk-switchboard-my-app-key-change-me", app_key);
     let manifests = Manifests::new();
     manifests.write("gateway.yaml", &pointed);
     let proxy = support::proxy(&manifests).await;
@@ -532,7 +535,7 @@ async fn the_fallback_example_fails_over_from_openai_to_anthropic() {
     for stream in [false, true] {
         let response = client()
             .post(url(&proxy, "/v1/chat/completions"))
-            .bearer_auth("sk-switchboard-my-app-key-change-me")
+            .bearer_auth(app_key)
             .json(&serde_json::json!({"model": "chat", "stream": stream,
                 "messages": [{"role": "user", "content": "hi"}]}))
             .send()

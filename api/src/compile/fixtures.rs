@@ -18,10 +18,11 @@ use super::inputs::{DEFAULT_NAMESPACE, Inputs, Object, ObjectKey, ObjectKind};
 use super::{Compiled, compile};
 use crate::v1alpha1::{
     AIConsumer, AIConsumerSpec, AIProvider, AIProviderSpec, AIQuota, AIQuotaSpec, AIRoute,
-    AIRouteSpec, AzureSettings, ConsumerKey, EchoSettings, FailurePolicy, HeaderMatch,
-    HeaderMatchType, ModelPricing, ProviderAuth, ProviderModel, ProviderTimeouts, ProviderTls,
-    ProviderType, QuotaLimit, QuotaMetric, QuotaTarget, QuotaWindow, RouteBackend, RouteReference,
-    RouteRetry, RouteTimeouts, SecretKeyRef,
+    AIRouteSpec, AllowedConsumers, AllowedNamespaces, AzureSettings, ConsumerKey, EchoSettings,
+    FailurePolicy, HeaderMatch, HeaderMatchType, ModelPricing, NamespacesFrom, ProviderAuth,
+    ProviderModel, ProviderTimeouts, ProviderTls, ProviderType, QuotaLimit, QuotaMetric,
+    QuotaTarget, QuotaWindow, RouteBackend, RouteReference, RouteRetry, RouteTimeouts,
+    SecretKeyRef,
 };
 
 /// A creation timestamp `seconds` after the Unix epoch.
@@ -278,6 +279,7 @@ pub fn route(name: &str) -> RouteBuilder {
             strategy: None,
             circuit_breaker: None,
             cache: None,
+            allowed_consumers: None,
         },
     );
     object.metadata.namespace = Some(DEFAULT_NAMESPACE.to_string());
@@ -287,6 +289,51 @@ pub fn route(name: &str) -> RouteBuilder {
 metadata_methods!(RouteBuilder);
 
 impl RouteBuilder {
+    /// `allowedConsumers.namespaces.from: All`.
+    pub fn allow_all_namespaces(mut self) -> Self {
+        let allowed = self
+            .0
+            .spec
+            .allowed_consumers
+            .get_or_insert_with(Default::default);
+        allowed.namespaces = Some(AllowedNamespaces {
+            from: NamespacesFrom::All,
+            selector: None,
+        });
+        self
+    }
+
+    /// `allowedConsumers.namespaces`: `from: Selector` with namespace labels.
+    pub fn allow_namespaces_labelled(mut self, label: &str, value: &str) -> Self {
+        let allowed = self
+            .0
+            .spec
+            .allowed_consumers
+            .get_or_insert_with(Default::default);
+        allowed.namespaces = Some(AllowedNamespaces {
+            from: NamespacesFrom::Selector,
+            selector: Some(LabelSelector {
+                match_labels: Some(BTreeMap::from([(label.to_string(), value.to_string())])),
+                match_expressions: None,
+            }),
+        });
+        self
+    }
+
+    /// `allowedConsumers.selector`: consumer labels.
+    pub fn allow_consumers_labelled(mut self, label: &str, value: &str) -> Self {
+        let allowed: &mut AllowedConsumers = self
+            .0
+            .spec
+            .allowed_consumers
+            .get_or_insert_with(Default::default);
+        allowed.selector = Some(LabelSelector {
+            match_labels: Some(BTreeMap::from([(label.to_string(), value.to_string())])),
+            match_expressions: None,
+        });
+        self
+    }
+
     pub fn models<S: Into<String>>(mut self, names: impl IntoIterator<Item = S>) -> Self {
         self.0.spec.models.extend(names.into_iter().map(Into::into));
         self
@@ -602,6 +649,9 @@ impl From<SecretBuilder> for Object {
 #[derive(Clone, Debug, Default)]
 pub struct InputsBuilder {
     pub objects: Vec<Object>,
+    pub platform_namespace: Option<String>,
+    pub namespace_labels: Vec<(String, String, String)>,
+    pub standalone: bool,
 }
 
 pub fn inputs() -> InputsBuilder {
@@ -614,13 +664,75 @@ impl InputsBuilder {
         self
     }
 
+    /// Adds a consumer `probe` in `namespace` with no allowlists and a key of its own,
+    /// whose route table [`served`] reads: what an unrestricted consumer there reaches.
+    pub fn probe(self, namespace: &str) -> Self {
+        let secret_name = format!("probe-key-{namespace}");
+        self.with(
+            secret(&secret_name)
+                .namespace(namespace)
+                .string("key", &format!("sk-probe-{namespace}-7Hq2xLw9Zc4Rv8Tb")),
+        )
+        .with(
+            consumer("probe")
+                .namespace(namespace)
+                .key(&secret_name, "key"),
+        )
+    }
+
+    pub fn platform(mut self, namespace: &str) -> Self {
+        self.platform_namespace = Some(namespace.to_string());
+        self
+    }
+
+    pub fn namespace_label(mut self, namespace: &str, label: &str, value: &str) -> Self {
+        self.namespace_labels
+            .push((namespace.into(), label.into(), value.into()));
+        self
+    }
+
+    pub fn standalone(mut self) -> Self {
+        self.standalone = true;
+        self
+    }
+
     pub fn build(&self) -> Inputs {
-        Inputs::from_objects(self.objects.clone())
+        let mut inputs = Inputs::from_objects(self.objects.clone());
+        inputs.platform_namespace = self.platform_namespace.clone();
+        inputs.standalone = self.standalone;
+        for (namespace, label, value) in &self.namespace_labels {
+            inputs
+                .namespaces
+                .entry(namespace.clone())
+                .or_default()
+                .insert(label.clone(), value.clone());
+        }
+        inputs
     }
 
     pub fn compile(&self) -> Compiled {
         compile(&self.build())
     }
+}
+
+/// The route table of consumer `namespace/name`: model name to route ids, in order.
+pub fn table_of(
+    compiled: &Compiled,
+    namespace: &str,
+    name: &str,
+) -> std::collections::BTreeMap<String, Vec<String>> {
+    let consumer = &compiled.snapshot.consumers[&format!("{namespace}/{name}")];
+    compiled.snapshot.route_tables[consumer.route_table]
+        .models
+        .clone()
+}
+
+/// What the probe consumer of `namespace` reaches (see [`InputsBuilder::probe`]).
+pub fn served(
+    compiled: &Compiled,
+    namespace: &str,
+) -> std::collections::BTreeMap<String, Vec<String>> {
+    table_of(compiled, namespace, "probe")
 }
 
 /// Shorthand for the key of an object in namespace `default`.

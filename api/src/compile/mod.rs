@@ -1,11 +1,13 @@
 //! `compile()`: objects and Secrets in, a Snapshot and a status per object out.
 //!
 //! One pass per kind, in dependency order: providers (need Secrets), routes (need
-//! providers), consumers (need Secrets and routes), quotas (need consumers and routes).
+//! providers), consumers (need Secrets and routes' grants), then each consumer's route
+//! table (`access`: every tenancy decision), then quotas (need consumers and routes).
 //! An object that fails is left out of the Snapshot with conditions saying what to fix;
 //! everything else still compiles. The result depends only on the objects, never on the
 //! order they arrive in, so replicas that see the same objects build the same Snapshot.
 
+mod access;
 mod consumers;
 mod inputs;
 mod last_good;
@@ -18,14 +20,17 @@ mod status;
 #[cfg(test)]
 mod fixtures;
 #[cfg(test)]
+mod tenancy_tests;
+#[cfg(test)]
 mod tests;
 
 use std::collections::BTreeMap;
 
+pub use access::NAMESPACE_NAME_LABEL;
 pub use inputs::{DEFAULT_NAMESPACE, Inputs, Object, ObjectKey, ObjectKind};
 pub use last_good::{KEPT_NOTE, KeptCompile, LastGood, compile_keeping};
 
-use crate::snapshot::Snapshot;
+use crate::snapshot::{ProviderType, Snapshot};
 use crate::v1alpha1::ObjectStatus;
 
 /// What compile produces.
@@ -41,15 +46,26 @@ pub struct Compiled {
 pub fn compile(inputs: &Inputs) -> Compiled {
     let mut statuses = BTreeMap::new();
     let providers = providers::compile(inputs, &mut statuses);
-    let (routes, models) = routes::compile(inputs, &providers, &mut statuses);
-    let consumers = consumers::compile(inputs, &mut statuses);
+    let routes = routes::compile(inputs, &providers, &mut statuses);
+    let quickstart_allowed =
+        inputs.standalone && providers.values().all(|p| p.kind == ProviderType::Echo);
+    let mut consumers =
+        consumers::compile(inputs, &routes.grants, quickstart_allowed, &mut statuses);
+    let tables = access::tables(
+        inputs,
+        &routes.routes,
+        &routes.grants,
+        &mut consumers.consumers,
+        &consumers.allowlists,
+    );
+    access::reachable_conditions(&routes.routes, &tables.shadowed, &mut statuses);
     let quotas = quotas::compile(inputs, &mut statuses);
     let snapshot = Snapshot {
         version: String::new(),
         providers,
-        routes,
-        models,
-        consumers,
+        routes: routes.routes,
+        route_tables: tables.tables,
+        consumers: consumers.consumers,
         quotas,
     }
     .seal();

@@ -2,6 +2,10 @@
 //!
 //! A quota that names a missing consumer or route stays in force for the targets that
 //! do exist (`ResolvedRefs=False`): dropping it would lift limits someone relies on.
+//!
+//! A quota limits consumers of its own namespace only; one in the platform namespace
+//! may limit every namespace's (an empty target, or a consumer selector, then reaches
+//! across namespaces). So no team can throttle another.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -24,6 +28,9 @@ pub(super) fn compile(
 ) -> BTreeMap<String, Quota> {
     let mut quotas = BTreeMap::new();
     for (key, object) in &inputs.quotas {
+        let platform = inputs.platform_namespace.as_deref() == Some(key.namespace.as_str());
+        // The consumers this quota may limit at all.
+        let in_reach = |consumer: &ObjectKey| platform || consumer.namespace == key.namespace;
         let spec = &object.spec;
         let mut verdict = Verdict::new(object.metadata.generation);
         if let Err(problem) = cel_rules(object) {
@@ -49,7 +56,7 @@ pub(super) fn compile(
             match Selector::try_from(selector.clone()) {
                 Ok(selector) => {
                     let matching = inputs.consumers.iter().filter(|(k, c)| {
-                        k.namespace == key.namespace
+                        in_reach(k)
                             && selector.matches(&c.metadata.labels.clone().unwrap_or_default())
                     });
                     consumers.extend(matching.map(|(k, _)| k.id()));
@@ -111,10 +118,25 @@ pub(super) fn compile(
         if verdict.is_accepted() {
             let targets_consumers =
                 !target.consumers.is_empty() || target.consumer_selector.is_some();
+            let consumers = if targets_consumers {
+                Some(consumers)
+            } else if platform {
+                // Every consumer, in every namespace.
+                None
+            } else {
+                Some(
+                    inputs
+                        .consumers
+                        .keys()
+                        .filter(|k| in_reach(k))
+                        .map(ObjectKey::id)
+                        .collect(),
+                )
+            };
             quotas.insert(
                 key.id(),
                 Quota {
-                    consumers: targets_consumers.then_some(consumers),
+                    consumers,
                     routes: (!target.routes.is_empty()).then_some(routes),
                     models: (!target.models.is_empty())
                         .then(|| target.models.iter().cloned().collect()),

@@ -1,13 +1,14 @@
-//! AIRoute pass: header matches, backends against accepted providers, and which route
-//! serves which model name.
+//! AIRoute pass: header matches, backends against accepted providers, and the grant
+//! of who may use the route (`access`).
 //!
-//! Two routes conflict when they claim the same model name with the same header
-//! matches. The older one (by creation time, then namespace/name) keeps the name; the
-//! other is rejected with `ModelConflict`. For one model name, routes with more header
-//! matches are tried first, so a specific route can sit beside a catch-all.
+//! Two routes of one namespace conflict when they claim the same model name with the
+//! same header matches. The older one (by creation time, then name) keeps the name; the
+//! other is rejected with `ModelConflict`. Routes of different namespaces never
+//! conflict: each consumer sees its own namespace's routes first (`access`).
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::access::{Grant, match_key};
 use super::inputs::{Inputs, ObjectKey, ObjectKind};
 use super::refs::{age, cel_rules, duration_ms};
 use super::status::{Problem, Verdict};
@@ -15,62 +16,69 @@ use crate::snapshot::{Backend, CachePolicy, Circuit, HeaderMatch, Provider, Retr
 use crate::v1alpha1::condition::reasons;
 use crate::v1alpha1::{AIRoute, HeaderMatchType, ObjectStatus};
 
-/// Model names a route serves together with its header match: what two routes must not share.
-type MatchKey = (String, Vec<(String, String, HeaderMatchType)>);
+/// Namespace, a model name and the header matches: what two routes must not share.
+type MatchKey = (String, String, Vec<(String, String, HeaderMatchType)>);
 
-/// Compiles every AIRoute; returns accepted routes by `namespace/name` and, for each model
-/// name, the routes that serve it in match order.
+/// Accepted routes and their grants, by `namespace/name`.
+pub(super) struct CompiledRoutes {
+    pub routes: BTreeMap<String, Route>,
+    pub grants: BTreeMap<String, Grant>,
+}
+
+/// Compiles every AIRoute.
 pub(super) fn compile(
     inputs: &Inputs,
     providers: &BTreeMap<String, Provider>,
     statuses: &mut BTreeMap<ObjectKey, ObjectStatus>,
-) -> (BTreeMap<String, Route>, BTreeMap<String, Vec<String>>) {
+) -> CompiledRoutes {
     let mut candidates = Vec::new();
     for (key, object) in &inputs.routes {
         let mut verdict = Verdict::new(object.metadata.generation);
         let route = compile_one(inputs, providers, key, object, &mut verdict);
-        candidates.push((age(object), key, route, verdict));
+        let grant = Grant::compile(key, object.spec.allowed_consumers.as_ref())
+            .map_err(|problem| verdict.reject(problem))
+            .ok();
+        candidates.push((age(object), key, route.zip(grant), verdict));
     }
 
     // Oldest first, so the older route keeps a contested model name.
     candidates.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
     let mut claimed: BTreeMap<MatchKey, &ObjectKey> = BTreeMap::new();
-    let mut routes = BTreeMap::new();
-    let mut order = Vec::new();
-    for (age, key, route, mut verdict) in candidates {
-        if let Some(route) = route.filter(|_| verdict.is_accepted()) {
-            let keys = match_keys(&route);
+    let mut compiled = CompiledRoutes {
+        routes: BTreeMap::new(),
+        grants: BTreeMap::new(),
+    };
+    for (_, key, route, mut verdict) in candidates {
+        if let Some((route, grant)) = route.filter(|_| verdict.is_accepted()) {
+            let headers = match_key(&route);
+            let keys: Vec<MatchKey> = route
+                .models
+                .iter()
+                .map(|m| (key.namespace.clone(), m.clone(), headers.clone()))
+                .collect();
             match keys
                 .iter()
                 .find_map(|k| claimed.get(k).map(|owner| (k, *owner)))
             {
-                Some(((model, _), owner)) => verdict.reject(Problem::new(
+                Some(((_, model, _), owner)) => verdict.reject(Problem::new(
                     reasons::MODEL_CONFLICT,
                     format!(
-                        "spec.models: {model:?} is already served by AIRoute {}/{} with the same \
-                         header matches; rename the model, add a header match, or delete one route",
+                        "spec.models: {model:?} is already served by AIRoute {}/{} with the \
+                         same header matches; rename the model, add a header match, or delete \
+                         one route",
                         owner.namespace, owner.name
                     ),
                 )),
                 None => {
                     claimed.extend(keys.into_iter().map(|k| (k, key)));
-                    order.push((route.headers.len(), age, key.id()));
-                    routes.insert(key.id(), route);
+                    compiled.routes.insert(key.id(), route);
+                    compiled.grants.insert(key.id(), grant);
                 }
             }
         }
         statuses.insert(key.clone(), verdict.into_status());
     }
-
-    // Match order per model: more header matches first, then oldest.
-    order.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| (&a.1, &a.2).cmp(&(&b.1, &b.2))));
-    let mut models: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for (_, _, id) in order {
-        for model in &routes[&id].models {
-            models.entry(model.clone()).or_default().push(id.clone());
-        }
-    }
-    (routes, models)
+    compiled
 }
 
 fn compile_one(
@@ -264,18 +272,4 @@ fn compile_one(
         circuit,
         cache,
     })
-}
-
-fn match_keys(route: &Route) -> Vec<MatchKey> {
-    let mut headers: Vec<_> = route
-        .headers
-        .iter()
-        .map(|h| (h.name.clone(), h.value.clone(), h.kind))
-        .collect();
-    headers.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
-    route
-        .models
-        .iter()
-        .map(|m| (m.clone(), headers.clone()))
-        .collect()
 }

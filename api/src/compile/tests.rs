@@ -7,7 +7,7 @@ use proptest::prelude::*;
 
 use super::fixtures::*;
 use super::{Compiled, Inputs, Object, ObjectKey, ObjectKind, compile};
-use crate::snapshot::{Snapshot, hash_key};
+use crate::snapshot::{RouteTable, Snapshot, hash_key};
 use crate::v1alpha1::condition::{reasons, types};
 use crate::v1alpha1::{
     Condition, ConditionStatus, FailurePolicy, MidStreamPolicy, ObjectStatus, ProviderType,
@@ -209,14 +209,18 @@ fn happy_path_every_kind_is_accepted_and_in_the_snapshot() {
         (route.backends[0].weight, route.backends[0].priority),
         (1, 0)
     );
-    assert_eq!(snapshot.models["gpt-4o"], ["default/chat"]);
-    assert_eq!(snapshot.models["smart"], ["default/chat"]);
-    assert!(!snapshot.models.contains_key("gpt-4o-mini"));
+    let table = table_of(&compiled, "default", "app");
+    assert_eq!(table["gpt-4o"], ["default/chat"]);
+    assert!(
+        !table.contains_key("smart"),
+        "allowedModels narrows the consumer's table"
+    );
+    assert!(!table.contains_key("gpt-4o-mini"));
 
     let consumer = &snapshot.consumers["default/app"];
     assert_eq!(consumer.key_hashes, ids([hash_key(APP_KEY).as_str()]));
-    assert_eq!(consumer.allowed_models, Some(ids(["gpt-4o"])));
-    assert_eq!(consumer.allowed_routes, Some(ids(["default/chat"])));
+    assert_eq!(snapshot.route_tables.len(), 1);
+    assert_eq!(consumer.route_table, 0);
     assert_eq!(consumer.labels.get("team").map(String::as_str), Some("red"));
 
     let quota = &snapshot.quotas["default/app-rpm"];
@@ -257,10 +261,15 @@ fn observed_generation_is_copied_from_metadata_generation() {
     ] {
         let status = status(&compiled, &key(kind, name));
         assert_eq!(status.observed_generation, generation, "{name}");
+        let expected = if kind == ObjectKind::AIRoute && status.is_accepted() {
+            3
+        } else {
+            2
+        };
         assert_eq!(
             status.conditions.len(),
-            2,
-            "{name}: Accepted and ResolvedRefs"
+            expected,
+            "{name}: Accepted, ResolvedRefs, and Reachable for accepted routes"
         );
         for c in &status.conditions {
             assert_eq!(c.observed_generation, generation, "{name} {}", c.type_);
@@ -438,7 +447,11 @@ fn quota_consumer_selector_matches_labels_in_its_own_namespace() {
         Some(ids(["default/red"]))
     );
     let everyone = &quotas["default/everyone"];
-    assert_eq!(everyone.consumers, None, "no target means any consumer");
+    assert_eq!(
+        everyone.consumers,
+        Some(ids(["default/blue", "default/red"])),
+        "no target means every consumer of the quota's namespace, not another's"
+    );
     assert_eq!(everyone.routes, None);
     assert_eq!(everyone.models, None);
     assert_eq!(everyone.limits[0].max, 12.5, "CostUSD may be fractional");
@@ -670,7 +683,11 @@ fn provider_not_found_rejects_route_without_other_backends() {
     );
     assert!(compiled.snapshot.routes.is_empty());
     assert!(
-        compiled.snapshot.models.is_empty(),
+        compiled
+            .snapshot
+            .route_tables
+            .iter()
+            .all(|t| t.models.is_empty()),
         "a rejected route serves no model"
     );
 }
@@ -838,13 +855,19 @@ fn route_not_found_in_consumer_allowed_routes_keeps_consumer() {
     );
     let message = &condition(&compiled, &ckey("app"), types::RESOLVED_REFS).message;
     assert!(
-        !message.contains("team-chat"),
-        "an existing cross-namespace route resolves"
+        message.contains(
+            "spec.allowedRoutes[2]: AIRoute team/team-chat does not exist or does not allow \
+             consumers of namespace \"default\""
+        ),
+        "a route of another namespace that did not grant this one is refused: {message}"
     );
     assert_eq!(
-        compiled.snapshot.consumers["default/app"].allowed_routes,
-        Some(ids(["default/chat", "default/ghost", "team/team-chat"])),
-        "a missing route stays in the allowlist (it grants nothing)"
+        table_of(&compiled, "default", "app")
+            .into_values()
+            .flatten()
+            .collect::<Vec<_>>(),
+        ["default/chat"],
+        "naming routes grants nothing"
     );
 }
 
@@ -928,6 +951,7 @@ fn model_conflict_older_route_by_creation_timestamp_wins() {
                 .backend("openai", "gpt-4o")
                 .created(100),
         )
+        .probe("default")
         .compile();
     assert_healthy(&compiled, &rkey("zeta"));
     assert_rejected(
@@ -945,7 +969,7 @@ fn model_conflict_older_route_by_creation_timestamp_wins() {
         compiled.snapshot.routes.keys().collect::<Vec<_>>(),
         ["default/zeta"]
     );
-    assert_eq!(compiled.snapshot.models["gpt-4o"], ["default/zeta"]);
+    assert_eq!(served(&compiled, "default")["gpt-4o"], ["default/zeta"]);
 }
 
 #[test]
@@ -964,6 +988,7 @@ fn model_conflict_with_equal_or_no_timestamps_namespace_then_name_decides() {
                     .models(["gpt-4o"])
                     .backend("openai", "gpt-4o"),
             ))
+            .probe("default")
             .compile();
         assert_healthy(&compiled, &rkey("alpha"));
         assert_rejected(
@@ -973,13 +998,14 @@ fn model_conflict_with_equal_or_no_timestamps_namespace_then_name_decides() {
             &["AIRoute default/alpha"],
         );
         assert_eq!(
-            compiled.snapshot.models["gpt-4o"],
+            served(&compiled, "default")["gpt-4o"],
             ["default/alpha"],
             "{created:?}"
         );
     }
 
-    // Namespace before name: a/zeta beats b/alpha. Model names are global.
+    // Routes of different namespaces never conflict: each namespace's consumers get
+    // their own namespace's route.
     let compiled = inputs()
         .with(provider("echo").namespace("a").model("m"))
         .with(provider("echo").namespace("b").model("m"))
@@ -995,14 +1021,16 @@ fn model_conflict_with_equal_or_no_timestamps_namespace_then_name_decides() {
                 .models(["shared"])
                 .backend("echo", "m"),
         )
+        .probe("a")
+        .probe("b")
         .compile();
     assert_healthy(&compiled, &ObjectKey::new(ObjectKind::AIRoute, "a", "zeta"));
-    assert_rejected(
+    assert_healthy(
         &compiled,
         &ObjectKey::new(ObjectKind::AIRoute, "b", "alpha"),
-        reasons::MODEL_CONFLICT,
-        &["AIRoute a/zeta"],
     );
+    assert_eq!(served(&compiled, "a")["shared"], ["a/zeta"]);
+    assert_eq!(served(&compiled, "b")["shared"], ["b/alpha"]);
 }
 
 #[test]
@@ -1048,7 +1076,13 @@ fn model_conflict_rejects_the_whole_route_even_for_partial_overlap() {
         reasons::MODEL_CONFLICT,
         &["\"gpt-4o\""],
     );
-    assert!(!compiled.snapshot.models.contains_key("fresh"));
+    assert!(
+        compiled
+            .snapshot
+            .route_tables
+            .iter()
+            .all(|t| !t.models.contains_key("fresh"))
+    );
     assert!(!compiled.snapshot.routes.contains_key("default/new"));
 }
 
@@ -1097,10 +1131,11 @@ fn rejected_route_does_not_claim_its_model_names() {
                 .backend("openai", "gpt-4o")
                 .created(2),
         )
+        .probe("default")
         .compile();
     assert_rejected(&compiled, &rkey("old"), reasons::NO_VALID_BACKENDS, &[]);
     assert_healthy(&compiled, &rkey("new"));
-    assert_eq!(compiled.snapshot.models["gpt-4o"], ["default/new"]);
+    assert_eq!(served(&compiled, "default")["gpt-4o"], ["default/new"]);
 }
 
 #[test]
@@ -1141,13 +1176,14 @@ fn differing_header_matches_do_not_conflict_and_more_specific_sorts_first() {
                 .backend("openai", "gpt-4o")
                 .created(0),
         )
+        .probe("default")
         .compile();
     for name in ["catch-all", "red", "blue", "red-prod", "red-regex"] {
         assert_healthy(&compiled, &rkey(name));
     }
     // Most header matches first; among equals, oldest first; the catch-all last.
     assert_eq!(
-        compiled.snapshot.models["gpt-4o"],
+        served(&compiled, "default")["gpt-4o"],
         [
             "default/red-prod",
             "default/red-regex",
@@ -1247,11 +1283,11 @@ fn no_valid_keys_when_the_only_key_is_shorter_than_16_chars() {
     assert_unresolved(
         &compiled,
         &ckey("app"),
-        reasons::INVALID,
+        reasons::WEAK_KEY,
         &[
             "spec.keys[0].secretRef",
             "shorter than 16 characters",
-            "use a long random key",
+            "shorter than 16 characters",
         ],
     );
     assert_rejected(
@@ -1272,7 +1308,7 @@ fn no_valid_keys_when_the_only_key_is_shorter_than_16_chars() {
 
 #[test]
 fn a_key_of_exactly_16_chars_is_accepted_and_a_bad_key_beside_a_good_one_only_unresolves() {
-    let sixteen = "exactly-16-chars";
+    let sixteen = "exact-16-chars-q";
     assert_eq!(sixteen.len(), 16);
     let compiled = inputs()
         .with(secret("good").string("key", sixteen))
@@ -1295,7 +1331,7 @@ fn a_key_of_exactly_16_chars_is_accepted_and_a_bad_key_beside_a_good_one_only_un
     assert_unresolved(
         &compiled,
         &ckey("app"),
-        reasons::INVALID,
+        reasons::WEAK_KEY,
         &[
             "spec.keys[1].secretRef",
             "spec.keys[2].secretRef",
@@ -1429,7 +1465,13 @@ fn invalid_durations() {
         ],
     );
     assert!(compiled.snapshot.routes.is_empty());
-    assert!(compiled.snapshot.models.is_empty());
+    assert!(
+        compiled
+            .snapshot
+            .route_tables
+            .iter()
+            .all(|t| t.models.is_empty())
+    );
 }
 
 #[test]
@@ -1809,8 +1851,8 @@ fn snapshot_is_sealed_after_compile_and_not_after_mutation() {
                 .values_mut()
                 .for_each(|r| r.backends[0].weight += 1);
         }),
-        ("models", |s| {
-            s.models.insert("extra".into(), vec!["default/chat".into()]);
+        ("route table", |s| {
+            s.route_tables.push(RouteTable::default());
         }),
         ("consumer key", |s| {
             s.consumers.values_mut().for_each(|c| {
@@ -2041,7 +2083,13 @@ fn check_invariants(inputs: &Inputs, compiled: &Compiled) -> Result<(), TestCase
             ObjectKind::Secret => unreachable!("Secrets get no status"),
         };
         prop_assert_eq!(status.is_accepted(), in_snapshot, "{}", key);
-        prop_assert_eq!(status.conditions.len(), 2);
+        // Accepted routes also say whether they are reachable.
+        let conditions = if key.kind == ObjectKind::AIRoute && in_snapshot {
+            3
+        } else {
+            2
+        };
+        prop_assert_eq!(status.conditions.len(), conditions);
     }
     for (id, route) in &snapshot.routes {
         prop_assert!(route.backends.iter().any(|b| b.weight > 0), "{}", id);
@@ -2053,18 +2101,23 @@ fn check_invariants(inputs: &Inputs, compiled: &Compiled) -> Result<(), TestCase
                 id
             );
         }
-        for model in &route.models {
-            prop_assert!(snapshot.models[model].contains(id));
-        }
     }
-    for (model, ids) in &snapshot.models {
-        for id in ids {
-            prop_assert!(
-                snapshot
-                    .routes
-                    .get(id)
-                    .is_some_and(|r| r.models.contains(model))
-            );
+    // Every table entry is a route serving that model, and a consumer reaches only its
+    // own namespace's routes unless another grants it.
+    for (consumer_id, consumer) in &snapshot.consumers {
+        let table = snapshot.route_tables.get(consumer.route_table);
+        prop_assert!(table.is_some(), "{}", consumer_id);
+        let consumer_namespace = consumer_id.split_once('/').map(|(ns, _)| ns);
+        for (model, ids) in table.iter().flat_map(|t| &t.models) {
+            for id in ids {
+                prop_assert!(
+                    snapshot
+                        .routes
+                        .get(id)
+                        .is_some_and(|r| r.models.contains(model))
+                );
+                prop_assert_eq!(id.split_once('/').map(|(ns, _)| ns), consumer_namespace);
+            }
         }
     }
     let mut owners = BTreeMap::new();
@@ -2311,6 +2364,7 @@ mod keeping {
 fn validate_accepts_compiled_snapshots_and_refuses_tampered_or_dangling_ones() {
     let compiled = openai_world()
         .with(route("chat").models(["gpt-4o"]).backend("openai", "gpt-4o"))
+        .probe("default")
         .compile();
     compiled.snapshot.validate().unwrap();
 
@@ -2340,6 +2394,16 @@ fn validate_accepts_compiled_snapshots_and_refuses_tampered_or_dangling_ones() {
             .validate()
             .unwrap_err()
             .contains("unknown route")
+    );
+
+    let mut no_table = compiled.snapshot.clone();
+    no_table.route_tables.clear();
+    let no_table = no_table.seal();
+    assert!(
+        no_table
+            .validate()
+            .unwrap_err()
+            .contains("route table that does not exist")
     );
 }
 

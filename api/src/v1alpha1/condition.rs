@@ -16,6 +16,9 @@ pub mod types {
     pub const RESOLVED_REFS: &str = "ResolvedRefs";
     /// Every connected proxy serves a Snapshot that includes the object.
     pub const PROGRAMMED: &str = "Programmed";
+    /// AIRoute: every consumer the route allows, and that chose it, reaches it for each
+    /// of its model names (no route that comes first for them has the same match).
+    pub const REACHABLE: &str = "Reachable";
 }
 
 /// Condition reasons. Each names what went wrong so a person knows what to fix.
@@ -50,6 +53,18 @@ pub mod reasons {
     pub const NO_VALID_BACKENDS: &str = "NoValidBackends";
     /// Every key of a consumer failed to resolve.
     pub const NO_VALID_KEYS: &str = "NoValidKeys";
+    /// A gateway key is too short or too predictable.
+    pub const WEAK_KEY: &str = "WeakKey";
+    /// A gateway key is a placeholder or published in the examples.
+    pub const PLACEHOLDER_KEY: &str = "PlaceholderKey";
+    /// A reference crosses into another namespace that did not grant it (or names an
+    /// object there that does not exist: the two look the same from outside).
+    pub const REF_NOT_PERMITTED: &str = "RefNotPermitted";
+    /// `Reachable=True`.
+    pub const REACHABLE: &str = "Reachable";
+    /// For some consumers, another route with the same model name and header matches
+    /// comes first.
+    pub const SHADOWED: &str = "Shadowed";
 }
 
 /// `True`, `False` or `Unknown`, as in every Kubernetes condition.

@@ -49,7 +49,9 @@ pub struct AIConsumerSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 256))]
     pub allowed_models: Vec<String>,
-    /// If set, the only AIRoutes this consumer may use.
+    /// If set, the only AIRoutes this consumer may use. Also how a consumer chooses a
+    /// route of another namespace (other than the platform namespace): such a route
+    /// serves it only when named here and the route's `allowedConsumers` allows it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 256))]
     pub allowed_routes: Vec<RouteReference>,
@@ -59,7 +61,8 @@ pub struct AIConsumerSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ConsumerKey {
-    /// The Secret key holding the gateway key (at least 16 characters).
+    /// The Secret key holding the gateway key: at least 16 characters, not made of a few
+    /// repeated characters, and not a placeholder or a key published in the examples.
     pub secret_ref: SecretKeyRef,
 }
 
@@ -70,7 +73,8 @@ pub struct RouteReference {
     /// Name of the AIRoute.
     #[schemars(length(min = 1, max = 253))]
     pub name: String,
-    /// Namespace of the AIRoute; defaults to the consumer's namespace.
+    /// Namespace of the AIRoute; defaults to the consumer's namespace. A route of another
+    /// namespace must allow this consumer in its `allowedConsumers`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
 }

@@ -26,8 +26,9 @@ pub use quota::{
     QuotaStatus, QuotaTarget, QuotaUsage, QuotaWindow,
 };
 pub use route::{
-    AIRoute, AIRouteSpec, CacheScope, CacheableRequests, CircuitBreaker, HeaderMatch,
-    HeaderMatchType, RouteBackend, RouteCache, RouteRetry, RouteTimeouts, Strategy,
+    AIRoute, AIRouteSpec, AllowedConsumers, AllowedNamespaces, CacheScope, CacheableRequests,
+    CircuitBreaker, HeaderMatch, HeaderMatchType, NamespacesFrom, RouteBackend, RouteCache,
+    RouteRetry, RouteTimeouts, Strategy,
 };
 
 use schemars::JsonSchema;

@@ -122,14 +122,16 @@ pub struct QuotaUsage {
     pub resets_at: String,
 }
 
-/// What a quota applies to.
+/// What a quota applies to: the consumers of its own namespace only (every namespace's
+/// for a quota in the platform namespace), narrowed by the fields set here.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct QuotaTarget {
     /// AIConsumer names in the quota's namespace.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub consumers: Vec<String>,
-    /// AIConsumers in the quota's namespace whose labels match.
+    /// AIConsumers in the quota's namespace whose labels match (in every namespace for
+    /// a quota in the platform namespace).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consumer_selector: Option<LabelSelector>,
     /// AIRoute names in the quota's namespace.

@@ -4,6 +4,8 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
 use super::{DURATION_PATTERN, ObjectStatus};
 
 /// Maps model names that clients send to backends (provider + model).
@@ -87,6 +89,57 @@ pub struct AIRouteSpec {
     /// Exact-match response caching. Off when omitted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<RouteCache>,
+
+    /// Which AIConsumers may use this route. Omitted: the consumers of the route's own
+    /// namespace. Consumers of other namespaces get the route only when it allows them
+    /// here and it is in the platform namespace, or they name it in `allowedRoutes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_consumers: Option<AllowedConsumers>,
+}
+
+/// The consumers a route is offered to: the route owner's grant.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[x_kube(validation = Rule::new("!has(self.namespaces) || self.namespaces.from != 'Selector' || has(self.namespaces.selector)")
+    .message("namespaces.selector is required when namespaces.from is Selector"))]
+#[serde(rename_all = "camelCase")]
+pub struct AllowedConsumers {
+    /// Namespaces whose consumers may use the route, besides the route's own. Default:
+    /// only the route's own namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespaces: Option<AllowedNamespaces>,
+    /// Only consumers whose labels match may use the route, in every allowed namespace
+    /// (the route's own included). Omitted: every consumer of the allowed namespaces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<LabelSelector>,
+}
+
+/// Namespaces a route is offered to, in the shape of Gateway API's `allowedRoutes`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AllowedNamespaces {
+    /// `Same` (default): the route's own namespace only. `All`: every namespace.
+    /// `Selector`: namespaces whose labels match `selector`, and the route's own.
+    #[serde(default)]
+    pub from: NamespacesFrom,
+    /// Namespace labels, for `from: Selector`. Every namespace carries
+    /// `kubernetes.io/metadata.name: <name>`, so names can be listed with
+    /// `matchExpressions`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<LabelSelector>,
+}
+
+/// Where a route's consumers may come from.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, JsonSchema,
+)]
+pub enum NamespacesFrom {
+    /// The route's own namespace.
+    #[default]
+    Same,
+    /// Every namespace.
+    All,
+    /// Namespaces whose labels match the selector.
+    Selector,
 }
 
 /// Answers to repeated requests are served from a cache: in the proxy's memory, or in

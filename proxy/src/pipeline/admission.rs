@@ -9,7 +9,7 @@ use crate::auth::Caller;
 use crate::error::ProxyError;
 use crate::gateway::Gateway;
 use crate::ir::Request;
-use crate::quota::{Demand, RateLimits, Refused, Reservation};
+use crate::quota::{Demand, RateLimits, Refusal, Refused, Reservation};
 use crate::routing::{self, Selected};
 
 /// A request admitted under its quotas.
@@ -42,7 +42,7 @@ pub async fn admit<'r>(
     let refusal = match quotas.admit(snapshot, &demand, &BTreeSet::new()).await {
         Ok(reservation) => return admitted(asked, reservation, None),
         Err(Refused::Unavailable { quota }) => {
-            return (Err(ProxyError::QuotaUnavailable { quota }), None);
+            return (Err(unavailable(&quota, caller)), None);
         }
         Err(Refused::OverLimit(refusal)) => refusal,
     };
@@ -52,18 +52,41 @@ pub async fn admit<'r>(
         .and_then(|id| routing::allowed(snapshot, caller.consumer, id));
     let Some(fallback) = fallback else {
         let rate_limits = Some(refusal.rate_limits.clone());
-        return (Err(refusal.into()), rate_limits);
+        return (Err(over_limit(refusal, caller)), rate_limits);
     };
     quotas.fallback_taken(&refusal.quota);
     let excluded = BTreeSet::from([refusal.quota.clone()]);
     let demand = demand.on_route(snapshot, fallback.id, fallback.route);
     match quotas.admit(snapshot, &demand, &excluded).await {
         Ok(reservation) => admitted(fallback, reservation, Some(refusal.quota)),
-        Err(Refused::Unavailable { quota }) => (Err(ProxyError::QuotaUnavailable { quota }), None),
+        Err(Refused::Unavailable { quota }) => (Err(unavailable(&quota, caller)), None),
         Err(Refused::OverLimit(refusal)) => {
             let rate_limits = Some(refusal.rate_limits.clone());
-            (Err(refusal.into()), rate_limits)
+            (Err(over_limit(refusal, caller)), rate_limits)
         }
+    }
+}
+
+/// The 429 for a refusal, naming the quota only to a caller of its namespace: one from
+/// the platform namespace is not the caller's to read.
+fn over_limit(mut refusal: Refusal, caller: Caller<'_>) -> ProxyError {
+    refusal.quota = quota_name_for(&refusal.quota, caller);
+    refusal.into()
+}
+
+fn unavailable(quota: &str, caller: Caller<'_>) -> ProxyError {
+    ProxyError::QuotaUnavailable {
+        quota: quota_name_for(quota, caller),
+    }
+}
+
+/// `namespace/name` of a quota in the caller's namespace; otherwise what it is.
+fn quota_name_for(quota_id: &str, caller: Caller<'_>) -> String {
+    let namespace = |id: &str| id.split_once('/').map(|(ns, _)| ns.to_string());
+    if namespace(quota_id) == namespace(caller.id) {
+        quota_id.to_string()
+    } else {
+        "of the platform namespace".to_string()
     }
 }
 

@@ -10,7 +10,7 @@
 //! it would reject an object the serving config accepts. Objects that were never
 //! accepted are left out with a logged error, as the operator does with statuses.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -51,6 +51,7 @@ impl fmt::Display for ManifestError {
 }
 
 /// Reads every manifest in `dir`. All problems are reported, not just the first.
+/// Namespaces' labels come from `v1` Namespace documents, if any.
 pub fn load(dir: &Path) -> Result<Inputs, Vec<ManifestError>> {
     let files = manifest_files(dir).map_err(|message| {
         vec![ManifestError {
@@ -89,7 +90,7 @@ struct Loader {
     inputs: Inputs,
     errors: Vec<ManifestError>,
     /// Where each object was first defined, to refuse a second definition.
-    origins: std::collections::BTreeMap<ObjectKey, (PathBuf, usize)>,
+    origins: BTreeMap<ObjectKey, (PathBuf, usize)>,
 }
 
 impl Loader {
@@ -113,6 +114,10 @@ impl Loader {
                     break;
                 }
             };
+            if let Some((name, labels)) = namespace_labels(&value) {
+                self.inputs.namespaces.insert(name, labels);
+                continue;
+            }
             match parse_object(value) {
                 Ok(None) => {}
                 Ok(Some(object)) => {
@@ -135,8 +140,9 @@ impl Loader {
         }
     }
 
-    fn finish(self) -> Result<Inputs, Vec<ManifestError>> {
+    fn finish(mut self) -> Result<Inputs, Vec<ManifestError>> {
         if self.errors.is_empty() {
+            self.inputs.standalone = true;
             Ok(self.inputs)
         } else {
             Err(self.errors)
@@ -162,6 +168,25 @@ fn manifest_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
         .collect();
     files.sort();
     Ok(files)
+}
+
+/// A `v1` Namespace document's name and labels: what routes' namespace selectors match.
+fn namespace_labels(value: &Value) -> Option<(String, BTreeMap<String, String>)> {
+    if value.get("apiVersion")? != "v1" || value.get("kind")? != "Namespace" {
+        return None;
+    }
+    let name = value.pointer("/metadata/name")?.as_str()?.to_string();
+    let labels = value
+        .pointer("/metadata/labels")
+        .and_then(Value::as_object)
+        .map(|labels| {
+            labels
+                .iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                .collect()
+        })
+        .unwrap_or_default();
+    Some((name, labels))
 }
 
 /// One document as an object compile reads; `Ok(None)` for kinds it does not read.
@@ -246,7 +271,8 @@ fn typed<T: DeserializeOwned>(value: Value) -> Result<T, String> {
 /// Loads and serves `dir`, then watches it. Fails if the manifests cannot be read or
 /// parsed; objects that do not compile are logged and left out.
 pub fn start(dir: PathBuf, gateway: Arc<Gateway>) -> anyhow::Result<WatchGuard> {
-    let compiled = load_and_compile(&dir).map_err(|errors| {
+    let platform = gateway.settings.platform_namespace.clone();
+    let compiled = load_and_compile(&dir, platform.as_deref()).map_err(|errors| {
         let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
         anyhow::anyhow!("cannot load manifests:\n  {}", lines.join("\n  "))
     })?;
@@ -265,9 +291,15 @@ pub fn start(dir: PathBuf, gateway: Arc<Gateway>) -> anyhow::Result<WatchGuard> 
     watch(dir, gateway, serving)
 }
 
-/// Reads and compiles `dir`.
-pub fn load_and_compile(dir: &Path) -> Result<Compiled, Vec<ManifestError>> {
-    load(dir).map(|inputs| compile(&inputs))
+/// Reads and compiles `dir`, with `platform` as the platform namespace.
+pub fn load_and_compile(
+    dir: &Path,
+    platform: Option<&str>,
+) -> Result<Compiled, Vec<ManifestError>> {
+    load(dir).map(|mut inputs| {
+        inputs.platform_namespace = platform.map(str::to_string);
+        compile(&inputs)
+    })
 }
 
 /// Logs every object that is not fully healthy.
@@ -321,7 +353,11 @@ pub fn watch(
             tokio::time::sleep(DEBOUNCE).await;
             while rx.try_recv().is_ok() {}
             let load_dir = dir.clone();
-            let result = tokio::task::spawn_blocking(move || load_and_compile(&load_dir)).await;
+            let platform = gateway.settings.platform_namespace.clone();
+            let result = tokio::task::spawn_blocking(move || {
+                load_and_compile(&load_dir, platform.as_deref())
+            })
+            .await;
             match result {
                 Ok(result) => reload(&gateway, result, &mut serving),
                 Err(e) => tracing::error!(error = %e, "manifest reload task failed"),
