@@ -32,7 +32,7 @@ OLDEST = (1, 30)
 # name -> --set values. Each renders a configuration a platform team would run.
 VALUE_SETS = {
     "defaults": [],
-    "namespaced": ["watchNamespaces={team-a,team-b}"],
+    "namespaced": ["watchNamespaces={team-a,team-b}", "platformNamespace=ai-platform"],
     "redis": [
         "redis.url=redis://redis.cache.svc:6379/0",
         "redis.existingSecret=redis-auth",
@@ -63,6 +63,7 @@ REFUSED = [
     "logFormat=yaml",
     "proxy.drainTimeout=soon",
     "watchNamespaces={Not_A_Namespace}",
+    "platformNamespace=Not_A_Namespace",
     "proxy.autoscaling.targetCPUUtilizationPercentage=150",
     "unknownTopLevelKey=1",
 ]

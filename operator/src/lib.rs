@@ -96,6 +96,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         publisher: publisher.clone(),
         metrics: metrics.clone(),
         debounce: settings.debounce,
+        platform_namespace: settings.platform_namespace.clone(),
         decided: decided_tx,
     });
     tasks.spawn(reconcile::run(ctx, trigger));

@@ -23,6 +23,8 @@ pub struct Context {
     pub publisher: Publisher,
     pub metrics: Arc<Metrics>,
     pub debounce: Duration,
+    /// The namespace whose routes are offered to, and quotas limit, every namespace.
+    pub platform_namespace: Option<String>,
     /// The last compile's decisions, for the status writer and the debug endpoint.
     pub decided: watch::Sender<Arc<Decided>>,
 }
@@ -42,7 +44,8 @@ pub async fn run(ctx: Arc<Context>, trigger: Arc<Notify>) {
 
 /// One pass; returns what the next pass keeps broken objects from.
 async fn compile_and_publish(ctx: &Context, last_good: Option<LastGood>) -> LastGood {
-    let inputs = ctx.stores.inputs();
+    let mut inputs = ctx.stores.inputs();
+    inputs.platform_namespace = ctx.platform_namespace.clone();
     let started = Instant::now();
     // Compile is CPU work that grows with the object count: keep it off the runtime.
     let compiled =

@@ -19,6 +19,12 @@ pub struct Settings {
     #[arg(long, env = "SWITCHBOARD_NAMESPACES", value_delimiter = ',')]
     pub namespaces: Vec<String>,
 
+    /// The platform namespace: its AIRoutes may be offered to every namespace's
+    /// consumers (`spec.allowedConsumers`) and its AIQuotas may limit them. Unset: every
+    /// namespace keeps to itself (docs/configuration.md, "Namespaces and teams").
+    #[arg(long, env = "SWITCHBOARD_PLATFORM_NAMESPACE", value_name = "NAMESPACE")]
+    pub platform_namespace: Option<String>,
+
     /// Address of the config service proxies connect to (HTTPS).
     #[arg(
         long,

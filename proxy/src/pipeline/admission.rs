@@ -70,24 +70,25 @@ pub async fn admit<'r>(
 /// The 429 for a refusal, naming the quota only to a caller of its namespace: one from
 /// the platform namespace is not the caller's to read.
 fn over_limit(mut refusal: Refusal, caller: Caller<'_>) -> ProxyError {
-    refusal.quota = quota_name_for(&refusal.quota, caller);
+    refusal.quota = visible_quota(&refusal.quota, caller.id)
+        .unwrap_or("of the platform namespace")
+        .to_string();
     refusal.into()
 }
 
 fn unavailable(quota: &str, caller: Caller<'_>) -> ProxyError {
     ProxyError::QuotaUnavailable {
-        quota: quota_name_for(quota, caller),
+        quota: visible_quota(quota, caller.id)
+            .unwrap_or("of the platform namespace")
+            .to_string(),
     }
 }
 
-/// `namespace/name` of a quota in the caller's namespace; otherwise what it is.
-fn quota_name_for(quota_id: &str, caller: Caller<'_>) -> String {
-    let namespace = |id: &str| id.split_once('/').map(|(ns, _)| ns.to_string());
-    if namespace(quota_id) == namespace(caller.id) {
-        quota_id.to_string()
-    } else {
-        "of the platform namespace".to_string()
-    }
+/// The quota's `namespace/name` if the caller (consumer `caller_id`) may read it: only
+/// a quota of its own namespace. Others limit it from the platform namespace.
+pub(super) fn visible_quota<'q>(quota_id: &'q str, caller_id: &str) -> Option<&'q str> {
+    let namespace = |id: &str| id.split_once('/').map(|(ns, _)| ns.to_owned());
+    (namespace(quota_id) == namespace(caller_id)).then_some(quota_id)
 }
 
 fn admitted<'r>(

@@ -200,12 +200,13 @@ fn tell(headers: &mut HeaderMap, pending: &Pending) {
     if let Some(result) = record.cache {
         headers.insert(CACHE_HEADER, HeaderValue::from_static(result.as_str()));
     }
-    if let Some(value) = record
-        .quota_fallback
-        .as_deref()
-        .and_then(|q| HeaderValue::from_str(q).ok())
-    {
-        headers.insert(QUOTA_FALLBACK_HEADER, value);
+    if let Some(quota) = record.quota_fallback.as_deref() {
+        // A platform quota is not named to a team's caller.
+        let caller = record.consumer.as_deref().unwrap_or_default();
+        let shown = admission::visible_quota(quota, caller).unwrap_or("platform");
+        if let Ok(value) = HeaderValue::from_str(shown) {
+            headers.insert(QUOTA_FALLBACK_HEADER, value);
+        }
     }
 }
 
