@@ -85,7 +85,9 @@ fn client(ca: &[u8]) -> reqwest::Client {
 
 fn snapshot(marker: &str) -> Snapshot {
     let mut snapshot = Snapshot::default();
-    snapshot.models.insert(marker.to_string(), Vec::new());
+    let mut table = switchboard_api::snapshot::RouteTable::default();
+    table.models.insert(marker.to_string(), Vec::new());
+    snapshot.route_tables.push(table);
     snapshot.seal()
 }
 

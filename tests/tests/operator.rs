@@ -556,10 +556,26 @@ async fn kubectl_applies_the_quickstart_and_lists_routes_with_their_conditions()
         applied.contains("airoute.switchboard.dev/echo"),
         "{applied}"
     );
+    // Through the operator the quickstart's public key is refused, and the status says so.
+    let refs = cluster
+        .wait_condition(
+            ("AIConsumer", "default", "quickstart"),
+            "ResolvedRefs",
+            "False",
+            Duration::from_secs(5),
+        )
+        .await;
+    assert_eq!(refs["reason"], "PlaceholderKey", "{refs}");
+    let own_key = "sk-sb-e2e-own-key-Qx8vT1mZ0rL3kP9wYb2N";
+    cluster.api.apply(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "quickstart-key", "namespace": "default"},
+        "stringData": {"key": own_key}
+    }));
     eventually("the quickstart route", Duration::from_secs(5), || async {
         let status = http_client()
             .post(proxy.url("/v1/chat/completions"))
-            .bearer_auth(switchboard_e2e::QUICKSTART_KEY)
+            .bearer_auth(own_key)
             .json(&json!({"model": "echo", "messages": [{"role": "user", "content": "hi"}]}))
             .send()
             .await

@@ -161,14 +161,19 @@ pub(super) fn tables(
     let mut by_table: BTreeMap<RouteTable, usize> = BTreeMap::new();
     let mut tables = Vec::new();
     let no_allowlist = Allowlist::default();
+    // Labels matter only where some route selects consumers by them; otherwise every
+    // consumer of a namespace without allowlists shares one table, computed once.
+    let labels_matter = grants.values().any(|g| g.consumers.is_some());
+    let no_labels = BTreeMap::new();
     for (id, consumer) in consumers.iter_mut() {
         let namespace = id.split_once('/').map_or(id.as_str(), |(ns, _)| ns);
         let allowlist = allowlists.get(id).unwrap_or(&no_allowlist);
-        let audience = (
-            namespace.to_string(),
-            consumer.labels.clone(),
-            allowlist.clone(),
-        );
+        let labels = if labels_matter {
+            &consumer.labels
+        } else {
+            &no_labels
+        };
+        let audience = (namespace.to_string(), labels.clone(), allowlist.clone());
         if let Some(&index) = by_audience.get(&audience) {
             consumer.route_table = index;
             continue;

@@ -22,6 +22,11 @@ struct Args {
     /// Compiles to time.
     #[arg(long, default_value_t = 7)]
     runs: usize,
+    /// The worst case for tenancy: every consumer narrowed by its own `allowedModels`
+    /// (no two share a route table), and every tenth route offered to every namespace
+    /// with a consumer label selector, from a platform namespace.
+    #[arg(long)]
+    tenancy: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -111,7 +116,7 @@ fn inputs(args: &Args) -> anyhow::Result<Inputs> {
         // Providers in the route's namespace: p ≡ r (mod 10).
         let first = (r % args.providers.max(1)) / 10 * 10 + r % 10;
         let second = (first + 10) % args.providers.max(1);
-        objects.push(Object::Route(serde_json::from_value(json!({
+        let mut route = json!({
             "apiVersion": "switchboard.dev/v1alpha1", "kind": "AIRoute",
             "metadata": {"name": format!("route-{r}"), "namespace": ns(r)},
             "spec": {
@@ -121,7 +126,14 @@ fn inputs(args: &Args) -> anyhow::Result<Inputs> {
                     {"provider": format!("provider-{second}"), "model": format!("model-{}", (r + 1) % 5), "priority": 1}
                 ]
             }
-        }))?));
+        });
+        if args.tenancy && r % 10 == 0 {
+            route["spec"]["allowedConsumers"] = json!({
+                "namespaces": {"from": "All"},
+                "selector": {"matchExpressions": [{"key": "team", "operator": "Exists"}]}
+            });
+        }
+        objects.push(Object::Route(serde_json::from_value(route)?));
     }
     for c in 0..args.consumers {
         objects.push(Object::Secret(serde_json::from_value(json!({
@@ -129,11 +141,20 @@ fn inputs(args: &Args) -> anyhow::Result<Inputs> {
             "metadata": {"name": format!("consumer-{c}-key"), "namespace": ns(c)},
             "stringData": {"key": format!("sk-gateway-consumer-{c:08}")}
         }))?));
-        objects.push(Object::Consumer(serde_json::from_value(json!({
+        let mut consumer = json!({
             "apiVersion": "switchboard.dev/v1alpha1", "kind": "AIConsumer",
             "metadata": {"name": format!("consumer-{c}"), "namespace": ns(c), "labels": {"team": ns(c)}},
             "spec": {"keys": [{"secretRef": {"name": format!("consumer-{c}-key"), "key": "key"}}]}
-        }))?));
+        });
+        if args.tenancy {
+            let models = [format!("public-{}", c % 1000), "public-0".to_string()];
+            consumer["spec"]["allowedModels"] = json!(models);
+        }
+        objects.push(Object::Consumer(serde_json::from_value(consumer)?));
     }
-    Ok(Inputs::from_objects(objects))
+    let mut inputs = Inputs::from_objects(objects);
+    if args.tenancy {
+        inputs.platform_namespace = Some(ns(0));
+    }
+    Ok(inputs)
 }

@@ -27,6 +27,7 @@ fn route(status: Option<ObjectStatus>) -> AIRoute {
             strategy: None,
             circuit_breaker: None,
             cache: None,
+            allowed_consumers: None,
         },
     );
     route.metadata.namespace = Some("default".into());
