@@ -13,6 +13,7 @@
 pub mod admin;
 pub mod config_service;
 pub mod http;
+pub mod keys;
 pub mod leader;
 pub mod metrics;
 pub mod pki;
@@ -48,7 +49,7 @@ use crate::status::{Decided, StatusWriter};
 /// Runs the operator until `shutdown` resolves, then gives up the Lease if held.
 pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = client(&settings).await?;
+    let client = kube_client(settings.kubeconfig.as_deref()).await?;
     let tls = http::tls_acceptor(&settings.tls_cert, &settings.tls_key)?;
     let config_listener = http::bind(settings.config_listen, "config service").await?;
     let admin_listener = http::bind(settings.admin_listen, "admin").await?;
@@ -198,8 +199,8 @@ async fn stopped(mut stop: channel::Receiver<bool>) {
 }
 
 /// A client from `--kubeconfig`, or inferred (in-cluster, then $KUBECONFIG/~/.kube/config).
-async fn client(settings: &Settings) -> anyhow::Result<Client> {
-    let config = match &settings.kubeconfig {
+pub async fn kube_client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<Client> {
+    let config = match kubeconfig {
         Some(path) => {
             let kubeconfig = Kubeconfig::read_from(path)
                 .with_context(|| format!("cannot read kubeconfig {}", path.display()))?;

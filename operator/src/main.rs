@@ -2,13 +2,15 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use switchboard_operator::Settings;
+use switchboard_operator::keys::{self, ConsumerRef, SecretOutcome};
 use switchboard_operator::settings::LogFormat;
 use tracing_subscriber::EnvFilter;
 
-/// Switchboard operator: watches AIProvider, AIRoute, AIConsumer, AIQuota and Secrets,
-/// compiles them, and serves the result to proxies.
+/// Switchboard operator: watches AIProvider, AIRoute, AIConsumer, AIQuota, the Secrets
+/// they reference and Namespace labels, compiles them, and serves the result to
+/// proxies. Also makes and revokes consumers' gateway keys (`keys`).
 #[derive(Debug, Parser)]
 #[command(name = "switchboard-operator", version, about)]
 struct Cli {
@@ -32,6 +34,49 @@ enum Command {
         #[arg(long = "host", default_values_t = ["localhost".to_string(), "127.0.0.1".to_string()])]
         hosts: Vec<String>,
     },
+    /// Gateway keys of an AIConsumer: create (printed once), list, revoke.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Make a random key (256 bits), store it in a new Secret in the consumer's
+    /// namespace and add it to the consumer's spec.keys; existing keys stay. The key is
+    /// printed once, alone on stdout.
+    Create {
+        #[command(flatten)]
+        target: KeysTarget,
+        /// Name of the new Secret; default `<consumer>-key-<random>`. Never overwritten.
+        #[arg(long, value_name = "NAME")]
+        secret: Option<String>,
+    },
+    /// Show the consumer's keys: Secret names and metadata, never values.
+    List {
+        #[command(flatten)]
+        target: KeysTarget,
+    },
+    /// Remove a key from the consumer's spec.keys, then delete its Secret if `keys
+    /// create` made it for this consumer. The last key is never removed.
+    Revoke {
+        #[command(flatten)]
+        target: KeysTarget,
+        /// The Secret holding the key to revoke.
+        #[arg(long, value_name = "NAME")]
+        secret: String,
+    },
+}
+
+#[derive(Debug, Args)]
+struct KeysTarget {
+    /// The AIConsumer, as NAMESPACE/NAME.
+    #[arg(long, value_name = "NAMESPACE/NAME")]
+    consumer: ConsumerRef,
+    /// Kubeconfig to use instead of the in-cluster config or $KUBECONFIG.
+    #[arg(long, env = "SWITCHBOARD_KUBECONFIG", value_name = "FILE")]
+    kubeconfig: Option<std::path::PathBuf>,
 }
 
 #[tokio::main]
@@ -63,6 +108,13 @@ async fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Keys { command } => match run_keys(command).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("error: {error:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Run(settings) => {
             init_logging(settings.log_format);
             match switchboard_operator::run(*settings, shutdown_signal()).await {
@@ -74,6 +126,55 @@ async fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Runs a `keys` subcommand. Only `create` writes to stdout, and only the key; what
+/// happened goes to stderr.
+async fn run_keys(command: KeysCommand) -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match command {
+        KeysCommand::Create { target, secret } => {
+            let client = switchboard_operator::kube_client(target.kubeconfig.as_deref()).await?;
+            let created = keys::create(&client, &target.consumer, secret.as_deref()).await?;
+            println!("{}", created.key.expose());
+            let what = if created.added {
+                "added it to"
+            } else {
+                "it fills the reference of"
+            };
+            eprintln!(
+                "created Secret {}/{} and {what} AIConsumer {} ({} key(s) now). The key above is \
+                 shown only this once; it is stored in the Secret.",
+                target.consumer.namespace, created.secret, target.consumer, created.keys
+            );
+        }
+        KeysCommand::List { target } => {
+            let client = switchboard_operator::kube_client(target.kubeconfig.as_deref()).await?;
+            let listed = keys::list(&client, &target.consumer).await?;
+            print!("{}", keys::render(&listed));
+        }
+        KeysCommand::Revoke { target, secret } => {
+            let client = switchboard_operator::kube_client(target.kubeconfig.as_deref()).await?;
+            let revoked = keys::revoke(&client, &target.consumer, &secret).await?;
+            let namespace = &target.consumer.namespace;
+            let what = match revoked.secret {
+                SecretOutcome::Deleted => format!("deleted Secret {namespace}/{secret}"),
+                SecretOutcome::Missing => format!("Secret {namespace}/{secret} did not exist"),
+                SecretOutcome::KeptNotOurs => format!(
+                    "kept Secret {namespace}/{secret}: keys create did not make it for this consumer; \
+                     delete it yourself if nothing else uses it"
+                ),
+                SecretOutcome::KeptStillReferenced(other) => format!(
+                    "kept Secret {namespace}/{secret}: AIConsumer {namespace}/{other} uses it too"
+                ),
+            };
+            eprintln!(
+                "revoked the key in Secret {secret} of AIConsumer {} ({} key(s) left); {what}",
+                target.consumer, revoked.remaining
+            );
+        }
+    }
+    Ok(())
 }
 
 fn init_logging(format: LogFormat) {

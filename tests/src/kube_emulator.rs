@@ -46,12 +46,21 @@
 //!   periods) are ignored; there is no `deletecollection`.
 //! - HTTP/1.1 only, JSON only (no protobuf, no aggregated discovery: the legacy
 //!   discovery documents are served, and clients fall back to them).
+//! - Metadata-only requests (`Accept: application/json;as=PartialObjectMetadata[List]`,
+//!   as kube's `Api<PartialObjectMeta<K>>` sends) get `PartialObjectMetadata` objects:
+//!   `metadata` only, from get, list and watch.
+//! - Namespaces get the label `kubernetes.io/metadata.name: <name>` on every write, as
+//!   the real server does.
+//!
+//! For tests of what a client reads, `bytes_served` counts the response bytes of gets,
+//! lists and watch events per resource, and `requests` records every request.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -104,6 +113,8 @@ pub struct RequestRecord {
     /// The raw query string, `""` when there is none.
     pub query: String,
     pub content_type: Option<String>,
+    /// The `Accept` header, if any.
+    pub accept: Option<String>,
 }
 
 /// What the server task and the handle share.
@@ -111,6 +122,33 @@ pub struct RequestRecord {
 struct Shared {
     resources: Vec<ResourceDef>,
     state: Mutex<State>,
+    /// Per (group, plural): response bytes of gets, lists and watch events, and
+    /// watches open now.
+    served: BTreeMap<(String, String), Arc<Counters>>,
+}
+
+/// Traffic of one resource.
+#[derive(Debug, Default)]
+struct Counters {
+    bytes: AtomicU64,
+    open_watches: AtomicU64,
+}
+
+/// Counts a watch as open while it lives.
+#[derive(Debug)]
+struct OpenWatch(Arc<Counters>);
+
+impl OpenWatch {
+    fn new(counters: Arc<Counters>) -> Self {
+        counters.open_watches.fetch_add(1, Ordering::Relaxed);
+        Self(counters)
+    }
+}
+
+impl Drop for OpenWatch {
+    fn drop(&mut self) {
+        self.0.open_watches.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Everything mutable; only ever locked briefly, never across an await.
@@ -233,6 +271,10 @@ enum Op {
 #[derive(Debug)]
 struct WatchStream {
     res: ResourceDef,
+    /// `PartialObjectMetadata` instead of whole objects.
+    meta_only: bool,
+    /// The resource's counters; open while this lives.
+    open: OpenWatch,
     filter: Filter,
     events: broadcast::Receiver<Broadcast>,
     /// Lines to send before live events (replayed history or initial events).
@@ -258,7 +300,12 @@ impl KubeEmulator {
         let mut resources = builtin_resources();
         resources.extend(load_crds(dir));
         let (events, _) = broadcast::channel(4096);
+        let served = resources
+            .iter()
+            .map(|r| ((r.group.clone(), r.plural.clone()), Arc::default()))
+            .collect();
         let shared = Arc::new(Shared {
+            served,
             resources,
             state: Mutex::new(State {
                 objects: BTreeMap::new(),
@@ -416,6 +463,23 @@ current-context: emulator
         self.shared.lock().requests.clone()
     }
 
+    /// Bytes of objects of this kind served so far in all versions: get and list
+    /// response bodies, and watch event lines.
+    pub fn bytes_served(&self, api_version: &str, kind: &str) -> u64 {
+        let res = self.resource(api_version, kind);
+        self.shared.counters(res).bytes.load(Ordering::Relaxed)
+    }
+
+    /// Watches of this kind open now (in all versions): a client's watch counts until
+    /// its response ends or the client goes away.
+    pub fn open_watches(&self, api_version: &str, kind: &str) -> u64 {
+        let res = self.resource(api_version, kind);
+        self.shared
+            .counters(res)
+            .open_watches
+            .load(Ordering::Relaxed)
+    }
+
     /// The resource serving `kind` in `api_version`; panics if there is none, since
     /// that is a mistake in the test.
     fn resource(&self, api_version: &str, kind: &str) -> &ResourceDef {
@@ -500,6 +564,7 @@ async fn handle(
         path: parts.uri.path().to_string(),
         query: parts.uri.query().unwrap_or_default().to_string(),
         content_type: header(CONTENT_TYPE),
+        accept: header(ACCEPT),
     };
     {
         let mut state = shared.lock();
@@ -531,7 +596,7 @@ async fn handle(
             .collect(),
         path: record.path,
         content_type: record.content_type.unwrap_or_default(),
-        accept: header(ACCEPT).unwrap_or_default(),
+        accept: record.accept.unwrap_or_default(),
         body,
     };
     Ok(shared
@@ -726,10 +791,14 @@ impl Shared {
                     .get(&res.key(ns, name))
                     .map(|o| res.present(o));
                 let object = object.ok_or_else(|| ApiError::object_not_found(res, name))?;
-                if wants_table(&req.accept) {
-                    return reply(200, table(res, std::slice::from_ref(&object), None));
-                }
-                reply(200, object)
+                let body = if wants_table(&req.accept) {
+                    table(res, std::slice::from_ref(&object), None)
+                } else if wants_metadata(&req.accept) {
+                    partial(&object)
+                } else {
+                    object
+                };
+                Ok(self.served_response(res, &body))
             }
             (&Method::PUT, Some(name)) => {
                 let object = parse_json(&req.body)?;
@@ -768,18 +837,40 @@ impl Shared {
             .collect();
         let resource_version = state.resource_version.to_string();
         drop(state);
-        if wants_table(&req.accept) {
-            return reply(200, table(res, &items, Some(&resource_version)));
-        }
-        reply(
-            200,
+        let body = if wants_table(&req.accept) {
+            table(res, &items, Some(&resource_version))
+        } else if wants_metadata(&req.accept) {
+            json!({
+                "kind": "PartialObjectMetadataList",
+                "apiVersion": "meta.k8s.io/v1",
+                "metadata": {"resourceVersion": resource_version},
+                "items": items.iter().map(partial).collect::<Vec<_>>(),
+            })
+        } else {
             json!({
                 "kind": format!("{}List", res.kind),
                 "apiVersion": res.api_version(),
                 "metadata": {"resourceVersion": resource_version},
                 "items": items,
-            }),
-        )
+            })
+        };
+        Ok(self.served_response(res, &body))
+    }
+
+    fn counters(&self, res: &ResourceDef) -> Arc<Counters> {
+        self.served
+            .get(&(res.group.clone(), res.plural.clone()))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// A 200 with `body`, counted in `bytes_served`.
+    fn served_response(&self, res: &ResourceDef, body: &Value) -> Response<Body> {
+        let bytes = serde_json::to_vec(body).unwrap_or_default();
+        self.counters(res)
+            .bytes
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        body_response(200, Full::new(Bytes::from(bytes)).boxed_unsync())
     }
 
     fn patch(
@@ -823,6 +914,11 @@ impl Shared {
 
     fn watch(&self, req: &ApiRequest, res: &ResourceDef, namespace: Option<&str>) -> Reply {
         let filter = Filter::new(req, res, namespace)?;
+        let meta_only = wants_metadata(&req.accept);
+        let present = |object: &Value| {
+            let object = res.present(object);
+            if meta_only { partial(&object) } else { object }
+        };
         let flag = |name| matches!(req.param(name), Some("true" | "1"));
         let timeout = match req.param("timeoutSeconds") {
             Some(seconds) => {
@@ -839,7 +935,7 @@ impl Shared {
         if flag("sendInitialEvents") {
             for (key, object) in &state.objects {
                 if filter.matches(key, object) {
-                    pending.push_back(watch_line("ADDED", &res.present(object)));
+                    pending.push_back(watch_line("ADDED", &present(object)));
                 }
             }
             let end = json!({"k8s.io/initial-events-end": "true"});
@@ -870,7 +966,7 @@ impl Shared {
                         if event.resource_version > since
                             && filter.matches(&event.key, &event.object)
                         {
-                            pending.push_back(watch_line(event.kind, &res.present(&event.object)));
+                            pending.push_back(watch_line(event.kind, &present(&event.object)));
                         }
                     }
                 }
@@ -888,6 +984,8 @@ impl Shared {
         });
         let watch = WatchStream {
             res: res.clone(),
+            meta_only,
+            open: OpenWatch::new(self.counters(res)),
             filter,
             events,
             pending,
@@ -897,6 +995,11 @@ impl Shared {
         };
         let lines = futures_util::stream::unfold(watch, |mut watch| async move {
             let line = watch.next_line().await?;
+            watch
+                .open
+                .0
+                .bytes
+                .fetch_add(line.len() as u64, Ordering::Relaxed);
             Some((Ok::<_, Infallible>(Frame::data(line)), watch))
         });
         Ok(body_response(200, StreamBody::new(lines).boxed_unsync()))
@@ -967,6 +1070,14 @@ impl State {
             )));
         }
         meta.insert("name".into(), json!(name));
+        if res.group.is_empty() && res.kind == "Namespace" {
+            // As the real server: every namespace carries its name as a label.
+            let labels = meta.entry("labels").or_insert_with(|| json!({}));
+            if !labels.is_object() {
+                return Err(ApiError::bad_request("metadata.labels must be an object"));
+            }
+            labels["kubernetes.io/metadata.name"] = json!(name);
+        }
         let namespace = if res.namespaced {
             let namespace = match (meta.get("namespace").and_then(Value::as_str), url_ns) {
                 (Some(body), Some(url)) if body != url => {
@@ -1476,7 +1587,13 @@ impl WatchStream {
                 Wake::Message(Ok(Broadcast::Event(event))) => {
                     self.last_rv = event.resource_version;
                     if self.filter.matches(&event.key, &event.object) {
-                        return Some(watch_line(event.kind, &self.res.present(&event.object)));
+                        let object = self.res.present(&event.object);
+                        let object = if self.meta_only {
+                            partial(&object)
+                        } else {
+                            object
+                        };
+                        return Some(watch_line(event.kind, &object));
                     }
                 }
                 Wake::Bookmark => {
@@ -1510,6 +1627,23 @@ async fn sleep_until(deadline: Option<Instant>) {
 }
 
 // === Tables ===
+
+/// Whether the client asked for `PartialObjectMetadata` (or a list of them) first.
+fn wants_metadata(accept: &str) -> bool {
+    accept
+        .split(',')
+        .next()
+        .is_some_and(|first| first.contains("as=PartialObjectMetadata"))
+}
+
+/// An object as `PartialObjectMetadata`: its metadata only.
+fn partial(object: &Value) -> Value {
+    json!({
+        "kind": "PartialObjectMetadata",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": object.get("metadata").cloned().unwrap_or_else(|| json!({})),
+    })
+}
 
 /// Whether the client asked for a `meta.k8s.io` Table (as `kubectl get` does).
 fn wants_table(accept: &str) -> bool {

@@ -21,8 +21,8 @@ const NS: &str = "team-a";
 /// One permission: API group, resource (with `/subresource`), verb.
 type Permission = (String, String, String);
 
-/// The rules of the chart's ClusterRoles and Roles, rendered with `values`.
-fn chart_permissions(values: &[&str]) -> BTreeSet<Permission> {
+/// The chart's objects, rendered with `values`.
+fn render(values: &[&str]) -> Vec<Value> {
     let chart = workspace_root().join("charts/switchboard");
     let mut command = Command::new("helm");
     command
@@ -41,9 +41,16 @@ fn chart_permissions(values: &[&str]) -> BTreeSet<Permission> {
         String::from_utf8_lossy(&output.stderr)
     );
     let rendered = String::from_utf8(output.stdout).unwrap();
+    serde_yaml_ng::Deserializer::from_str(&rendered)
+        .map(|document| Value::deserialize(document).unwrap())
+        .filter(|object| !object.is_null())
+        .collect()
+}
+
+/// The rules of the chart's ClusterRoles and Roles, rendered with `values`.
+fn chart_permissions(values: &[&str]) -> BTreeSet<Permission> {
     let mut permissions = BTreeSet::new();
-    for document in serde_yaml_ng::Deserializer::from_str(&rendered) {
-        let object = Value::deserialize(document).unwrap();
+    for object in render(values) {
         if !matches!(object["kind"].as_str(), Some("ClusterRole" | "Role")) {
             continue;
         }
@@ -227,6 +234,35 @@ async fn the_operator_uses_every_rule_of_the_charts_rbac_and_no_other() {
             "the chart ({values:?}) allows calls the operator never makes: {unused:?}"
         );
     }
+}
+
+/// Namespaces are cluster-scoped: a Role in a watched namespace cannot grant them, so
+/// with watchNamespaces a ClusterRole grants exactly those by name (the operator
+/// watches each with `fieldSelector=metadata.name=...`, which `resourceNames`
+/// authorizes), and no rule grants every namespace.
+#[test]
+fn namespace_access_is_limited_to_the_watched_namespaces() {
+    let namespace_rules = |values: &[&str]| -> Vec<Value> {
+        render(values)
+            .into_iter()
+            .filter(|o| matches!(o["kind"].as_str(), Some("ClusterRole" | "Role")))
+            .flat_map(|o| o["rules"].as_array().cloned().unwrap_or_default())
+            .filter(|rule| {
+                rule["resources"]
+                    .as_array()
+                    .is_some_and(|r| r.contains(&json!("namespaces")))
+            })
+            .collect()
+    };
+    let all = namespace_rules(&[]);
+    assert_eq!(all.len(), 1, "{all:?}");
+    assert_eq!(all[0]["verbs"], json!(["list", "watch"]));
+    assert!(all[0].get("resourceNames").is_none(), "{all:?}");
+
+    let scoped = namespace_rules(&["watchNamespaces={team-a,team-b}"]);
+    assert_eq!(scoped.len(), 1, "{scoped:?}");
+    assert_eq!(scoped[0]["verbs"], json!(["list", "watch"]));
+    assert_eq!(scoped[0]["resourceNames"], json!(["team-a", "team-b"]));
 }
 
 #[test]

@@ -98,7 +98,8 @@ fn writer(object: AIRoute) -> (StatusWriter, ApiHandle) {
         routes: vec![routes.as_reader()],
         consumers: Vec::new(),
         quotas: Vec::new(),
-        secrets: Vec::new(),
+        secrets: crate::watch::SecretStores::default(),
+        namespaces: Vec::new(),
     };
     let recorder = Recorder::new(
         client.clone(),
