@@ -37,6 +37,9 @@ pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
 /// How often the files are read again unless told otherwise.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
 
+/// The longest interval between checks; longer ones are cut to it.
+pub const MAX_INTERVAL: Duration = Duration::from_secs(24 * 60 * 60);
+
 /// Why a certificate, key or bundle cannot be used. Never holds key material.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -117,11 +120,12 @@ impl ReloadingCert {
         })
     }
 
-    /// Loads the pair, then checks the files every `interval` from a background task
-    /// (zero: never) that ends when the last handle to the resolver is dropped. Must be
-    /// called within a Tokio runtime.
+    /// Loads the pair, then checks the files every `interval` (zero: never; at most
+    /// `MAX_INTERVAL`) from a background task that ends when the last handle to the
+    /// resolver is dropped. Must be called within a Tokio runtime.
     pub fn watch(cert: &Path, key: &Path, interval: Duration) -> Result<Arc<Self>, Error> {
         let resolver = Arc::new(Self::load(cert, key)?);
+        let interval = interval.min(MAX_INTERVAL);
         if !interval.is_zero() {
             let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
             runtime.spawn(check_every(Arc::downgrade(&resolver), interval));
