@@ -5,8 +5,13 @@
 - `helm template --include-crds` with each value set, every rendered object validated
   with kubernetes-validate (strict: unknown fields are errors) against each Kubernetes
   version the chart supports, 1.30 up to the newest the package knows; the Prometheus
-  Operator's kinds, which it has no schema for, are checked for what the chart relies on;
+  Operator's and cert-manager's kinds, which it has no schema for, are checked for what
+  the chart relies on;
 - values the schema must refuse are refused;
+- the config channel's certificate: cert-manager's Certificate writes the Secret the
+  operator and proxies mount; pods carry a checksum of material the chart generates;
+  value sets that generate nothing render the same twice (helm template, Argo CD);
+- the proxies' client TLS: certificate passed, HTTPS probes, ports named https;
 - the production defaults hold in every rendered Deployment (non-root, read-only root
   filesystem, no capabilities, RuntimeDefault seccomp, probes, resources, a grace
   period longer than the drain);
@@ -54,7 +59,24 @@ VALUE_SETS = {
         "configChannel.existingTokenSecret=my-token",
         "logFormat=text",
     ],
+    # The way for `helm template` (Argo CD): nothing generated at render.
+    "cert-manager": [
+        "configChannel.certManager.enabled=true",
+        "configChannel.existingTokenSecret=my-token",
+        "proxy.tls.secretName=proxy-tls",
+        "proxy.service.port=443",
+        "networkPolicy.enabled=true",
+    ],
+    "cert-manager-issuer": [
+        "configChannel.certManager.enabled=true",
+        "configChannel.certManager.issuerRef.name=platform-ca",
+        "configChannel.certManager.issuerRef.kind=ClusterIssuer",
+    ],
 }
+
+# Value sets whose output must be the same on every render: nothing generated (so
+# `helm template` and Argo CD see no change between syncs).
+STABLE = ["own-secrets", "cert-manager"]
 
 # --set values the schema must refuse.
 REFUSED = [
@@ -66,6 +88,10 @@ REFUSED = [
     "platformNamespace=Not_A_Namespace",
     "proxy.autoscaling.targetCPUUtilizationPercentage=150",
     "unknownTopLevelKey=1",
+    "configChannel.certManager.issuerRef.kind=Cluster",
+    "configChannel.certManager.duration=90d",
+    "configChannel.certManager.enabled=true,configChannel.existingTlsSecret=my-tls",
+    "proxy.tls.secretName=Not_A_Name",
 ]
 
 problems = []
@@ -171,17 +197,100 @@ def check_defaults(name, objects):
                     problem(f"{what}: grace period {grace}s is not longer than the drain")
 
 
+def deployment(objects, component):
+    for o in objects:
+        if o["kind"] == "Deployment" and o["metadata"]["labels"].get("app.kubernetes.io/component") == component:
+            return o
+    return None
+
+
+def config_tls_secret(objects):
+    """The Secret the operator serves the config channel's certificate from."""
+    for volume in deployment(objects, "operator")["spec"]["template"]["spec"]["volumes"]:
+        if volume["name"] == "tls":
+            return volume["secret"]["secretName"]
+    return None
+
+
 def check_secrets_not_inlined(name, objects):
     """The proxy gets the CA, never the operator's private key."""
-    for o in objects:
-        if o["kind"] != "Deployment" or o["metadata"]["labels"].get("app.kubernetes.io/component") != "proxy":
-            continue
-        for volume in o["spec"]["template"]["spec"].get("volumes", []):
-            items = volume.get("secret", {}).get("items", [])
-            if any(item["key"] == "tls.key" for item in items):
-                problem(f"{name}: the proxy mounts the operator's private key")
-            if volume.get("secret") and not items:
-                problem(f"{name}: the proxy mounts a whole Secret ({volume['name']})")
+    operator_secret = config_tls_secret(objects)
+    for volume in deployment(objects, "proxy")["spec"]["template"]["spec"].get("volumes", []):
+        secret = volume.get("secret", {})
+        items = secret.get("items", [])
+        if secret.get("secretName") == operator_secret and any(item["key"] == "tls.key" for item in items):
+            problem(f"{name}: the proxy mounts the operator's private key")
+        if secret and not items:
+            problem(f"{name}: the proxy mounts a whole Secret ({volume['name']})")
+
+
+def check_certificates(name, values, objects):
+    """cert-manager's kinds (no schema offline): the server Certificate writes the Secret
+    the operator and proxies mount, for the operator's Service names, from an Issuer the
+    chart renders or the values name; the chart then renders no certificate itself. And
+    the checksum annotation follows generated material."""
+    cert_manager = "configChannel.certManager.enabled=true" in values
+    secret = config_tls_secret(objects)
+    certificates = [o for o in objects if o["kind"] == "Certificate"]
+    issuers = {o["metadata"]["name"] for o in objects if o["kind"] == "Issuer"}
+    rendered_tls = [o for o in objects if o["kind"] == "Secret" and o["metadata"]["name"] == secret]
+    if not cert_manager:
+        if certificates or issuers:
+            problem(f"{name}: cert-manager objects without configChannel.certManager.enabled")
+    else:
+        if rendered_tls:
+            problem(f"{name}: the chart renders the config channel's certificate although cert-manager issues it")
+        server = [c for c in certificates if c["spec"].get("secretName") == secret and not c["spec"].get("isCA")]
+        if len(server) != 1:
+            problem(f"{name}: no Certificate writes {secret}, the Secret the operator mounts")
+        for certificate in certificates:
+            ref = certificate["spec"]["issuerRef"]
+            external = any(v.startswith("configChannel.certManager.issuerRef.name=") for v in values)
+            if ref.get("kind", "Issuer") == "Issuer" and ref["name"] not in issuers and not external:
+                problem(f"{name}: Certificate {certificate['metadata']['name']} names Issuer {ref['name']}, which is not rendered")
+        if server:
+            service = next(o for o in objects if o["kind"] == "Service" and o["metadata"]["name"].endswith("-operator"))
+            host = f"{service['metadata']['name']}.{service['metadata']['namespace']}.svc"
+            if host not in server[0]["spec"].get("dnsNames", []):
+                problem(f"{name}: the config channel's Certificate is not valid for {host}")
+    proxy_ca = [
+        v["secret"]["secretName"]
+        for v in deployment(objects, "proxy")["spec"]["template"]["spec"]["volumes"]
+        if v["name"] == "ca"
+    ]
+    if proxy_ca != [secret]:
+        problem(f"{name}: the proxy trusts the CA in {proxy_ca}, the operator serves {secret}")
+    generated = any(o["kind"] == "Secret" and o["metadata"]["name"].startswith("sb-switchboard-config-") for o in objects)
+    for component in ("operator", "proxy"):
+        annotations = deployment(objects, component)["spec"]["template"]["metadata"].get("annotations") or {}
+        if generated != ("checksum/config-channel" in annotations):
+            problem(f"{name}: the {component}'s pods {'lack' if generated else 'have'} a checksum of generated material")
+
+
+def check_proxy_tls(name, values, objects):
+    """With proxy.tls.secretName the proxies serve HTTPS: the certificate is passed, the
+    probes use HTTPS, the ports are named https."""
+    tls = any(v.startswith("proxy.tls.secretName=") for v in values)
+    proxy = deployment(objects, "proxy")
+    container = proxy["spec"]["template"]["spec"]["containers"][0]
+    args = container.get("args", [])
+    if tls != any(a.startswith("--tls-cert=") for a in args):
+        problem(f"{name}: proxy.tls.secretName and --tls-cert disagree")
+    scheme = "HTTPS" if tls else "HTTP"
+    for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+        if container[probe]["httpGet"].get("scheme", "HTTP") != scheme:
+            problem(f"{name}: the proxy's {probe} does not use {scheme}")
+    port = "https" if tls else "http"
+    service = next(o for o in objects if o["kind"] == "Service" and o["metadata"]["name"].endswith("-proxy"))
+    if port not in {p["name"] for p in service["spec"]["ports"]}:
+        problem(f"{name}: the proxy Service has no port named {port}")
+
+
+def check_stable(name, values, first):
+    """Renders again: the same output (nothing generated at render)."""
+    again = helm("template", "sb", CHART, "-n", "switchboard", "--include-crds", *set_args(values))
+    if again.stdout != first:
+        problem(f"{name}: a second render differs; `helm template` (Argo CD) would see changes on every sync")
 
 
 def main():
@@ -203,7 +312,7 @@ def main():
         print(f"{name}: {len(objects)} objects ({', '.join(kinds)})")
         for version in versions:
             for o in objects:
-                if o["apiVersion"].startswith("monitoring.coreos.com/"):
+                if o["apiVersion"].startswith(("monitoring.coreos.com/", "cert-manager.io/")):
                     continue
                 try:
                     kubernetes_validate.validate(o, version, strict=True)
@@ -214,6 +323,10 @@ def main():
         check_monitoring(name, objects)
         check_defaults(name, objects)
         check_secrets_not_inlined(name, objects)
+        check_certificates(name, values, objects)
+        check_proxy_tls(name, values, objects)
+        if name in STABLE:
+            check_stable(name, values, rendered.stdout)
 
     for value in REFUSED:
         result = helm("template", "sb", CHART, "--set", value)

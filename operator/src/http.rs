@@ -16,8 +16,7 @@ use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use switchboard_certs::ReloadingCert;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
@@ -100,22 +99,18 @@ pub async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("cannot listen on {addr} ({what})"))
 }
 
-/// A TLS acceptor for the PEM certificate chain and key in these files.
-pub fn tls_acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .with_context(|| format!("cannot read certificate {}", cert.display()))?
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("certificate {} is not valid PEM", cert.display()))?;
-    if chain.is_empty() {
-        anyhow::bail!("certificate {} holds no certificate", cert.display());
-    }
-    let key = PrivateKeyDer::from_pem_file(key)
-        .with_context(|| format!("cannot read a PEM private key from {}", key.display()))?;
-    let mut config = rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .context("certificate and key do not match")?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+/// A TLS acceptor for the PEM certificate chain and key in these files, read again every
+/// `reload_every` (zero: never): a renewed certificate is served to new connections
+/// without a restart, and a bad one is logged and the old one kept (`switchboard_certs`).
+/// The reloading stops when the acceptor is dropped.
+pub fn tls_acceptor(
+    cert: &Path,
+    key: &Path,
+    reload_every: Duration,
+) -> anyhow::Result<TlsAcceptor> {
+    let resolver = ReloadingCert::watch(cert, key, reload_every)
+        .context("cannot serve the config service over TLS (--tls-cert, --tls-key)")?;
+    let config = switchboard_certs::server_config(resolver, &[b"http/1.1"])?;
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 

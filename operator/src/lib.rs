@@ -50,7 +50,11 @@ use crate::status::{Decided, StatusWriter};
 pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let client = kube_client(settings.kubeconfig.as_deref()).await?;
-    let tls = http::tls_acceptor(&settings.tls_cert, &settings.tls_key)?;
+    let tls = http::tls_acceptor(
+        &settings.tls_cert,
+        &settings.tls_key,
+        settings.tls_reload_interval,
+    )?;
     let config_listener = http::bind(settings.config_listen, "config service").await?;
     let admin_listener = http::bind(settings.admin_listen, "admin").await?;
     let metrics = Arc::new(Metrics::new().context("cannot register metrics")?);

@@ -37,13 +37,20 @@ pub struct Settings {
     #[arg(long, env = "SWITCHBOARD_ADMIN_LISTEN", default_value = "0.0.0.0:9090")]
     pub admin_listen: SocketAddr,
 
-    /// PEM certificate chain the config service presents.
+    /// PEM certificate chain the config service presents. Read again every
+    /// `--tls-reload-interval`: a renewed certificate needs no restart.
     #[arg(long, env = "SWITCHBOARD_TLS_CERT", value_name = "FILE")]
     pub tls_cert: PathBuf,
 
     /// PEM private key of that certificate.
     #[arg(long, env = "SWITCHBOARD_TLS_KEY", value_name = "FILE")]
     pub tls_key: PathBuf,
+
+    /// How often the certificate and key files are read again; a new pair that parses
+    /// and matches is served to new connections, a bad one is logged and the old pair
+    /// kept. `0s`: never.
+    #[arg(long, env = "SWITCHBOARD_TLS_RELOAD_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub tls_reload_interval: Duration,
 
     /// File holding the bearer token proxies must present (mounted from a Secret). Read
     /// on every request, so a rotated token takes effect without a restart.

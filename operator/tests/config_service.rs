@@ -1,5 +1,6 @@
 //! The config service over real TLS on loopback: token checks, long polls, version
-//! reports, and a client that does not trust the certificate.
+//! reports, a client that does not trust the certificate, and a renewed certificate
+//! served without a restart.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +18,7 @@ struct Service {
     ca: Vec<u8>,
     publisher: Publisher,
     proxies: Arc<ProxyTable>,
+    files: pki::DevPki,
     _dir: tempdir::Dir,
 }
 
@@ -45,7 +47,8 @@ async fn start() -> Service {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempdir::Dir::new("config-service");
     let files = pki::generate(&dir.0, &["localhost".to_string()]).unwrap();
-    let tls = http::tls_acceptor(&files.cert, &files.key).unwrap();
+    // Checked for renewal every 50 ms, so the renewal test is quick.
+    let tls = http::tls_acceptor(&files.cert, &files.key, Duration::from_millis(50)).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let publisher = Publisher::default();
@@ -70,6 +73,7 @@ async fn start() -> Service {
         ca: std::fs::read(&files.ca).unwrap(),
         publisher,
         proxies,
+        files,
         _dir: dir,
     }
 }
@@ -205,5 +209,51 @@ async fn a_poll_waits_for_a_new_version_and_reports_what_the_proxy_serves() {
     assert_eq!(
         (proxies[0].id.as_str(), proxies[0].version.as_str()),
         ("p1", v2.version.as_str())
+    );
+}
+
+/// Whether a fresh client trusting `ca` completes a TLS handshake (any answer will do:
+/// a wrong token gets 401 at once).
+async fn connects(service: &Service, ca: &[u8]) -> bool {
+    client(ca)
+        .get(format!("{}?proxy=p1", service.url))
+        .bearer_auth("wrong-token")
+        .send()
+        .await
+        .is_ok()
+}
+
+/// Replaces `path` the way a Secret volume changes: the new contents appear at once.
+fn replace(path: &std::path::Path, contents: &[u8]) {
+    let temporary = path.with_extension("new");
+    std::fs::write(&temporary, contents).unwrap();
+    std::fs::rename(&temporary, path).unwrap();
+}
+
+#[tokio::test]
+async fn a_renewed_certificate_is_served_without_a_restart() {
+    let service = start().await;
+    assert!(connects(&service, &service.ca).await);
+
+    // A renewal from a new CA (cert-manager rotating its CA): the service serves it to
+    // new connections without a restart. (A bad replacement keeping the old pair is
+    // tested on the proxy, which shares the implementation: switchboard-certs.)
+    let renewed = tempdir::Dir::new("renewed");
+    let new = pki::generate(&renewed.0, &["localhost".into()]).unwrap();
+    let new_ca = std::fs::read(&new.ca).unwrap();
+    assert!(!connects(&service, &new_ca).await, "not renewed yet");
+    replace(&service.files.key, &std::fs::read(&new.key).unwrap());
+    replace(&service.files.cert, &std::fs::read(&new.cert).unwrap());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !connects(&service, &new_ca).await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the renewed certificate was never served"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        !connects(&service, &service.ca).await,
+        "the old certificate is no longer served"
     );
 }

@@ -57,6 +57,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
+use switchboard_certs::ReloadingCert;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
@@ -76,6 +77,8 @@ pub struct Proxy {
     pub addr: SocketAddr,
     /// Where `/metrics` is served, unless metrics are off.
     pub metrics_addr: Option<SocketAddr>,
+    /// With `--tls-cert`, the certificate served to clients (and its reload counts).
+    pub tls: Option<Arc<ReloadingCert>>,
     pub gateway: Arc<Gateway>,
     shutdown: oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,
@@ -124,6 +127,15 @@ pub async fn start(settings: Settings) -> anyhow::Result<Proxy> {
         quotas,
         cache,
     ));
+    let (acceptor, tls) = match (&settings.tls_cert, &settings.tls_key) {
+        (Some(cert), Some(key)) => {
+            let (acceptor, resolver) =
+                tls::client_acceptor(cert, key, settings.tls_reload_interval)?;
+            (Some(acceptor), Some(resolver))
+        }
+        (None, None) => (None, None),
+        _ => anyhow::bail!("--tls-cert and --tls-key go together"),
+    };
     let sync = sync::start(&settings, gateway.clone())?;
     let listener = TcpListener::bind(settings.listen)
         .await
@@ -148,17 +160,18 @@ pub async fn start(settings: Settings) -> anyhow::Result<Proxy> {
         let stop = async {
             let _ = shutdown_rx.await;
         };
-        server::serve(listener, serving_gateway, stop).await;
+        server::serve(listener, serving_gateway, acceptor, stop).await;
         drop(sync);
         // Metrics stay scrapeable while in-flight requests drain, then stop.
         if let Some(task) = metrics_task {
             task.abort();
         }
     });
-    tracing::info!(%addr, "serving");
+    tracing::info!(%addr, tls = tls.is_some(), "serving");
     Ok(Proxy {
         addr,
         metrics_addr,
+        tls,
         gateway,
         shutdown,
         task,

@@ -1,5 +1,6 @@
-//! TCP listener -> hyper (HTTP/1.1 and HTTP/2 cleartext) -> pipeline, with limits on
-//! request heads and a graceful drain on shutdown.
+//! TCP listener -> TLS when configured -> hyper (HTTP/1.1 and HTTP/2: h2c in plain
+//! HTTP, ALPN over TLS) -> pipeline, with limits on TLS handshakes and request heads and
+//! a graceful drain on shutdown.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -12,15 +13,18 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 
 use crate::gateway::Gateway;
 use crate::pipeline;
 
 /// Serves connections from `listener` until `shutdown` resolves, then stops accepting
-/// and waits up to the shutdown timeout for in-flight requests and streams.
+/// and waits up to the shutdown timeout for in-flight requests and streams. With `tls`,
+/// each connection first completes a TLS handshake within the header read timeout.
 pub async fn serve(
     listener: TcpListener,
     gateway: Arc<Gateway>,
+    tls: Option<TlsAcceptor>,
     shutdown: impl Future<Output = ()>,
 ) {
     // hyper refuses a head past its buffer with a bare 431; heads between the limit
@@ -42,6 +46,8 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(head_buffer).unwrap_or(u32::MAX));
 
+    let builder = Arc::new(builder);
+    let handshake_timeout = gateway.settings.header_read_timeout;
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -67,12 +73,37 @@ pub async fn serve(
             let handled = Box::pin(pipeline::handle(gateway.clone(), request));
             async move { Ok::<_, Infallible>(handled.await) }
         });
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
+        let Some(tls) = &tls else {
+            let connection = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .into_owned();
+            let connection = graceful.watch(connection);
+            tokio::spawn(async move {
+                if let Err(error) = connection.await {
+                    tracing::debug!(%error, "connection ended with an error");
+                }
+            });
+            continue;
+        };
+        // The handshake runs in the connection's own task, bounded: a client that never
+        // finishes one costs its connection until the timeout, never the accept loop.
+        let handshake = tls.accept(stream);
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
+            let stream = match tokio::time::timeout(handshake_timeout, handshake).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(error)) => {
+                    tracing::debug!(%error, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!("TLS handshake timed out");
+                    return;
+                }
+            };
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            if let Err(error) = watcher.watch(connection).await {
                 tracing::debug!(%error, "connection ended with an error");
             }
         });

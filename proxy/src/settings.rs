@@ -59,6 +59,32 @@ pub struct Settings {
     #[arg(long, env = "SWITCHBOARD_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
 
+    /// PEM certificate chain to serve clients over TLS (HTTP/1.1 and HTTP/2, by ALPN).
+    /// Without it clients are served plain HTTP. Read again every
+    /// `--tls-reload-interval`: a renewed certificate needs no restart.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of `--tls-cert`.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+
+    /// How often the certificate and key files are read again; a new pair that parses
+    /// and matches is served to new connections, a bad one is logged and the old pair
+    /// kept. `0s`: never.
+    #[arg(long, env = "SWITCHBOARD_TLS_RELOAD_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub tls_reload_interval: Duration,
+
     /// Address to serve Prometheus metrics on (`/metrics`), or `off` for no metrics at
     /// all (none recorded either).
     #[arg(long, env = "SWITCHBOARD_METRICS_LISTEN", default_value = "0.0.0.0:9091", value_parser = parse_metrics_listen)]
@@ -126,8 +152,9 @@ pub struct Settings {
     pub max_header_bytes: usize,
 
     /// How long a client may take to send its request head (request line and
-    /// headers); past it the connection is closed. Stops connections that trickle
-    /// their head from holding a slot forever.
+    /// headers), and with `--tls-cert` to complete its TLS handshake; past it the
+    /// connection is closed. Stops connections that trickle their head (or never finish
+    /// a handshake) from holding a slot forever.
     #[arg(long, env = "SWITCHBOARD_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub header_read_timeout: Duration,
 
@@ -179,6 +206,9 @@ impl Settings {
             snapshot_cache: PathBuf::from("/var/lib/switchboard/snapshot.json"),
             proxy_id: default_proxy_id(),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            tls_cert: None,
+            tls_key: None,
+            tls_reload_interval: Duration::from_secs(5),
             metrics_listen: MetricsListen(Some(SocketAddr::from(([127, 0, 0, 1], 0)))),
             metrics_consumer_label: true,
             log_bodies: false,

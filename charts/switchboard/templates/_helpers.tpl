@@ -38,6 +38,78 @@ app.kubernetes.io/component: {{ .component }}
 {{- .Values.configChannel.existingTokenSecret | default (printf "%s-config-token" (include "switchboard.fullname" .)) -}}
 {{- end -}}
 
+{{/*
+The config channel's material the chart generates (base64 values by Secret key: ca.crt,
+tls.crt, tls.key, token), as JSON: read back from the cluster with lookup, or generated.
+Made once per render and kept in .Values, so the Secrets and the pods' checksum
+annotations see the same material. Empty for what is supplied (existing Secrets) or
+issued by cert-manager. Under `helm template` (Argo CD) lookup finds nothing, so this is
+new on every render: docs/install.md says to use cert-manager and an existing token.
+*/}}
+{{- define "switchboard.configChannelData" -}}
+{{- if not (hasKey .Values "__configChannelData") -}}
+{{- $data := dict -}}
+{{- $channel := .Values.configChannel -}}
+{{- if not (or $channel.existingTlsSecret $channel.certManager.enabled) -}}
+{{- $existing := lookup "v1" "Secret" .Release.Namespace (include "switchboard.tlsSecret" .) -}}
+{{- if and $existing $existing.data (index $existing.data "tls.crt") -}}
+{{- range $key := list "ca.crt" "tls.crt" "tls.key" -}}
+{{- $_ := set $data $key (index $existing.data $key) -}}
+{{- end -}}
+{{- else -}}
+{{- $operator := include "switchboard.operator" . -}}
+{{- $days := int $channel.certificateDays -}}
+{{- $authority := genCA (printf "%s config CA" (include "switchboard.fullname" .)) $days -}}
+{{- $cert := genSignedCert $operator nil (include "switchboard.operatorHosts" . | fromJsonArray) $days $authority -}}
+{{- $_ := set $data "ca.crt" ($authority.Cert | b64enc) -}}
+{{- $_ := set $data "tls.crt" ($cert.Cert | b64enc) -}}
+{{- $_ := set $data "tls.key" ($cert.Key | b64enc) -}}
+{{- end -}}
+{{- end -}}
+{{- if not $channel.existingTokenSecret -}}
+{{- $existing := lookup "v1" "Secret" .Release.Namespace (include "switchboard.tokenSecret" .) -}}
+{{- if and $existing $existing.data (index $existing.data "token") -}}
+{{- $_ := set $data "token" (index $existing.data "token") -}}
+{{- else -}}
+{{- $_ := set $data "token" (randAlphaNum 48 | b64enc) -}}
+{{- end -}}
+{{- end -}}
+{{- $_ := set .Values "__configChannelData" $data -}}
+{{- end -}}
+{{- toJson (index .Values "__configChannelData") -}}
+{{- end -}}
+
+{{/* The names the operator's config service is reached by, as a JSON list. */}}
+{{- define "switchboard.operatorHosts" -}}
+{{- $operator := include "switchboard.operator" . -}}
+{{- $ns := .Release.Namespace -}}
+{{- list $operator (printf "%s.%s" $operator $ns) (printf "%s.%s.svc" $operator $ns) (printf "%s.%s.svc.cluster.local" $operator $ns) | toJson -}}
+{{- end -}}
+
+{{/*
+A pod template's annotations (dict root, component): the values' podAnnotations, and a
+checksum of the config channel's material the chart generated, so pods restart when it
+changes. (Both sides re-read it anyway: certificates, CA and token reload without a
+restart; material from existing Secrets or cert-manager gets no checksum.)
+*/}}
+{{- define "switchboard.podAnnotations" -}}
+{{- $values := index .root.Values .component -}}
+{{- $annotations := deepCopy ($values.podAnnotations | default dict) -}}
+{{- $data := include "switchboard.configChannelData" .root -}}
+{{- if ne $data "{}" -}}
+{{- $_ := set $annotations "checksum/config-channel" ($data | sha256sum) -}}
+{{- end -}}
+{{- with $annotations }}
+annotations:
+  {{- toYaml . | nindent 2 }}
+{{- end -}}
+{{- end -}}
+
+{{/* The proxy's client port: https with proxy.tls.secretName, http without. */}}
+{{- define "switchboard.proxyPort" -}}
+{{- if .Values.proxy.tls.secretName -}}https{{- else -}}http{{- end -}}
+{{- end -}}
+
 {{/* Hardened defaults for every container. */}}
 {{- define "switchboard.containerSecurity" -}}
 allowPrivilegeEscalation: false

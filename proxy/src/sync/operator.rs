@@ -3,6 +3,9 @@
 //! The proxy holds a long poll (`GET /v1/snapshot?proxy=ID&version=V&wait=S`) over TLS,
 //! verified against `--operator-ca-file`, with the bearer token from
 //! `--operator-token-file` (re-read on every request, so rotation needs no restart).
+//! The CA file is read again before every poll; when its contents change the client is
+//! rebuilt to trust the new bundle, so a rotated CA needs no restart either (a bundle
+//! that does not parse is logged and the old one kept).
 //! Each poll reports the version it serves; the answer is a new Snapshot as soon as
 //! one is published, or 304 after `wait` seconds.
 //!
@@ -22,6 +25,7 @@ use std::time::Duration;
 use anyhow::Context;
 use bytes::Bytes;
 use switchboard_api::Snapshot;
+use switchboard_certs::WatchedFile;
 
 use crate::gateway::Gateway;
 use crate::runtime::Runtime;
@@ -67,7 +71,17 @@ enum PollError {
 
 /// Boots from the cached Snapshot if there is a valid one, then polls in the background.
 pub fn start(config: OperatorConfig, gateway: Arc<Gateway>) -> anyhow::Result<SyncTask> {
-    let client = client(&config.ca_file)?;
+    let mut ca = WatchedFile::new(&config.ca_file);
+    let pem = ca
+        .changed()
+        .with_context(|| {
+            format!(
+                "cannot read --operator-ca-file {}",
+                config.ca_file.display()
+            )
+        })?
+        .unwrap_or_default();
+    let client = client(&pem, &config.ca_file)?;
     match fs::read(&config.cache) {
         Ok(bytes) => match accept(&Bytes::from(bytes), &gateway) {
             Ok(runtime) => {
@@ -89,15 +103,16 @@ pub fn start(config: OperatorConfig, gateway: Arc<Gateway>) -> anyhow::Result<Sy
             tracing::warn!(file = %config.cache.display(), %error, "cannot read the cached config")
         }
     }
-    Ok(SyncTask(tokio::spawn(run(config, client, gateway))))
+    Ok(SyncTask(tokio::spawn(run(config, client, ca, gateway))))
 }
 
-/// A client that trusts only the CA in `ca_file`.
-fn client(ca_file: &Path) -> anyhow::Result<reqwest::Client> {
-    let pem = fs::read(ca_file)
-        .with_context(|| format!("cannot read --operator-ca-file {}", ca_file.display()))?;
-    let certs = reqwest::Certificate::from_pem_bundle(&pem)
+/// A client that trusts only the CA bundle `pem` (read from `ca_file`).
+fn client(pem: &[u8], ca_file: &Path) -> anyhow::Result<reqwest::Client> {
+    let certs = reqwest::Certificate::from_pem_bundle(pem)
         .with_context(|| format!("{} is not a PEM certificate bundle", ca_file.display()))?;
+    if certs.is_empty() {
+        anyhow::bail!("{} holds no certificate", ca_file.display());
+    }
     reqwest::Client::builder()
         .tls_certs_only(certs)
         .connect_timeout(Duration::from_secs(5))
@@ -108,9 +123,45 @@ fn client(ca_file: &Path) -> anyhow::Result<reqwest::Client> {
         .context("cannot build the operator client")
 }
 
-async fn run(config: OperatorConfig, client: reqwest::Client, gateway: Arc<Gateway>) {
+/// Rebuilds `client` when the CA file's contents changed. A file that cannot be read or
+/// parsed is logged and the current client kept.
+async fn refresh_ca(ca: &mut WatchedFile, client: &mut reqwest::Client) {
+    let mut file = ca.clone();
+    let Ok((file, changed)) = tokio::task::spawn_blocking(move || {
+        let changed = file.changed();
+        (file, changed)
+    })
+    .await
+    else {
+        return;
+    };
+    *ca = file;
+    match changed {
+        Ok(None) => {}
+        Ok(Some(pem)) => match self::client(&pem, ca.path()) {
+            Ok(rebuilt) => {
+                *client = rebuilt;
+                tracing::info!(file = %ca.path().display(), "the operator's CA changed; trusting the new bundle");
+            }
+            Err(error) => {
+                tracing::warn!(error = %format!("{error:#}"), "refused the changed operator CA; keeping the previous one")
+            }
+        },
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the operator CA; keeping the previous one")
+        }
+    }
+}
+
+async fn run(
+    config: OperatorConfig,
+    mut client: reqwest::Client,
+    mut ca: WatchedFile,
+    gateway: Arc<Gateway>,
+) {
     let mut failures: u32 = 0;
     loop {
+        refresh_ca(&mut ca, &mut client).await;
         let version = gateway
             .runtime
             .current()
