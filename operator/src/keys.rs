@@ -593,6 +593,14 @@ mod tests {
             let printed = format!("{key:?}");
             assert!(!printed.contains(body), "{printed}");
         }
+        // Every generated key passes compile's checks (length, estimate, placeholders).
+        for _ in 0..1000 {
+            let key = GatewayKey::generate().unwrap();
+            assert_eq!(
+                switchboard_api::keys::check_gateway_key(key.expose(), false),
+                Ok(())
+            );
+        }
     }
 
     #[test]

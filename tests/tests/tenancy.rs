@@ -103,6 +103,25 @@ async fn teams_stay_in_their_namespaces_through_the_operator() {
         "shared-model",
         json!({"allowedConsumers": {"namespaces": {"from": "All"}}}),
     ));
+    // A platform route for namespaces with a label only team-a's namespace carries.
+    for (namespace, labels) in [
+        ("team-a", json!({"switchboard.dev/shared-models": "true"})),
+        ("team-b", json!({})),
+    ] {
+        cluster.api.apply(json!({
+            "apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": namespace, "labels": labels}
+        }));
+    }
+    cluster.api.apply(route(
+        "platform",
+        "labelled",
+        "labelled-model",
+        json!({"allowedConsumers": {"namespaces": {
+            "from": "Selector",
+            "selector": {"matchLabels": {"switchboard.dev/shared-models": "true"}}
+        }}}),
+    ));
     // team-b's quota with an empty target: it used to throttle every consumer.
     cluster.api.apply(json!({
         "apiVersion": "switchboard.dev/v1alpha1", "kind": "AIQuota",
@@ -171,7 +190,16 @@ async fn teams_stay_in_their_namespaces_through_the_operator() {
     assert_eq!(status, 429, "{body}");
     assert!(body.to_string().contains("team-b/b-budget"), "{body}");
 
-    // The platform's route is offered to every namespace.
+    // The platform's route is offered to every namespace; the labelled one only to
+    // namespaces whose labels (read by the operator) match.
+    assert_eq!(
+        chat(&proxy, &key_of("team-a"), "labelled-model").await.0,
+        200
+    );
+    assert_eq!(
+        chat(&proxy, &key_of("team-b"), "labelled-model").await.0,
+        404
+    );
     assert_eq!(
         chat(&proxy, &key_of("default"), "shared-model").await.0,
         200
