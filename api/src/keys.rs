@@ -58,17 +58,25 @@ pub fn check_gateway_key(key: &str, quickstart_allowed: bool) -> Result<(), Weak
 /// characters (`aaaa…`, `abcabc…`, short hex words); it cannot tell a random key from
 /// a memorable phrase, which is why `switchboard-operator keys create` makes keys.
 pub fn estimated_bits(key: &str) -> f64 {
-    let mut counts = std::collections::HashMap::new();
-    let mut length = 0usize;
+    // Keys are ASCII in practice: count those in an array (compile checks thousands of
+    // keys), anything else in a map.
+    let mut ascii = [0u32; 128];
+    let mut other = std::collections::BTreeMap::new();
+    let mut length = 0u32;
     for c in key.chars() {
-        *counts.entry(c).or_insert(0usize) += 1;
+        match ascii.get_mut(c as usize) {
+            Some(count) => *count += 1,
+            None => *other.entry(c).or_insert(0u32) += 1,
+        }
         length += 1;
     }
-    let n = length as f64;
-    let per_char: f64 = counts
-        .values()
+    let n = f64::from(length);
+    let per_char: f64 = ascii
+        .iter()
+        .chain(other.values())
+        .filter(|&&count| count > 0)
         .map(|&count| {
-            let p = count as f64 / n;
+            let p = f64::from(count) / n;
             -p * p.log2()
         })
         .sum();
