@@ -49,6 +49,10 @@ fn corpus() -> Vec<(&'static str, Vec<u8>)> {
         ("temperature huge", r#"{"model":"m","max_tokens":8,"temperature":1e999,"messages":[{"role":"user","content":"x"}]}"#.into()),
         ("stream a string", r#"{"model":"m","max_tokens":8,"stream":"yes","messages":[{"role":"user","content":"x"}]}"#.into()),
         ("duplicate and trailing garbage", r#"{"model":"m","messages":[]} trailing"#.into()),
+        // Routed on the last `model` and forwarded with both, a provider reading the
+        // first would serve a model the consumer may not use.
+        ("model given twice", r#"{"model":"forbidden","model":"m","max_tokens":8,"messages":[{"role":"user","content":"x"}]}"#.into()),
+        ("a field given twice", r#"{"model":"m","max_tokens":8,"max_tokens":9,"messages":[{"role":"user","content":"x"}]}"#.into()),
         ("deep nesting", deep_object),
     ];
     let mut out: Vec<(&str, Vec<u8>)> = cases

@@ -8,6 +8,8 @@ pub mod openai;
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Response, StatusCode, header};
+use indexmap::IndexMap;
+use serde_json::value::RawValue;
 
 use crate::body::{self, Body};
 use crate::error::ProxyError;
@@ -58,6 +60,52 @@ pub fn read_request(
 
 fn bad(message: &str) -> ProxyError {
     ProxyError::BadRequest(message.to_string())
+}
+
+/// A request body's top-level fields, each kept as raw JSON.
+type Fields = IndexMap<String, Box<RawValue>>;
+
+/// The top-level fields of a JSON object body. A field given twice is refused: JSON
+/// parsers disagree on which one wins, so routing, allowlists and quotas could read one
+/// `model` while the provider serves the other.
+fn top_level_fields(body: &[u8]) -> Result<Fields, ProxyError> {
+    serde_json::from_slice::<UniqueFields>(body)
+        .map(|unique| unique.0)
+        .map_err(|e| bad(&format!("request body is not a valid JSON object: {e}")))
+}
+
+/// Deserializes like `Fields`, failing on a repeated key.
+struct UniqueFields(Fields);
+
+impl<'de> serde::Deserialize<'de> for UniqueFields {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = UniqueFields;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<UniqueFields, A::Error> {
+                let mut fields = Fields::with_capacity(map.size_hint().unwrap_or(8).min(64));
+                while let Some((key, value)) = map.next_entry::<String, Box<RawValue>>()? {
+                    if fields.contains_key(&key) {
+                        let key: String = key.chars().take(64).collect();
+                        return Err(serde::de::Error::custom(format_args!(
+                            "field {key:?} appears more than once"
+                        )));
+                    }
+                    fields.insert(key, value);
+                }
+                Ok(UniqueFields(fields))
+            }
+        }
+        deserializer.deserialize_map(Visitor)
+    }
 }
 
 /// The `model` field: a non-empty string of bounded length.

@@ -3,11 +3,10 @@
 
 use bytes::Bytes;
 use http::{Response, StatusCode};
-use indexmap::IndexMap;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use super::{bad, model_name, stream_flag};
+use super::{bad, model_name, stream_flag, top_level_fields};
 use crate::body::{self, Body};
 use crate::error::ProxyError;
 use crate::formats::openai as format;
@@ -19,8 +18,7 @@ pub fn read_request(operation: Operation, body: Bytes) -> Result<Request, ProxyE
     if body.is_empty() {
         return Err(bad("request body is empty; send a JSON object"));
     }
-    let fields: IndexMap<String, Box<RawValue>> = serde_json::from_slice(&body)
-        .map_err(|e| bad(&format!("request body is not a valid JSON object: {e}")))?;
+    let fields = top_level_fields(&body)?;
 
     let model = model_name(fields.get("model").map(|v| &**v))?;
     let stream = stream_flag(fields.get("stream").map(|v| &**v))?;
