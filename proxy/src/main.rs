@@ -37,7 +37,8 @@ fn check(settings: &Settings) -> ExitCode {
         eprintln!("error: --check needs --manifests DIR");
         return ExitCode::FAILURE;
     };
-    let compiled = match manifests::load_and_compile(dir, settings.platform_namespace.as_deref()) {
+    let options = manifests::LoadOptions::from_settings(settings);
+    let compiled = match manifests::load_and_compile(dir, &options) {
         Ok(compiled) => compiled,
         Err(errors) => {
             for error in errors {

@@ -27,6 +27,13 @@ pub struct Settings {
     #[arg(long, env = "SWITCHBOARD_PLATFORM_NAMESPACE", value_name = "NAMESPACE")]
     pub platform_namespace: Option<String>,
 
+    /// Serve a manifests directory that holds no Switchboard object at all. Without it
+    /// such a directory is refused like any broken config (at start: the proxy does not
+    /// start; on reload: the previous config keeps serving), since it is usually a
+    /// config caught while being replaced.
+    #[arg(long, env = "SWITCHBOARD_ALLOW_EMPTY_CONFIG")]
+    pub allow_empty_config: bool,
+
     /// The operator's config service (`https://...`) to take config from, instead of
     /// manifests on disk.
     #[arg(long, env = "SWITCHBOARD_OPERATOR", value_name = "URL", requires_all = ["operator_token_file", "operator_ca_file"])]
@@ -200,6 +207,7 @@ impl Settings {
         Self {
             manifests: Some(dir.into()),
             platform_namespace: None,
+            allow_empty_config: false,
             operator: None,
             operator_token_file: None,
             operator_ca_file: None,

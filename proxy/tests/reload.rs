@@ -377,3 +377,57 @@ async fn a_reload_that_would_reject_a_serving_object_is_refused() {
     .await;
     proxy.shutdown().await;
 }
+
+/// A config caught while being replaced: a file truncated to nothing, then every file
+/// gone. Both are refused like a broken file and the serving config keeps answering;
+/// `--allow-empty-config` serves an empty directory on purpose.
+#[tokio::test]
+async fn an_emptied_file_or_directory_keeps_the_serving_config() {
+    let manifests = Manifests::new();
+    manifests
+        .write("echo.yaml", &echo_provider("e"))
+        .write("route.yaml", &route_yaml("r", &["m"], "e", "echo", ""))
+        .write("consumer.yaml", &consumer_yaml("app", ""));
+    let proxy = proxy(&manifests).await;
+    let serving = version(&proxy);
+
+    manifests.write("consumer.yaml", "");
+    wait_for_refusals(&proxy, 1.0).await;
+    assert_eq!(version(&proxy), serving);
+    let ok = || async {
+        post(&proxy, "/v1/chat/completions", chat("m", false))
+            .await
+            .status()
+    };
+    assert_eq!(ok().await, StatusCode::OK, "the consumer's key still works");
+
+    for file in ["echo.yaml", "route.yaml", "consumer.yaml"] {
+        std::fs::remove_file(manifests.path().join(file)).unwrap();
+    }
+    wait_for_refusals(&proxy, 2.0).await;
+    assert_eq!(version(&proxy), serving);
+    assert_eq!(ok().await, StatusCode::OK);
+    drop(proxy);
+
+    // Starting on an empty directory fails, unless asked for.
+    let empty = Manifests::new();
+    let settings = switchboard_proxy::Settings::for_manifests(empty.path());
+    let error = switchboard_proxy::start(settings)
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        format!("{error:#}").contains("--allow-empty-config"),
+        "{error:#}"
+    );
+    let mut settings = switchboard_proxy::Settings::for_manifests(empty.path());
+    settings.allow_empty_config = true;
+    let proxy = switchboard_proxy::start(settings).await.expect("allowed");
+    assert_eq!(ok_with(&proxy).await, StatusCode::UNAUTHORIZED);
+}
+
+async fn ok_with(proxy: &Proxy) -> StatusCode {
+    post(proxy, "/v1/chat/completions", chat("m", false))
+        .await
+        .status()
+}

@@ -96,6 +96,19 @@ struct Loader {
 impl Loader {
     /// Adds every document of one file.
     fn add(&mut self, file: &Path, text: &str) {
+        if text.trim().is_empty() {
+            // Usually a file caught half-written (truncated, then written in place).
+            self.errors.push(ManifestError {
+                file: file.to_path_buf(),
+                document: 0,
+                object: None,
+                message: "the file is empty (caught while being written?); write manifests \
+                          to a temporary file and rename it into place, and delete a file to \
+                          remove its objects"
+                    .to_string(),
+            });
+            return;
+        }
         for (index, document) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
             let number = index + 1;
             let error = |object: Option<String>, message: String| ManifestError {
@@ -271,8 +284,8 @@ fn typed<T: DeserializeOwned>(value: Value) -> Result<T, String> {
 /// Loads and serves `dir`, then watches it. Fails if the manifests cannot be read or
 /// parsed; objects that do not compile are logged and left out.
 pub fn start(dir: PathBuf, gateway: Arc<Gateway>) -> anyhow::Result<WatchGuard> {
-    let platform = gateway.settings.platform_namespace.clone();
-    let compiled = load_and_compile(&dir, platform.as_deref()).map_err(|errors| {
+    let options = LoadOptions::from_settings(&gateway.settings);
+    let compiled = load_and_compile(&dir, &options).map_err(|errors| {
         let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
         anyhow::anyhow!("cannot load manifests:\n  {}", lines.join("\n  "))
     })?;
@@ -291,15 +304,43 @@ pub fn start(dir: PathBuf, gateway: Arc<Gateway>) -> anyhow::Result<WatchGuard> 
     watch(dir, gateway, serving)
 }
 
-/// Reads and compiles `dir`, with `platform` as the platform namespace.
-pub fn load_and_compile(
-    dir: &Path,
-    platform: Option<&str>,
-) -> Result<Compiled, Vec<ManifestError>> {
-    load(dir).map(|mut inputs| {
-        inputs.platform_namespace = platform.map(str::to_string);
-        compile(&inputs)
-    })
+/// How a manifests directory is read beyond its files: settings of the proxy.
+#[derive(Clone, Debug, Default)]
+pub struct LoadOptions {
+    /// The platform namespace (`--platform-namespace`).
+    pub platform_namespace: Option<String>,
+    /// Serve a directory without a single Switchboard object (`--allow-empty-config`).
+    pub allow_empty: bool,
+}
+
+/// Reads and compiles `dir`. A directory without a single Switchboard object is
+/// refused unless `options.allow_empty`: it is far more often a config caught while
+/// being replaced than one meant to refuse every request.
+pub fn load_and_compile(dir: &Path, options: &LoadOptions) -> Result<Compiled, Vec<ManifestError>> {
+    let mut inputs = load(dir)?;
+    let objects =
+        inputs.providers.len() + inputs.routes.len() + inputs.consumers.len() + inputs.quotas.len();
+    if objects == 0 && !options.allow_empty {
+        return Err(vec![ManifestError {
+            file: dir.to_path_buf(),
+            document: 0,
+            object: None,
+            message: "no AIProvider, AIRoute, AIConsumer or AIQuota found; start with \
+                      --allow-empty-config to serve an empty config on purpose"
+                .to_string(),
+        }]);
+    }
+    inputs.platform_namespace = options.platform_namespace.clone();
+    Ok(compile(&inputs))
+}
+
+impl LoadOptions {
+    pub fn from_settings(settings: &crate::Settings) -> Self {
+        Self {
+            platform_namespace: settings.platform_namespace.clone(),
+            allow_empty: settings.allow_empty_config,
+        }
+    }
 }
 
 /// Logs every object that is not fully healthy.
@@ -353,11 +394,9 @@ pub fn watch(
             tokio::time::sleep(DEBOUNCE).await;
             while rx.try_recv().is_ok() {}
             let load_dir = dir.clone();
-            let platform = gateway.settings.platform_namespace.clone();
-            let result = tokio::task::spawn_blocking(move || {
-                load_and_compile(&load_dir, platform.as_deref())
-            })
-            .await;
+            let options = LoadOptions::from_settings(&gateway.settings);
+            let result =
+                tokio::task::spawn_blocking(move || load_and_compile(&load_dir, &options)).await;
             match result {
                 Ok(result) => reload(&gateway, result, &mut serving),
                 Err(e) => tracing::error!(error = %e, "manifest reload task failed"),
