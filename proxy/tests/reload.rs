@@ -412,10 +412,9 @@ async fn an_emptied_file_or_directory_keeps_the_serving_config() {
     // Starting on an empty directory fails, unless asked for.
     let empty = Manifests::new();
     let settings = switchboard_proxy::Settings::for_manifests(empty.path());
-    let error = switchboard_proxy::start(settings)
-        .await
-        .err()
-        .expect("refused");
+    let Err(error) = switchboard_proxy::start(settings).await else {
+        panic!("an empty directory is refused");
+    };
     assert!(
         format!("{error:#}").contains("--allow-empty-config"),
         "{error:#}"
