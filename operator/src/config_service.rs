@@ -11,7 +11,6 @@
 //! knows when an object is `Programmed` everywhere.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +25,7 @@ use crate::http::{self as http_util, Body};
 use crate::metrics::Metrics;
 use crate::proxies::ProxyTable;
 use crate::publish::Publisher;
+use crate::token::TokenFile;
 
 /// The path proxies poll.
 pub const SNAPSHOT_PATH: &str = "/v1/snapshot";
@@ -37,7 +37,8 @@ pub const VERSION_HEADER: &str = "x-switchboard-config-version";
 pub struct ConfigService {
     pub publisher: Publisher,
     pub proxies: Arc<ProxyTable>,
-    pub token_file: PathBuf,
+    /// The token proxies must present.
+    pub token: Arc<TokenFile>,
     pub poll_timeout: Duration,
     pub metrics: Arc<Metrics>,
 }
@@ -113,18 +114,14 @@ impl ConfigService {
         }
     }
 
-    /// Checks the bearer token against the token file, in constant time; the response
-    /// refusing the request when it does not match.
+    /// Checks the bearer token against the token file's, in constant time; the
+    /// response refusing the request when it does not match.
     fn refusal(&self, request: &Request<Incoming>) -> Option<Response<Body>> {
-        let expected = match std::fs::read_to_string(&self.token_file) {
-            Ok(token) if !token.trim().is_empty() => token.trim().to_string(),
-            Ok(_) | Err(_) => {
-                tracing::error!(file = %self.token_file.display(), "token file is missing or empty; refusing every proxy");
-                return Some(http_util::error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the operator has no token configured",
-                ));
-            }
+        let Some(expected) = self.token.current() else {
+            return Some(http_util::error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the operator has no token configured",
+            ));
         };
         let presented = request
             .headers()

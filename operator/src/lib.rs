@@ -24,6 +24,7 @@ pub mod reconcile;
 pub mod reports;
 pub mod settings;
 pub mod status;
+pub mod token;
 pub mod watch;
 
 use std::future::Future;
@@ -45,6 +46,10 @@ use crate::publish::Publisher;
 use crate::reconcile::Context;
 pub use crate::settings::Settings;
 use crate::status::{Decided, StatusWriter};
+use crate::token::TokenFile;
+
+/// How often the token file is re-read: a rotated token works within this.
+const TOKEN_REFRESH: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Runs the operator until `shutdown` resolves, then gives up the Lease if held.
 pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
@@ -148,7 +153,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     let config_service = Arc::new(ConfigService {
         publisher: publisher.clone(),
         proxies: table.clone(),
-        token_file: settings.token_file.clone(),
+        token: TokenFile::watch(settings.token_file.clone(), TOKEN_REFRESH),
         poll_timeout: settings.poll_timeout,
         metrics: metrics.clone(),
     });

@@ -52,8 +52,9 @@ pub struct Settings {
     #[arg(long, env = "SWITCHBOARD_TLS_RELOAD_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
     pub tls_reload_interval: Duration,
 
-    /// File holding the bearer token proxies must present (mounted from a Secret). Read
-    /// on every request, so a rotated token takes effect without a restart.
+    /// File holding the bearer token proxies must present (mounted from a Secret).
+    /// Re-read every 5 s off the request path, so a rotated token takes effect without a
+    /// restart.
     #[arg(long, env = "SWITCHBOARD_TOKEN_FILE", value_name = "FILE")]
     pub token_file: PathBuf,
 

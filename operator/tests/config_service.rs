@@ -10,6 +10,7 @@ use switchboard_operator::config_service::{ConfigService, VERSION_HEADER};
 use switchboard_operator::metrics::Metrics;
 use switchboard_operator::proxies::ProxyTable;
 use switchboard_operator::publish::Publisher;
+use switchboard_operator::token::TokenFile;
 use switchboard_operator::{http, pki};
 
 struct Service {
@@ -56,7 +57,8 @@ async fn start() -> Service {
     let service = Arc::new(ConfigService {
         publisher: publisher.clone(),
         proxies: proxies.clone(),
-        token_file: files.token.clone(),
+        // Re-read every 50 ms, so the rotation test is quick.
+        token: TokenFile::watch(files.token.clone(), Duration::from_millis(50)),
         poll_timeout: Duration::from_secs(30),
         metrics: Arc::new(Metrics::new().unwrap()),
     });
@@ -256,4 +258,50 @@ async fn a_renewed_certificate_is_served_without_a_restart() {
         !connects(&service, &service.ca).await,
         "the old certificate is no longer served"
     );
+}
+
+/// A rotated token (the Secret volume updated) is accepted within the refresh interval
+/// and the old one refused, with no restart; an emptied file refuses every proxy.
+#[tokio::test]
+async fn a_rotated_token_takes_effect_without_a_restart() {
+    let service = start().await;
+    let client = client(&service.ca);
+    let status = |token: String| {
+        let request = client
+            .get(format!("{}?proxy=p1&wait=0", service.url))
+            .bearer_auth(token)
+            .send();
+        async move { request.await.unwrap().status().as_u16() }
+    };
+    // Admitted: 200 with a Snapshot or 304 with none published yet; never 401 or 503.
+    let admitted = |code: u16| code == 200 || code == 304;
+    assert!(admitted(status(service.token.clone()).await));
+
+    let rotated = "a-rotated-token-for-the-config-channel-0001";
+    replace(&service.files.token, rotated.as_bytes());
+    let mut accepted = false;
+    for _ in 0..100 {
+        if admitted(status(rotated.to_string()).await) {
+            accepted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(accepted, "the rotated token is accepted within 2 s");
+    assert_eq!(
+        status(service.token.clone()).await,
+        401,
+        "the old one is not"
+    );
+
+    replace(&service.files.token, b"");
+    let mut refused = false;
+    for _ in 0..100 {
+        if status(rotated.to_string()).await == 503 {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(refused, "an empty token file refuses every proxy");
 }
