@@ -45,7 +45,7 @@ impl Gateway {
     /// Serves `runtime` from now on; in-flight requests finish on the one they began with.
     pub fn install(&self, runtime: Runtime) {
         if let Some(metrics) = &self.metrics {
-            metrics.config_applied(runtime.version());
+            metrics.config_applied(&runtime.snapshot);
         }
         self.quotas.config_applied(&runtime.snapshot);
         self.runtime.swap(runtime);

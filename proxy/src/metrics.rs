@@ -18,6 +18,7 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use prometheus::core::{Collector, MetricVec, MetricVecBuilder};
 use prometheus::{
     CounterVec, Encoder, Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
     Opts, Registry, TextEncoder,
@@ -394,10 +395,35 @@ impl Metrics {
         }
     }
 
-    /// A config was applied and now serves.
-    pub fn config_applied(&self, version: &str) {
+    /// A config was applied and now serves. Series of routes, providers and consumers it
+    /// no longer has are removed: a deleted object's counters would otherwise be
+    /// exported, unchanging, until the proxy restarts.
+    pub fn config_applied(&self, snapshot: &Snapshot) {
         self.config_info.reset();
-        self.config_info.with_label_values(&[version]).set(1);
+        self.config_info
+            .with_label_values(&[snapshot.version.as_str()])
+            .set(1);
+        let gone = |label: &str, value: &str| {
+            !value.is_empty()
+                && match label {
+                    label::ROUTE => !snapshot.routes.contains_key(value),
+                    label::PROVIDER => !snapshot.providers.contains_key(value),
+                    label::CONSUMER => !snapshot.consumers.contains_key(value),
+                    _ => false,
+                }
+        };
+        prune(&self.requests, &gone);
+        prune(&self.request_duration, &gone);
+        prune(&self.time_to_first_token, &gone);
+        prune(&self.time_per_output_token, &gone);
+        prune(&self.output_tokens_per_second, &gone);
+        prune(&self.token_usage, &gone);
+        prune(&self.tokens, &gone);
+        prune(&self.cost, &gone);
+        prune(&self.unpriced, &gone);
+        prune(&self.attempts, &gone);
+        prune(&self.retries, &gone);
+        prune(&self.fallbacks, &gone);
         self.config_reloads.with_label_values(&["applied"]).inc();
         let now = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -436,6 +462,23 @@ impl Metrics {
             tracing::error!(%error, "cannot encode metrics");
         }
         out
+    }
+}
+
+/// Removes every series of `vec` with a label value that `gone(label, value)` says
+/// names a deleted object.
+fn prune<T: MetricVecBuilder>(vec: &MetricVec<T>, gone: &dyn Fn(&str, &str) -> bool) {
+    for family in vec.collect() {
+        for metric in family.get_metric() {
+            let labels = metric.get_label();
+            if labels.iter().any(|l| gone(l.name(), l.value())) {
+                let labels: std::collections::HashMap<&str, &str> =
+                    labels.iter().map(|l| (l.name(), l.value())).collect();
+                // The series was just read, so removing it can only fail if another
+                // config removed it first.
+                let _ = vec.remove(&labels);
+            }
+        }
     }
 }
 

@@ -458,3 +458,83 @@ async fn the_metrics_port_serves_only_metrics() {
     let response = client().get(url(&proxy, "/metrics")).send().await.unwrap();
     assert_eq!(response.status(), 404);
 }
+
+/// Series of a route, provider and consumer that a reload deletes go away with them;
+/// those of objects that remain stay.
+#[tokio::test]
+async fn series_of_deleted_routes_providers_and_consumers_are_removed() {
+    let (manifests, providers) = world().await;
+    let proxy = proxy(&manifests).await;
+    for model in ["m", "f"] {
+        let response = post(&proxy, "/v1/chat/completions", chat(model, false)).await;
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    let before = scrape(&proxy).await;
+    for route in ["default/priced", "default/free"] {
+        assert!(
+            before
+                .get("switchboard_requests_total", &[("route", route)])
+                .is_some(),
+            "{route} has series"
+        );
+    }
+    assert!(
+        before
+            .get("switchboard_tokens_total", &[("provider", "default/free")])
+            .is_some()
+    );
+
+    // Route `free` and its provider are deleted.
+    let old = proxy
+        .gateway
+        .runtime
+        .current()
+        .unwrap()
+        .version()
+        .to_string();
+    std::fs::remove_file(manifests.path().join("r2.yaml")).unwrap();
+    std::fs::remove_file(manifests.path().join("free.yaml")).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while proxy.gateway.runtime.current().unwrap().version() == old {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reload within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let after = scrape(&proxy).await;
+    for (name, label, value) in [
+        ("switchboard_requests_total", "route", "default/free"),
+        (
+            "gen_ai_server_request_duration_seconds_count",
+            "route",
+            "default/free",
+        ),
+        ("switchboard_tokens_total", "provider", "default/free"),
+        (
+            "switchboard_upstream_attempts_total",
+            "provider",
+            "default/free",
+        ),
+    ] {
+        assert_absent(&after, name, &[(label, value)]);
+    }
+    // Only the deleted route had unpriced requests: the whole family is gone.
+    assert!(
+        before
+            .family_of("switchboard_unpriced_requests_total")
+            .is_some()
+    );
+    assert!(
+        after
+            .family_of("switchboard_unpriced_requests_total")
+            .is_none()
+    );
+    assert!(
+        after
+            .get("switchboard_requests_total", &[("route", "default/priced")])
+            .is_some(),
+        "the remaining route keeps its series"
+    );
+    drop(providers);
+}
