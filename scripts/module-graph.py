@@ -20,7 +20,7 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "proxy", "
 # edges listed in SAME_LAYER. Leaves never use each other: what two leaves share is a
 # type in `ir` (or a module below).
 LAYERS = [
-    ("vocabulary", ["ir", "body", "settings", "tls", "redis", "error"]),
+    ("vocabulary", ["ir", "body", "settings", "tls", "redis", "error", "log_output"]),
     ("wire formats", ["sse", "formats"]),
     ("leaves", ["intake", "client_api", "auth", "routing", "cache", "quota", "plan",
                 "health", "providers", "upstream", "metrics", "access_log", "telemetry"]),

@@ -9,13 +9,13 @@
 //! tracing, for humans.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::time::SystemTime;
 
 use serde::Serialize;
 
 use crate::ir::record::{CacheResult, LoggedBody, RequestRecord};
 use crate::ir::stream::StreamOutcome;
+use crate::log_output;
 use crate::settings::LogFormat;
 
 /// The tracing target of access lines; `RUST_LOG=switchboard::access=off` silences them.
@@ -142,8 +142,8 @@ impl Line<'_> {
         let mut buf = Vec::with_capacity(512);
         if serde_json::to_writer(&mut buf, &line).is_ok() {
             buf.push(b'\n');
-            // One write of a whole line: lines from other threads never interleave.
-            let _ = std::io::stdout().lock().write_all(&buf);
+            // One whole line, queued: a slow log pipe costs lines, not requests.
+            log_output::write_line(&buf);
         }
     }
 

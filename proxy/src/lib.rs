@@ -37,6 +37,7 @@ pub mod gateway;
 pub mod health;
 pub mod intake;
 pub mod ir;
+pub mod log_output;
 pub mod metrics;
 pub mod pipeline;
 pub mod plan;

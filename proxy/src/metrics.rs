@@ -451,6 +451,7 @@ impl Metrics {
     /// config serving (`snapshot`).
     pub fn render(&self, snapshot: Option<&Snapshot>) -> Vec<u8> {
         let mut families = self.registry.gather();
+        families.push(dropped_log_lines());
         // Without the consumer label there is nothing to join consumer labels to.
         if let Some(snapshot) = snapshot.filter(|_| self.consumer_label) {
             families.push(consumer_info(snapshot));
@@ -480,6 +481,25 @@ fn prune<T: MetricVecBuilder>(vec: &MetricVec<T>, gone: &dyn Fn(&str, &str) -> b
             }
         }
     }
+}
+
+/// `switchboard_log_lines_dropped_total`: log lines (access lines included) dropped
+/// because the log pipe did not keep up (`log_output`).
+fn dropped_log_lines() -> prometheus::proto::MetricFamily {
+    use prometheus::proto::{Counter, Metric, MetricFamily, MetricType};
+    let mut counter = Counter::default();
+    counter.set_value(crate::log_output::dropped_lines() as f64);
+    let mut metric = Metric::default();
+    metric.set_counter(counter);
+    let mut family = MetricFamily::default();
+    family.set_name("switchboard_log_lines_dropped_total".to_string());
+    family.set_help(
+        "Log lines dropped because stdout did not keep up (the queue holds 16,384 lines)."
+            .to_string(),
+    );
+    family.set_field_type(MetricType::COUNTER);
+    family.mut_metric().push(metric);
+    family
 }
 
 /// A backend's circuit, as `switchboard_backend_circuit_state` counts it.

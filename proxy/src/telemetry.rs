@@ -24,10 +24,12 @@ use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::filter::{EnvFilter, Targets};
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use tracing_subscriber::prelude::*;
 
 use crate::ir::TraceHeaders;
 use crate::ir::record::RequestRecord;
+use crate::log_output;
 use crate::settings::LogFormat;
 
 /// The tracing target of the request and attempt spans (exported, never logged).
@@ -40,6 +42,8 @@ static EXPORTING: AtomicBool = AtomicBool::new(false);
 #[derive(Debug)]
 pub struct Telemetry {
     provider: Option<SdkTracerProvider>,
+    /// Flushes the queued log lines when dropped (`log_output`).
+    _logs: Option<tracing_appender::non_blocking::WorkerGuard>,
 }
 
 /// Sets up logging, and trace export when the environment asks for it. Returns a
@@ -57,14 +61,24 @@ pub fn init(format: LogFormat) -> (Telemetry, Option<String>) {
     if let Ok(directive) = format!("{TARGET}=off").parse() {
         filter = filter.add_directive(directive);
     }
+    // Log lines go through a bounded queue to stdout, never blocking a request.
+    let (writer, guard) = log_output::install().unzip();
+    let writer = BoxMakeWriter::new(move || -> Box<dyn std::io::Write> {
+        match &writer {
+            Some(writer) => Box::new(writer.clone()),
+            None => Box::new(std::io::stdout()),
+        }
+    });
     let logs = match format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .flatten_event(true)
+            .with_writer(writer)
             .boxed(),
         // Colours only for a terminal: escape codes in a log file or pipeline are noise.
         LogFormat::Text => tracing_subscriber::fmt::layer()
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+            .with_writer(writer)
             .boxed(),
     }
     .with_filter(filter);
@@ -78,7 +92,13 @@ pub fn init(format: LogFormat) -> (Telemetry, Option<String>) {
         .with(traces)
         .init();
     EXPORTING.store(provider.is_some(), Ordering::Relaxed);
-    (Telemetry { provider }, problem)
+    (
+        Telemetry {
+            provider,
+            _logs: guard,
+        },
+        problem,
+    )
 }
 
 /// `OTEL_SDK_DISABLED` and `OTEL_TRACES_EXPORTER=none` turn export off; an OTLP

@@ -335,3 +335,98 @@ spec:
     );
     assert_no_keys(&proxy.logs());
 }
+
+/// A log pipe nobody reads (a stalled collector): stdout fills after 64 KiB, yet every
+/// request is answered at once, and the lines that did not fit are dropped and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_log_pipe_costs_log_lines_not_requests() {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let dir = manifests();
+    let mut child = std::process::Command::new(switchboard_e2e::proxy_bin())
+        .args(["--manifests", dir.path().to_str().unwrap()])
+        .args([
+            "--listen",
+            &addr.to_string(),
+            "--metrics-listen",
+            &metrics.to_string(),
+        ])
+        .args(["--log-format", "json"])
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        // Piped and never read: the pipe is full after 64 KiB.
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn switchboard-proxy");
+    let client = http_client();
+    let ready = async {
+        for _ in 0..200 {
+            let ok = client
+                .get(format!("http://{addr}/readyz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200);
+            if ok {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        false
+    };
+    assert!(ready.await, "the proxy became ready");
+
+    // 20,000 access lines of ~500 bytes: far past the pipe and the 16,384-line queue.
+    let started = std::time::Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..32 {
+        let client = client.clone();
+        tasks.spawn(async move {
+            let mut ok = 0;
+            for i in 0..625 {
+                let response = client
+                    .post(format!("http://{addr}/v1/chat/completions"))
+                    .bearer_auth(GATEWAY_KEY)
+                    .json(&serde_json::json!({"model": "echo", "messages": [
+                        {"role": "user", "content": format!("line {worker}-{i}")}]}))
+                    .send()
+                    .await;
+                if response.is_ok_and(|r| r.status() == 200) {
+                    ok += 1;
+                }
+            }
+            ok
+        });
+    }
+    let within = std::time::Duration::from_secs(120);
+    let answered = tokio::time::timeout(within, async {
+        let mut answered = 0;
+        while let Some(ok) = tasks.join_next().await {
+            answered += ok.unwrap_or(0);
+        }
+        answered
+    })
+    .await
+    .expect("requests do not wait on the log pipe");
+    assert_eq!(answered, 20_000, "in {:?}", started.elapsed());
+
+    let text = client
+        .get(format!("http://{metrics}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let dropped: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("switchboard_log_lines_dropped_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("the dropped-lines counter is exported");
+    assert!(
+        dropped > 0.0,
+        "lines that did not fit are counted: {dropped}"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
