@@ -68,6 +68,9 @@ pub enum ProxyError {
     },
     #[error("upstream provider sent an invalid response")]
     UpstreamProtocol,
+    /// A whole response's body went over `--max-upstream-body-bytes`.
+    #[error("upstream provider sent a response larger than the limit of {limit} bytes")]
+    UpstreamTooLarge { limit: usize },
     /// The provider refused the request with a client error (4xx other than 401/403).
     /// Its error body, when it is in the client's API format, is passed through as is.
     #[error("upstream provider refused the request (status {status}){}", detail(.message))]
@@ -197,6 +200,11 @@ impl ProxyError {
                 "upstream_error",
                 "upstream_bad_response",
             ),
+            UpstreamTooLarge { .. } => (
+                StatusCode::BAD_GATEWAY,
+                "upstream_error",
+                "upstream_response_too_large",
+            ),
             UpstreamRefused { status, .. } if *status == StatusCode::TOO_MANY_REQUESTS => {
                 (*status, "rate_limit_error", "rate_limit_exceeded")
             }
@@ -232,7 +240,8 @@ impl ProxyError {
             | UpstreamTimeout(_)
             | UpstreamStatus { .. }
             | UpstreamOverloaded { .. }
-            | UpstreamProtocol => true,
+            | UpstreamProtocol
+            | UpstreamTooLarge { .. } => true,
             UpstreamRefused { status, .. } => *status == StatusCode::TOO_MANY_REQUESTS,
             MissingKey
             | InvalidKey

@@ -170,6 +170,25 @@ pub struct Settings {
     #[arg(long, env = "SWITCHBOARD_BODY_READ_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     pub body_read_timeout: Duration,
 
+    /// Largest whole (not streamed) response body read from a provider, in bytes; a
+    /// larger one fails the attempt (502 `upstream_response_too_large`, and the next
+    /// backend is tried). Read as it arrives: no more than this is ever held.
+    #[arg(long, env = "SWITCHBOARD_MAX_UPSTREAM_BODY_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub max_upstream_body_bytes: usize,
+
+    /// Largest single event of a provider's stream, in bytes (data lines and blank line
+    /// included). A larger one ends the stream with an error event; before the stream's
+    /// first event it fails the attempt, and the next backend is tried. 4 MiB leaves
+    /// room for inline images in a single event.
+    #[arg(long, env = "SWITCHBOARD_MAX_STREAM_EVENT_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub max_stream_event_bytes: usize,
+
+    /// The longest a provider's stream may send nothing (not even a keep-alive comment)
+    /// once its headers arrived; past it the stream ends with an error event (before
+    /// its first event, the attempt fails and the next backend is tried). `0s`: none.
+    #[arg(long, env = "SWITCHBOARD_STREAM_IDLE_TIMEOUT", default_value = "120s", value_parser = humantime::parse_duration)]
+    pub stream_idle_timeout: Duration,
+
     /// On SIGTERM, how long in-flight requests and streams may take to finish.
     #[arg(long, env = "SWITCHBOARD_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
@@ -231,6 +250,9 @@ impl Settings {
             max_header_bytes: 64 * 1024,
             header_read_timeout: Duration::from_secs(30),
             body_read_timeout: Duration::from_secs(60),
+            max_upstream_body_bytes: 64 * 1024 * 1024,
+            max_stream_event_bytes: 4 * 1024 * 1024,
+            stream_idle_timeout: Duration::from_secs(120),
             shutdown_timeout: Duration::from_secs(30),
             check: false,
         }

@@ -5,31 +5,86 @@ use bytes::{Bytes, BytesMut};
 
 /// Splits a byte stream into events. Each event is returned with its raw bytes, blank
 /// line included, so it can be forwarded exactly as received.
-#[derive(Debug, Default)]
+///
+/// With a limit (`with_limit`), an event longer than it is never held whole: once the
+/// unfinished event passes the limit, its bytes are dropped and the splitter is
+/// `too_large` for good (the stream is to be ended). It holds at most the limit plus
+/// one received chunk.
+#[derive(Debug)]
 pub struct EventSplitter {
     buffer: BytesMut,
+    max_event: usize,
+    too_large: bool,
+}
+
+impl Default for EventSplitter {
+    /// No limit: for events already split (and bounded) upstream of it.
+    fn default() -> Self {
+        Self::with_limit(usize::MAX)
+    }
 }
 
 // === impl EventSplitter ===
 
 impl EventSplitter {
-    /// Adds received bytes; returns the events they complete.
+    /// A splitter that refuses events longer than `max_event` bytes.
+    pub fn with_limit(max_event: usize) -> Self {
+        Self {
+            buffer: BytesMut::new(),
+            max_event,
+            too_large: false,
+        }
+    }
+
+    /// Adds received bytes; returns the events they complete, up to the first one over
+    /// the limit (then `too_large` says so and nothing more is returned).
     pub fn push(&mut self, chunk: &[u8]) -> Vec<Bytes> {
+        if self.too_large {
+            return Vec::new();
+        }
         let searched = self.buffer.len().saturating_sub(3);
         self.buffer.extend_from_slice(chunk);
         let mut events = Vec::new();
         let mut from = searched;
         while let Some(end) = event_end(&self.buffer, from) {
+            if end > self.max_event {
+                self.overflow();
+                return events;
+            }
             events.push(self.buffer.split_to(end).freeze());
             from = 0;
         }
+        if self.buffer.len() > self.max_event {
+            self.overflow();
+        }
         events
+    }
+
+    /// An event went over the limit: its bytes go, and the stream is to be ended.
+    fn overflow(&mut self) {
+        self.too_large = true;
+        self.buffer = BytesMut::new();
+    }
+
+    /// Whether an event went over the limit; the stream cannot go on.
+    pub fn too_large(&self) -> bool {
+        self.too_large
+    }
+
+    /// The limit on one event's size, in bytes.
+    pub fn max_event(&self) -> usize {
+        self.max_event
     }
 
     /// Bytes left after the last complete event (a stream cut off mid-event).
     pub fn remainder(&mut self) -> Option<Bytes> {
         (!self.buffer.is_empty()).then(|| self.buffer.split().freeze())
     }
+}
+
+/// What a client is told when an upstream event goes over the limit.
+pub fn too_large_message(max_event: usize) -> String {
+    format!("upstream provider sent a stream event larger than the limit of {max_event} bytes")
 }
 
 /// Joins events into one buffer, so that what arrived together from upstream leaves in
@@ -121,6 +176,30 @@ mod tests {
             assert_eq!(events.len(), 4, "split at {split}");
             assert!(splitter.remainder().is_none());
         }
+    }
+
+    #[test]
+    fn refuses_an_event_over_the_limit() {
+        // A whole event over the limit, after one within it.
+        let mut splitter = EventSplitter::with_limit(16);
+        let events = splitter.push(b"data: 1\n\ndata: 0123456789abcdef\n\ndata: 2\n\n");
+        assert_eq!(events, vec![Bytes::from_static(b"data: 1\n\n")]);
+        assert!(splitter.too_large());
+        assert!(splitter.push(b"data: 3\n\n").is_empty());
+        assert!(splitter.remainder().is_none());
+
+        // An event that never ends is dropped as soon as it passes the limit.
+        let mut splitter = EventSplitter::with_limit(16);
+        assert!(splitter.push(b"data: 01234567").is_empty());
+        assert!(!splitter.too_large());
+        assert!(splitter.push(b"89abcdef").is_empty());
+        assert!(splitter.too_large());
+        assert!(splitter.remainder().is_none());
+
+        // An event exactly at the limit passes.
+        let mut splitter = EventSplitter::with_limit(9);
+        assert_eq!(splitter.push(b"data: 1\n\n").len(), 1);
+        assert!(!splitter.too_large());
     }
 
     #[test]

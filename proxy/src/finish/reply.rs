@@ -211,9 +211,10 @@ impl Writer {
         StreamBudget::closing_events(usage)
     }
 
-    /// The upstream connection broke: an error event in the client's format.
-    fn broken(&mut self) -> Bytes {
-        let error = StreamEvent::Error(StreamError::broken());
+    /// The upstream connection broke (or the stream cannot go on): an error event in
+    /// the client's format.
+    fn broken(&mut self, error: StreamError) -> Bytes {
+        let error = StreamEvent::Error(error);
         let mut out = BytesMut::new();
         match &mut self.source {
             Source::Native { tap, .. } => {
@@ -269,7 +270,8 @@ impl HttpBody for Writer {
                         }
                         this.pass(events)
                     }
-                    Some(NativeChunk::Broken) => this.broken(),
+                    Some(NativeChunk::Broken) => this.broken(StreamError::broken()),
+                    Some(NativeChunk::Failed(error)) => this.broken(error),
                     None => {
                         this.complete();
                         return Poll::Ready(None);

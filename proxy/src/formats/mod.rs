@@ -21,7 +21,7 @@ pub mod openai;
 use serde_json::{Map, Value};
 
 use crate::error::ProxyError;
-use crate::ir::chat::{Message, Role, StreamEvent, Tool, ToolCall};
+use crate::ir::chat::{Message, Role, StreamError, StreamEvent, Tool, ToolCall};
 use crate::sse::{self, EventSplitter};
 
 fn bad_request(message: impl Into<String>) -> ProxyError {
@@ -212,10 +212,25 @@ impl<D: DecodeStream> SseDecoder<D> {
         }
     }
 
-    /// Appends the IR events of every event that `bytes` complete.
+    /// A decoder that ends the stream with an error at an event longer than
+    /// `max_event` bytes (see `EventSplitter::with_limit`).
+    pub fn with_limit(decoder: D, max_event: usize) -> Self {
+        Self {
+            splitter: EventSplitter::with_limit(max_event),
+            decoder,
+        }
+    }
+
+    /// Appends the IR events of every event that `bytes` complete; an `Error` after
+    /// them if an event is over the limit.
     pub fn push(&mut self, bytes: &[u8], out: &mut Vec<StreamEvent>) {
         for event in self.splitter.push(bytes) {
             self.decode_event(&event, out);
+        }
+        if self.splitter.too_large() {
+            out.push(StreamEvent::Error(StreamError::upstream(
+                sse::too_large_message(self.splitter.max_event()),
+            )));
         }
     }
 

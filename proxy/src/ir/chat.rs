@@ -251,4 +251,11 @@ impl StreamError {
     pub fn broken() -> Self {
         Self::upstream("upstream provider failed mid-stream")
     }
+
+    /// The upstream sent nothing for `idle`: the stream is ended.
+    pub fn idle(idle: std::time::Duration) -> Self {
+        Self::upstream(format!(
+            "upstream provider sent nothing for {idle:?}; the stream is ended"
+        ))
+    }
 }

@@ -10,7 +10,7 @@ use std::pin::Pin;
 use bytes::Bytes;
 use futures_util::Stream;
 
-use super::chat::StreamEvent;
+use super::chat::{StreamError, StreamEvent};
 use super::usage::Usage;
 
 /// IR stream events in batches, each batch what one upstream read produced. The last
@@ -32,6 +32,9 @@ pub enum NativeChunk {
     },
     /// The upstream connection broke; nothing follows.
     Broken,
+    /// The stream cannot go on (an event over the size limit, an upstream silent past
+    /// the idle timeout); the client is told why. Nothing follows.
+    Failed(StreamError),
 }
 
 /// How a stream ended.

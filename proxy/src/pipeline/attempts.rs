@@ -25,7 +25,7 @@ use crate::ir::reply::Reply;
 use crate::ir::stream::NativeChunk;
 use crate::metrics::AttemptOutcome;
 use crate::plan::{self, Candidate, RetryBudget};
-use crate::providers::{self, Call, Upstream};
+use crate::providers::{self, Call, Upstream, UpstreamLimits};
 use crate::routing::Selected;
 use crate::runtime::Runtime;
 use crate::telemetry;
@@ -311,6 +311,11 @@ async fn attempt(
             timeout,
             request_id: attempts.request_id,
             trace,
+            limits: UpstreamLimits {
+                max_body_bytes: gateway.settings.max_upstream_body_bytes,
+                max_event_bytes: gateway.settings.max_stream_event_bytes,
+                stream_idle: gateway.settings.stream_idle_timeout,
+            },
         })
         .await?;
         first_event(reply, first_token).await
@@ -351,7 +356,9 @@ async fn first_event(reply: Reply, within: Option<Duration>) -> Result<Reply, Pr
                 Some(first @ NativeChunk::Events { .. }) => Ok(Reply::NativeStream(Box::pin(
                     futures_util::stream::once(async { first }).chain(chunks),
                 ))),
-                Some(NativeChunk::Broken) | None => Err(ProxyError::UpstreamProtocol),
+                Some(NativeChunk::Broken | NativeChunk::Failed(_)) | None => {
+                    Err(ProxyError::UpstreamProtocol)
+                }
             }
         }
         Reply::ChatStream(mut events) => {

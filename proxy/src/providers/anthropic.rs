@@ -40,10 +40,11 @@ impl Adapter for Anthropic {
         Ok(Reply::Chat(format::parse_response(&body)?))
     }
 
-    fn stream(_: &Call<'_>, response: reqwest::Response) -> Reply {
+    fn stream(call: &Call<'_>, response: reqwest::Response) -> Reply {
         Reply::ChatStream(decode_stream(
             response.bytes_stream(),
             format::StreamDecoder::default(),
+            call.limits,
         ))
     }
 

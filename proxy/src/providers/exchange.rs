@@ -33,11 +33,30 @@ pub async fn call<A: Adapter>(call: Call<'_>) -> Result<Reply, ProxyError> {
     if call.request.stream {
         return Ok(A::stream(&call, response));
     }
-    let body = response
-        .bytes()
-        .await
-        .map_err(|e| classify(&e, call.timeout))?;
+    let body = whole_body(response, call.limits.max_body_bytes, call.timeout).await?;
     A::response(&call, body)
+}
+
+/// A whole response's body, read as it arrives and refused (`UpstreamTooLarge`) as soon
+/// as it is known to be over `max` bytes: never more than `max` is held.
+async fn whole_body(
+    mut response: reqwest::Response,
+    max: usize,
+    timeout: Duration,
+) -> Result<Bytes, ProxyError> {
+    let too_large = || ProxyError::UpstreamTooLarge { limit: max };
+    let announced = response.content_length();
+    if announced.is_some_and(|n| n > max as u64) {
+        return Err(too_large());
+    }
+    let mut body = BytesMut::with_capacity(announced.map_or(0, |n| n as usize));
+    while let Some(chunk) = response.chunk().await.map_err(|e| classify(&e, timeout))? {
+        if chunk.len() > max - body.len() {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
 }
 
 /// POSTs the JSON `body` to the call's upstream URL with the request id, trace context

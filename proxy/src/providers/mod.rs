@@ -49,6 +49,22 @@ pub struct Call<'a> {
     pub request_id: &'a str,
     /// W3C trace context to send upstream.
     pub trace: TraceHeaders,
+    /// What the provider may send back.
+    pub limits: UpstreamLimits,
+}
+
+/// Bounds on what a provider sends back, so that a broken or hostile one cannot
+/// exhaust the proxy's memory or hold a client forever.
+#[derive(Debug, Clone, Copy)]
+pub struct UpstreamLimits {
+    /// The most bytes of a whole (not streamed) response body; past it the attempt
+    /// fails (`ProxyError::UpstreamTooLarge`).
+    pub max_body_bytes: usize,
+    /// The most bytes of one stream event; past it the stream ends with an error.
+    pub max_event_bytes: usize,
+    /// The longest a stream may go without a byte from upstream; past it the stream
+    /// ends with an error. Zero: no limit.
+    pub stream_idle: Duration,
 }
 
 impl std::fmt::Debug for Call<'_> {
@@ -171,9 +187,41 @@ impl Endpoint {
     }
 }
 
+/// One read of an upstream byte stream, within the idle timeout.
+enum Read {
+    Chunk(Bytes),
+    /// Nothing arrived within the idle timeout.
+    Idle,
+    /// The connection broke.
+    Broken,
+    /// The upstream closed the stream.
+    End,
+}
+
+/// The next read of `upstream`, or `Idle` if nothing arrives within `idle`.
+async fn next_read<S>(upstream: &mut S, idle: Duration) -> Read
+where
+    S: Stream<Item = reqwest::Result<Bytes>> + Unpin,
+{
+    if idle.is_zero() {
+        return match upstream.next().await {
+            Some(Ok(chunk)) => Read::Chunk(chunk),
+            Some(Err(_)) => Read::Broken,
+            None => Read::End,
+        };
+    }
+    match tokio::time::timeout(idle, upstream.next()).await {
+        Ok(Some(Ok(chunk))) => Read::Chunk(chunk),
+        Ok(Some(Err(_))) => Read::Broken,
+        Ok(None) => Read::End,
+        Err(_) => Read::Idle,
+    }
+}
+
 /// Decodes an upstream event stream into IR event batches as bytes arrive. Ends after
-/// `Done` or `Error`; a stream that breaks or closes early ends with an `Error`.
-fn decode_stream<S, D>(upstream: S, decoder: D) -> ChatStream
+/// `Done` or `Error`; a stream that breaks, closes early, sends an event over the size
+/// limit or goes quiet past the idle timeout ends with an `Error`.
+fn decode_stream<S, D>(upstream: S, decoder: D, limits: UpstreamLimits) -> ChatStream
 where
     S: Stream<Item = reqwest::Result<Bytes>> + Send + Unpin + 'static,
     D: DecodeStream + Send + 'static,
@@ -181,11 +229,13 @@ where
     struct State<S, D> {
         upstream: S,
         decoder: SseDecoder<D>,
+        idle: Duration,
         ended: bool,
     }
     let state = State {
         upstream,
-        decoder: SseDecoder::new(decoder),
+        decoder: SseDecoder::with_limit(decoder, limits.max_event_bytes),
+        idle: limits.stream_idle,
         ended: false,
     };
     let batches = futures_util::stream::unfold(state, |mut state| async move {
@@ -194,10 +244,11 @@ where
                 return None;
             }
             let mut out = Vec::new();
-            match state.upstream.next().await {
-                Some(Ok(chunk)) => state.decoder.push(&chunk, &mut out),
-                Some(Err(_)) => out.push(StreamEvent::Error(StreamError::broken())),
-                None => {
+            match next_read(&mut state.upstream, state.idle).await {
+                Read::Chunk(chunk) => state.decoder.push(&chunk, &mut out),
+                Read::Idle => out.push(StreamEvent::Error(StreamError::idle(state.idle))),
+                Read::Broken => out.push(StreamEvent::Error(StreamError::broken())),
+                Read::End => {
                     state.decoder.finish(&mut out);
                     if !out.iter().any(is_terminal) {
                         out.push(StreamEvent::Error(StreamError::upstream(

@@ -6,16 +6,19 @@
 //! except the final usage-only chunk when the gateway, not the client, asked for it.
 //! Requests from other client APIs are translated through the IR.
 
+use std::time::Duration;
+
 use bytes::Bytes;
-use futures_util::{Stream, StreamExt};
+use futures_util::Stream;
 use serde::Deserialize;
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use switchboard_api::snapshot::{Provider, ProviderType};
 
 use super::exchange::ErrorBody;
-use super::{Adapter, Call, Endpoint, UpstreamUrls, decode_stream};
+use super::{Adapter, Call, Endpoint, Read, UpstreamUrls, decode_stream, next_read};
 use crate::error::ProxyError;
 use crate::formats::openai as format;
+use crate::ir::chat::StreamError;
 use crate::ir::reply::Reply;
 use crate::ir::stream::{NativeChunk, NativeStream};
 use crate::ir::{ClientApi, Operation, Request, Usage};
@@ -68,13 +71,16 @@ impl Adapter for OpenAI {
             return Reply::ChatStream(decode_stream(
                 response.bytes_stream(),
                 format::StreamDecoder::default(),
+                call.limits,
             ));
         }
         let relay = EventRelay {
             upstream: response.bytes_stream(),
-            splitter: EventSplitter::default(),
+            splitter: EventSplitter::with_limit(call.limits.max_event_bytes),
+            idle: call.limits.stream_idle,
             inject_usage: injects_usage(call.request),
             ended: false,
+            failed: None,
         };
         Reply::NativeStream(relay.into_stream())
     }
@@ -105,8 +111,11 @@ fn injects_usage(request: &Request) -> bool {
 struct EventRelay<S> {
     upstream: S,
     splitter: EventSplitter,
+    idle: Duration,
     inject_usage: bool,
     ended: bool,
+    /// The error to end with, after the events read before it.
+    failed: Option<StreamError>,
 }
 
 impl<S> EventRelay<S>
@@ -123,11 +132,11 @@ where
     /// The events of the next upstream read that carries any to forward (or usage).
     async fn next_chunk(&mut self) -> Option<NativeChunk> {
         if self.ended {
-            return None;
+            return self.failed.take().map(NativeChunk::Failed);
         }
         loop {
-            match self.upstream.next().await {
-                Some(Ok(chunk)) => {
+            match next_read(&mut self.upstream, self.idle).await {
+                Read::Chunk(chunk) => {
                     let mut usage = None;
                     let events: Vec<Bytes> = self
                         .splitter
@@ -135,15 +144,30 @@ where
                         .into_iter()
                         .filter_map(|e| stream_event(e, self.inject_usage, &mut usage))
                         .collect();
+                    if self.splitter.too_large() {
+                        // What came before the event over the limit is still the
+                        // client's; the error follows on the next poll.
+                        self.ended = true;
+                        self.failed = Some(StreamError::upstream(sse::too_large_message(
+                            self.splitter.max_event(),
+                        )));
+                        if events.is_empty() && usage.is_none() {
+                            return self.failed.take().map(NativeChunk::Failed);
+                        }
+                    }
                     if !events.is_empty() || usage.is_some() {
                         return Some(NativeChunk::Events { events, usage });
                     }
                 }
-                Some(Err(_)) => {
+                Read::Idle => {
+                    self.ended = true;
+                    return Some(NativeChunk::Failed(StreamError::idle(self.idle)));
+                }
+                Read::Broken => {
                     self.ended = true;
                     return Some(NativeChunk::Broken);
                 }
-                None => {
+                Read::End => {
                     self.ended = true;
                     let rest = self.splitter.remainder()?;
                     return Some(NativeChunk::Events {

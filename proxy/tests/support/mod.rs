@@ -24,7 +24,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-type FakeBody = UnsyncBoxBody<Bytes, BoxError>;
+pub type FakeBody = UnsyncBoxBody<Bytes, BoxError>;
 
 /// A request the fake provider received.
 #[derive(Debug, Clone)]
@@ -55,6 +55,9 @@ pub enum Reply {
     CutAfter(Bytes),
     /// Another reply with `Retry-After: seconds`.
     RetryAfter(u64, Box<Reply>),
+    /// `status` with `content_type` and a body of the given pieces, sent as fast as the
+    /// connection takes them (chunked: no Content-Length).
+    Pieces(StatusCode, &'static str, Vec<Bytes>),
 }
 
 type Handler = dyn Fn(&Received) -> Reply + Send + Sync;
@@ -189,6 +192,18 @@ async fn respond(reply: Reply) -> Response<FakeBody> {
                 .insert("retry-after", seconds.to_string().parse().unwrap());
             response
         }
+        Reply::Pieces(status, content_type, pieces) => Response::builder()
+            .status(status)
+            .header("content-type", content_type)
+            .body(
+                StreamBody::new(futures_util::stream::iter(
+                    pieces
+                        .into_iter()
+                        .map(|p| Ok::<_, BoxError>(Frame::data(p))),
+                ))
+                .boxed_unsync(),
+            )
+            .unwrap(),
         Reply::CutAfter(piece) => {
             let stream = futures_util::stream::iter([
                 Ok(Frame::data(piece)),

@@ -1,0 +1,352 @@
+//! Bounds on what a provider sends back: a whole body, one stream event, and silence
+//! mid-stream. A hostile upstream on loopback must not grow the proxy (in this same
+//! process) without bound nor hold the client forever; the proxy serves on afterwards.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::StatusCode;
+use support::*;
+
+const OK: &str = r#"{"id":"c","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"ok"},"finish_reason":"stop"}]}"#;
+const CHUNK: &str = r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":"hi"},"finish_reason":null}]}"#;
+
+/// The limits the tests set: far below what the hostile upstreams send.
+const MAX_BODY: usize = 1024 * 1024;
+const MAX_EVENT: usize = 64 * 1024;
+const IDLE: Duration = Duration::from_millis(300);
+
+/// What the hostile upstreams send at most: 512 MiB, in 64 KiB pieces. Unbounded, the
+/// proxy holds all of it.
+const FLOOD_PIECES: usize = 8 * 1024;
+/// How much the proxy's peak memory may grow while it fends one off.
+const MAX_GROWTH_KB: u64 = 64 * 1024;
+
+fn chat(model: &str, stream: bool) -> String {
+    format!(
+        r#"{{"model":"{model}","stream":{stream},"messages":[{{"role":"user","content":"hi"}}]}}"#
+    )
+}
+
+fn messages(model: &str, stream: bool) -> String {
+    format!(
+        r#"{{"model":"{model}","max_tokens":16,"stream":{stream},"messages":[{{"role":"user","content":"hi"}}]}}"#
+    )
+}
+
+/// `FLOOD_PIECES` pieces of 64 KiB of `byte`, after `head`.
+fn flood(head: &[Bytes], byte: u8) -> Vec<Bytes> {
+    let piece = Bytes::from(vec![byte; 64 * 1024]);
+    let mut pieces = head.to_vec();
+    pieces.extend(std::iter::repeat_n(piece, FLOOD_PIECES));
+    pieces
+}
+
+/// This process's peak resident memory (VmHWM), in KiB: the proxy runs in it.
+fn peak_rss_kb() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .expect("VmHWM in /proc/self/status");
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Hostile provider `a` behind model `m` (one attempt) and behind `mf` with good
+/// provider `b` as its fallback; `b` alone behind `ok`. Small limits.
+async fn serve(hostile: &FakeProvider) -> (Manifests, switchboard_proxy::Proxy) {
+    let good = FakeProvider::start(|received| match received.json()["stream"] == true {
+        true => Reply::Stream(vec![
+            (Duration::ZERO, sse(CHUNK)),
+            (Duration::ZERO, sse("[DONE]")),
+        ]),
+        false => Reply::Json(StatusCode::OK, Bytes::from_static(OK.as_bytes())),
+    })
+    .await;
+    let manifests = Manifests::new();
+    manifests.write("consumer.yaml", &consumer_yaml("app", ""));
+    manifests.write(
+        "a.yaml",
+        &provider_yaml(
+            "a",
+            "openai-compatible",
+            &hostile.url(),
+            &[("m", "m-a")],
+            "",
+        ),
+    );
+    manifests.write(
+        "b.yaml",
+        &provider_yaml("b", "openai-compatible", &good.url(), &[("m", "m-b")], ""),
+    );
+    manifests.write(
+        "routes.yaml",
+        r#"
+apiVersion: switchboard.dev/v1alpha1
+kind: AIRoute
+metadata: {name: hostile}
+spec:
+  models: [m]
+  backends: [{provider: a, model: m}]
+  retry: {attempts: 1}
+  timeouts: {request: 20s}
+---
+apiVersion: switchboard.dev/v1alpha1
+kind: AIRoute
+metadata: {name: fallback}
+spec:
+  models: [mf]
+  backends: [{provider: a, model: m}, {provider: b, model: m, priority: 1}]
+  timeouts: {request: 20s}
+---
+apiVersion: switchboard.dev/v1alpha1
+kind: AIRoute
+metadata: {name: good}
+spec:
+  models: [ok]
+  backends: [{provider: b, model: m}]
+"#,
+    );
+    let proxy = proxy_with(&manifests, |s| {
+        s.max_upstream_body_bytes = MAX_BODY;
+        s.max_stream_event_bytes = MAX_EVENT;
+        s.stream_idle_timeout = IDLE;
+    })
+    .await;
+    (manifests, proxy)
+}
+
+/// The whole response, within 10 s (a proxy without the bound holds it far longer).
+async fn read_all(proxy: &switchboard_proxy::Proxy, path: &str, body: String) -> (u16, String) {
+    let read = async {
+        let response = post(proxy, path, body).await;
+        let status = response.status().as_u16();
+        (status, response.text().await.unwrap_or_default())
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .expect("the proxy answers within 10 s")
+}
+
+/// The proxy still answers a normal request, whole and streamed.
+async fn still_serves(proxy: &switchboard_proxy::Proxy) {
+    let (status, text) = read_all(proxy, "/v1/chat/completions", chat("ok", false)).await;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains(r#""content":"ok""#), "{text}");
+    let (status, text) = read_all(proxy, "/v1/chat/completions", chat("ok", true)).await;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+}
+
+fn assert_growth(before: u64, what: &str) {
+    let after = peak_rss_kb();
+    eprintln!("{what}: peak RSS {before} KiB before, {after} KiB after");
+    assert!(
+        after.saturating_sub(before) < MAX_GROWTH_KB,
+        "{what}: peak RSS grew from {before} KiB to {after} KiB"
+    );
+}
+
+#[tokio::test]
+async fn an_endless_whole_body_fails_the_attempt_at_the_cap() {
+    let hostile = FakeProvider::start(|_| {
+        Reply::Pieces(
+            StatusCode::OK,
+            "application/json",
+            flood(&[Bytes::from_static(b"{\"id\":\"")], b'a'),
+        )
+    })
+    .await;
+    let (_manifests, proxy) = serve(&hostile).await;
+    let before = peak_rss_kb();
+
+    let started = Instant::now();
+    let response = post(&proxy, "/v1/chat/completions", chat("m", false)).await;
+    let message = assert_error(response, 502, "upstream_response_too_large").await;
+    assert!(message.contains(&MAX_BODY.to_string()), "{message}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // An Anthropic client gets the error in its format.
+    let (status, text) = read_all(&proxy, "/v1/messages", messages("m", false)).await;
+    assert_eq!(status, 502, "{text}");
+    let body: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(body["type"], "error", "{text}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("larger than the limit"),
+        "{text}"
+    );
+
+    // It is an attempt failure: the fallback answers.
+    let (status, text) = read_all(&proxy, "/v1/chat/completions", chat("mf", false)).await;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains(r#""content":"ok""#), "{text}");
+
+    assert_growth(before, "endless whole body");
+    still_serves(&proxy).await;
+}
+
+#[tokio::test]
+async fn a_stream_event_that_never_ends_ends_the_stream_at_the_cap() {
+    // One good event, then an event with no blank line, ever.
+    let hostile = FakeProvider::start(|_| {
+        Reply::Pieces(
+            StatusCode::OK,
+            "text/event-stream",
+            flood(&[sse(CHUNK), Bytes::from_static(b"data: ")], b'a'),
+        )
+    })
+    .await;
+    let (_manifests, proxy) = serve(&hostile).await;
+    let before = peak_rss_kb();
+
+    let started = Instant::now();
+    let (status, text) = read_all(&proxy, "/v1/chat/completions", chat("m", true)).await;
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        text.starts_with(&String::from_utf8(sse(CHUNK).to_vec()).unwrap()),
+        "{text}"
+    );
+    assert!(text.contains("upstream_stream_error"), "{text}");
+    assert!(text.contains("larger than the limit"), "{text}");
+    assert!(text.len() < MAX_EVENT, "{} bytes relayed", text.len());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // Translated for an Anthropic client: its error event.
+    let (status, text) = read_all(&proxy, "/v1/messages", messages("m", true)).await;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("event: error"), "{text}");
+    assert!(text.contains("larger than the limit"), "{text}");
+
+    assert_growth(before, "endless stream event");
+    still_serves(&proxy).await;
+}
+
+#[tokio::test]
+async fn an_oversized_stream_event_is_not_relayed() {
+    // An 8 MiB event, whole (blank line and all), then a proper end.
+    let hostile = FakeProvider::start(|_| {
+        let mut pieces = vec![sse(CHUNK)];
+        pieces.push(Bytes::from_static(b"data: "));
+        pieces.extend(std::iter::repeat_n(Bytes::from(vec![b'a'; 64 * 1024]), 128));
+        pieces.push(Bytes::from_static(b"\n\n"));
+        pieces.push(sse("[DONE]"));
+        Reply::Pieces(StatusCode::OK, "text/event-stream", pieces)
+    })
+    .await;
+    let (_manifests, proxy) = serve(&hostile).await;
+    let before = peak_rss_kb();
+
+    let (status, text) = read_all(&proxy, "/v1/chat/completions", chat("m", true)).await;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains(r#""content":"hi""#), "{text}");
+    assert!(text.contains("upstream_stream_error"), "{text}");
+    assert!(text.contains("larger than the limit"), "{text}");
+    assert!(
+        !text.contains("[DONE]"),
+        "the stream ends at the event: {text}"
+    );
+    assert!(text.len() < MAX_EVENT, "{} bytes relayed", text.len());
+
+    let (status, text) = read_all(&proxy, "/v1/messages", messages("m", true)).await;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("event: error"), "{text}");
+    assert!(text.contains("larger than the limit"), "{text}");
+    assert!(text.len() < MAX_EVENT, "{} bytes relayed", text.len());
+
+    assert_growth(before, "oversized stream event");
+    still_serves(&proxy).await;
+}
+
+#[tokio::test]
+async fn an_oversized_first_stream_event_fails_over() {
+    // From the first byte: one event with no end.
+    let hostile = FakeProvider::start(|_| {
+        Reply::Pieces(
+            StatusCode::OK,
+            "text/event-stream",
+            flood(&[Bytes::from_static(b"data: ")], b'a'),
+        )
+    })
+    .await;
+    let (_manifests, proxy) = serve(&hostile).await;
+    let before = peak_rss_kb();
+
+    // Nothing reached the client yet: the attempt fails, and the fallback answers.
+    let (status, text) = read_all(&proxy, "/v1/chat/completions", chat("mf", true)).await;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains(r#""content":"hi""#), "{text}");
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    // Without a fallback: an error in the client's format, not a stream.
+    let response = post(&proxy, "/v1/chat/completions", chat("m", true)).await;
+    assert_error(response, 502, "upstream_bad_response").await;
+
+    assert_growth(before, "oversized first stream event");
+    still_serves(&proxy).await;
+}
+
+#[tokio::test]
+async fn a_stream_that_goes_quiet_ends_at_the_idle_timeout() {
+    // Headers and one event, then nothing (the connection stays open).
+    let quiet_after_one = FakeProvider::start(|_| {
+        Reply::Stream(vec![
+            (Duration::ZERO, sse(CHUNK)),
+            (Duration::from_secs(3600), sse("[DONE]")),
+        ])
+    })
+    .await;
+    let (_manifests, proxy) = serve(&quiet_after_one).await;
+    for (path, body, error) in [
+        (
+            "/v1/chat/completions",
+            chat("m", true),
+            "upstream_stream_error",
+        ),
+        ("/v1/messages", messages("m", true), "event: error"),
+    ] {
+        let started = Instant::now();
+        let (status, text) = read_all(&proxy, path, body).await;
+        let took = started.elapsed();
+        assert_eq!(status, 200, "{text}");
+        assert!(text.contains(error), "{path}: {text}");
+        assert!(text.contains("sent nothing for"), "{path}: {text}");
+        assert!(
+            took >= IDLE && took < Duration::from_secs(3),
+            "{path}: {took:?}"
+        );
+    }
+    still_serves(&proxy).await;
+}
+
+#[tokio::test]
+async fn a_stream_silent_after_its_headers_fails_over_at_the_idle_timeout() {
+    // Headers, then nothing; the route sets no first-token timeout.
+    let silent =
+        FakeProvider::start(|_| Reply::Stream(vec![(Duration::from_secs(3600), sse(CHUNK))])).await;
+    let (_manifests, proxy) = serve(&silent).await;
+    let started = Instant::now();
+    let (status, text) = read_all(&proxy, "/v1/chat/completions", chat("mf", true)).await;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+
+    let response = post(&proxy, "/v1/chat/completions", chat("m", true)).await;
+    assert_error(response, 502, "upstream_bad_response").await;
+    still_serves(&proxy).await;
+}
