@@ -3,7 +3,7 @@
 use bytes::Bytes;
 use switchboard_api::snapshot::Provider;
 
-use super::exchange::ErrorBody;
+use super::exchange::{self, ErrorBody};
 use super::{Adapter, Call, Endpoint, UpstreamUrls, decode_stream};
 use crate::error::ProxyError;
 use crate::formats::gemini as format;
@@ -32,10 +32,11 @@ impl Adapter for Gemini {
         Ok(Reply::Chat(format::parse_response(&body)?))
     }
 
-    fn stream(_: &Call<'_>, response: reqwest::Response) -> Reply {
+    fn stream(call: &Call<'_>, response: reqwest::Response) -> Reply {
         Reply::ChatStream(decode_stream(
             response.bytes_stream(),
             format::StreamDecoder::default(),
+            exchange::key(call.upstream),
         ))
     }
 

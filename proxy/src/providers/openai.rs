@@ -12,8 +12,8 @@ use serde::Deserialize;
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use switchboard_api::snapshot::{Provider, ProviderType};
 
-use super::exchange::ErrorBody;
-use super::{Adapter, Call, Endpoint, UpstreamUrls, decode_stream};
+use super::exchange::{self, ErrorBody};
+use super::{Adapter, Call, Endpoint, UpstreamUrls, decode_stream, scrub};
 use crate::error::ProxyError;
 use crate::formats::openai as format;
 use crate::ir::reply::Reply;
@@ -68,12 +68,14 @@ impl Adapter for OpenAI {
             return Reply::ChatStream(decode_stream(
                 response.bytes_stream(),
                 format::StreamDecoder::default(),
+                exchange::key(call.upstream),
             ));
         }
         let relay = EventRelay {
             upstream: response.bytes_stream(),
             splitter: EventSplitter::default(),
             inject_usage: injects_usage(call.request),
+            key: exchange::key(call.upstream).map(str::to_string),
             ended: false,
         };
         Reply::NativeStream(relay.into_stream())
@@ -106,6 +108,9 @@ struct EventRelay<S> {
     upstream: S,
     splitter: EventSplitter,
     inject_usage: bool,
+    /// The provider key, scrubbed from every event (whole events: a key split across
+    /// reads is still seen).
+    key: Option<String>,
     ended: bool,
 }
 
@@ -134,6 +139,7 @@ where
                         .push(&chunk)
                         .into_iter()
                         .filter_map(|e| stream_event(e, self.inject_usage, &mut usage))
+                        .map(|e| scrub::bytes(e, self.key.as_deref()))
                         .collect();
                     if !events.is_empty() || usage.is_some() {
                         return Some(NativeChunk::Events { events, usage });
@@ -147,7 +153,7 @@ where
                     self.ended = true;
                     let rest = self.splitter.remainder()?;
                     return Some(NativeChunk::Events {
-                        events: vec![rest],
+                        events: vec![scrub::bytes(rest, self.key.as_deref())],
                         usage: None,
                     });
                 }
