@@ -5,7 +5,11 @@
 //! emulator. There is a provider of every type, each with its own key. One set of
 //! providers answers normally (whole and streamed), another is a hostile upstream that
 //! echoes every header and the URL it received (keys included) into a 400 or a 500
-//! error. The client uses good and wrong gateway keys, `/v1/messages` too. Then the
+//! error. A third set answers in each provider's own format (whole and streamed) with
+//! the keys where a gateway might miss them: in an error event mid-stream, after
+//! character 1,000 of a long error message, written with JSON `\u` escapes, and in a
+//! successful answer's text. The client uses good and wrong gateway keys,
+//! `/v1/messages` too. Then the
 //! scan: every response body and header the clients got, the proxy's and the
 //! operator's logs, both metrics pages and the operator's debug endpoints. The one
 //! place keys are meant to be is the proxy's snapshot cache file (mode 0600), which is
@@ -69,6 +73,243 @@ async fn hostile_upstream(status: u16) -> String {
         }
     });
     format!("http://{addr}/v1")
+}
+
+/// How a `tricky_upstream` gives keys away.
+#[derive(Clone, Copy, PartialEq)]
+enum Trick {
+    /// Streams start well, then an error event holds the keys (whole answers: a 500).
+    MidStreamError,
+    /// A 400 whose message holds the keys from character 1,001.
+    LongMessage,
+    /// A 400 whose message holds the keys, the first character of each header value
+    /// written as a JSON `\u` escape.
+    Escaped,
+    /// A successful answer, whole or streamed, whose text holds the keys.
+    EchoAnswer,
+}
+
+/// An upstream that answers every provider type in its own format (told apart by the
+/// path: `/messages` is Anthropic, `generateContent` Gemini, anything else OpenAI)
+/// and gives away the keys it received as `trick` says.
+async fn tricky_upstream(trick: Trick) -> String {
+    use http_body_util::BodyExt;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service =
+                    service_fn(move |request: Request<hyper::body::Incoming>| async move {
+                        let path = request.uri().to_string();
+                        let mut seen = path.clone();
+                        let mut escaped = String::new();
+                        let mut credentials = String::new();
+                        for (name, value) in request.headers() {
+                            let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+                            seen.push(' ');
+                            seen.push_str(&value);
+                            if ["authorization", "x-api-key", "api-key", "x-goog-api-key"]
+                                .contains(&name.as_str())
+                            {
+                                credentials.push(' ');
+                                credentials.push_str(value.trim_start_matches("Bearer "));
+                            }
+                            // Each word's first character as a `\u` escape, the rest
+                            // JSON-escaped as serde would, without the quotes.
+                            for word in value.split(' ') {
+                                let mut chars = word.chars();
+                                escaped.push(' ');
+                                if let Some(first) = chars.next() {
+                                    escaped.push_str(&format!("\\u{:04x}", u32::from(first)));
+                                }
+                                let rest = json!(chars.as_str()).to_string();
+                                escaped.push_str(&rest[1..rest.len() - 1]);
+                            }
+                        }
+                        let body = request.into_body().collect().await.unwrap().to_bytes();
+                        let api = if path.contains("/messages") {
+                            "anthropic"
+                        } else if path.contains("generateContent") {
+                            "gemini"
+                        } else {
+                            "openai"
+                        };
+                        let stream = path.contains("streamGenerateContent")
+                            || serde_json::from_slice::<Value>(&body).unwrap_or_default()["stream"]
+                                == json!(true);
+                        let error = |status: u16, message: String| {
+                            json!({"type": "error",
+                               "error": {"message": message, "type": "invalid_request_error",
+                                         "code": status, "status": "INVALID_ARGUMENT"}})
+                            .to_string()
+                        };
+                        let response = match trick {
+                            Trick::LongMessage => json_response(
+                                400,
+                                error(400, format!("{}{credentials}", "x".repeat(1000))),
+                            ),
+                            Trick::Escaped => {
+                                // The escapes are written by hand: serde would escape the
+                                // backslash.
+                                let body = error(400, "ESCAPED".to_string()).replace(
+                                    "ESCAPED",
+                                    &format!("Incorrect API key provided: {escaped}"),
+                                );
+                                json_response(400, body)
+                            }
+                            Trick::MidStreamError if !stream => {
+                                json_response(500, error(500, seen))
+                            }
+                            Trick::MidStreamError => sse_response(api, &seen, true),
+                            Trick::EchoAnswer if stream => sse_response(api, &seen, false),
+                            Trick::EchoAnswer => json_response(200, answer(api, &seen)),
+                        };
+                        Ok::<_, Infallible>(response)
+                    });
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    format!("http://{addr}/v1")
+}
+
+/// A whole answer of `api` whose text is `text`.
+fn answer(api: &str, text: &str) -> String {
+    match api {
+        "anthropic" => json!({
+            "id": "msg_1", "type": "message", "role": "assistant", "model": "up-model",
+            "content": [{"type": "text", "text": text}], "stop_reason": "end_turn",
+            "usage": {"input_tokens": 1, "output_tokens": 1}
+        }),
+        "gemini" => json!({
+            "candidates": [{"content": {"role": "model", "parts": [{"text": text}]},
+                            "finishReason": "STOP"}],
+            "usageMetadata": {"promptTokenCount": 1, "candidatesTokenCount": 1, "totalTokenCount": 2}
+        }),
+        _ => json!({
+            "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "up-model",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                         "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
+        }),
+    }
+    .to_string()
+}
+
+/// A stream of `api` with `text` in one event: an error event mid-stream if `error`,
+/// otherwise the answer's text in a complete stream.
+fn sse_response(
+    api: &str,
+    text: &str,
+    error: bool,
+) -> hyper::Response<http_body_util::Full<bytes::Bytes>> {
+    let events: Vec<(Option<&str>, Value)> = match api {
+        "anthropic" => {
+            let start = json!({"type": "message_start", "message": {
+                "id": "msg_1", "type": "message", "role": "assistant", "model": "up-model",
+                "content": [], "usage": {"input_tokens": 1, "output_tokens": 0}}});
+            let block = json!({"type": "content_block_start", "index": 0,
+                               "content_block": {"type": "text", "text": ""}});
+            let delta = |t: &str| {
+                json!({"type": "content_block_delta", "index": 0,
+                                         "delta": {"type": "text_delta", "text": t}})
+            };
+            if error {
+                vec![
+                    (Some("message_start"), start),
+                    (Some("content_block_start"), block),
+                    (Some("content_block_delta"), delta("hi")),
+                    (
+                        Some("error"),
+                        json!({"type": "error",
+                                          "error": {"type": "api_error", "message": text}}),
+                    ),
+                ]
+            } else {
+                vec![
+                    (Some("message_start"), start),
+                    (Some("content_block_start"), block),
+                    (Some("content_block_delta"), delta(text)),
+                    (
+                        Some("content_block_stop"),
+                        json!({"type": "content_block_stop", "index": 0}),
+                    ),
+                    (
+                        Some("message_delta"),
+                        json!({"type": "message_delta",
+                        "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 1}}),
+                    ),
+                    (Some("message_stop"), json!({"type": "message_stop"})),
+                ]
+            }
+        }
+        "gemini" => {
+            let chunk = |t: &str, finish: Option<&str>| {
+                json!({
+                "candidates": [{"content": {"role": "model", "parts": [{"text": t}]},
+                                "finishReason": finish}],
+                "usageMetadata": {"promptTokenCount": 1, "candidatesTokenCount": 1, "totalTokenCount": 2}})
+            };
+            if error {
+                vec![
+                    (None, chunk("hi", None)),
+                    (
+                        None,
+                        json!({"error": {"code": 500, "message": text, "status": "INTERNAL"}}),
+                    ),
+                ]
+            } else {
+                vec![(None, chunk(text, Some("STOP")))]
+            }
+        }
+        _ => {
+            let chunk = |t: &str| {
+                json!({"id": "chatcmpl-1", "object": "chat.completion.chunk",
+                "created": 1, "model": "up-model",
+                "choices": [{"index": 0, "delta": {"role": "assistant", "content": t},
+                             "finish_reason": null}]})
+            };
+            if error {
+                vec![
+                    (None, chunk("hi")),
+                    (
+                        None,
+                        json!({"error": {"message": text, "type": "server_error"}}),
+                    ),
+                ]
+            } else {
+                vec![
+                    (None, chunk(text)),
+                    (
+                        None,
+                        json!({"id": "chatcmpl-1", "object": "chat.completion.chunk",
+                        "created": 1, "model": "up-model",
+                        "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+                        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}),
+                    ),
+                ]
+            }
+        }
+    };
+    let mut body = String::new();
+    for (event, data) in events {
+        if let Some(event) = event {
+            body.push_str(&format!("event: {event}\n"));
+        }
+        body.push_str(&format!("data: {data}\n\n"));
+    }
+    if api == "openai" && !error {
+        body.push_str("data: [DONE]\n\n");
+    }
+    let mut response = json_response(200, body);
+    response.headers_mut().insert(
+        "content-type",
+        http::HeaderValue::from_static("text/event-stream"),
+    );
+    response
 }
 
 fn secret(name: &str, value: &str) -> Value {
@@ -154,6 +395,10 @@ async fn no_key_appears_in_any_response_log_metric_or_debug_page() {
     let good = FakeUpstream::start().await;
     let refusing = hostile_upstream(400).await;
     let failing = hostile_upstream(500).await;
+    let mid_stream = tricky_upstream(Trick::MidStreamError).await;
+    let long = tricky_upstream(Trick::LongMessage).await;
+    let escaped = tricky_upstream(Trick::Escaped).await;
+    let echoing = tricky_upstream(Trick::EchoAnswer).await;
     cluster.api.apply(secret("gateway-key", GATEWAY_KEY));
     cluster.api.apply(json!({
         "apiVersion": "switchboard.dev/v1alpha1", "kind": "AIConsumer",
@@ -167,6 +412,10 @@ async fn no_key_appears_in_any_response_log_metric_or_debug_page() {
             ("good", good.endpoint()),
             ("refusing", refusing.clone()),
             ("failing", failing.clone()),
+            ("mid-stream", mid_stream.clone()),
+            ("long", long.clone()),
+            ("escaped", escaped.clone()),
+            ("echoing", echoing.clone()),
         ] {
             let name = format!("{kind}-{flavour}");
             cluster.api.apply(provider(&name, kind, &endpoint));
@@ -237,6 +486,10 @@ async fn no_key_appears_in_any_response_log_metric_or_debug_page() {
     ] {
         assert!(responses.contains(status), "no {status} in the scenario");
     }
+    // The tricky upstreams' keys reached the proxy and were taken out: each trick's
+    // marker is in some answer (a 200 with the echoed text, an error event, a 400).
+    assert!(responses.contains("[redacted]"), "nothing was redacted");
+    assert!(responses.contains(&"x".repeat(1000)), "no long message");
     // The hostile upstreams did receive the keys they tried to give away.
     assert!(good.keys().iter().any(|k| k.contains("SCANopenaiKEY")));
 

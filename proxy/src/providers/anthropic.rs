@@ -3,7 +3,7 @@
 use bytes::Bytes;
 use switchboard_api::snapshot::Provider;
 
-use super::exchange::ErrorBody;
+use super::exchange::{self, ErrorBody};
 use super::{Adapter, Call, Endpoint, UpstreamUrls, decode_stream};
 use crate::error::ProxyError;
 use crate::formats::anthropic as format;
@@ -45,6 +45,7 @@ impl Adapter for Anthropic {
             response.bytes_stream(),
             format::StreamDecoder::default(),
             call.limits,
+            exchange::key(call.upstream),
         ))
     }
 

@@ -1,6 +1,7 @@
 //! What every HTTP provider adapter does the same way: send the adapter's body with a
 //! deadline, and turn a failed status into the right `ProxyError`, keeping the
-//! provider's message (never its credentials).
+//! provider's message (never its credentials: every body is scrubbed of the key, see
+//! `scrub`).
 
 use std::time::Duration;
 
@@ -8,7 +9,7 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderValue, StatusCode, header};
 use switchboard_api::snapshot::ApiKey;
 
-use super::{Adapter, Call, Endpoint};
+use super::{Adapter, Call, Endpoint, Upstream, scrub};
 use crate::error::{NativeError, ProxyError};
 use crate::ir::ClientApi;
 use crate::ir::reply::Reply;
@@ -34,6 +35,7 @@ pub async fn call<A: Adapter>(call: Call<'_>) -> Result<Reply, ProxyError> {
         return Ok(A::stream(&call, response));
     }
     let body = whole_body(response, call.limits.max_body_bytes, call.timeout).await?;
+    let body = scrub::bytes(body, key(call.upstream));
     A::response(&call, body)
 }
 
@@ -138,15 +140,15 @@ async fn check_status<A: Adapter>(
         .headers()
         .get(header::RETRY_AFTER)
         .and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok());
-    let body = error_body(response).await;
+    // Scrubbed before anything reads it: the message, the body clients of its API get.
+    let body = scrub::bytes(error_body(response).await, key.map(ApiKey::expose));
     let code = status.as_u16();
     let said = A::error(&body);
     if matches!(code, 401 | 403) || said.bad_key {
         return Err(ProxyError::UpstreamAuth(code));
     }
 
-    let leaks_key = key.is_some_and(|k| contains(&body, k.expose().as_bytes()));
-    let message = said.message.map(|m| clean(&m, key));
+    let message = said.message.map(|m| clean(m, key));
     Err(match code {
         503 | 529 => ProxyError::UpstreamOverloaded {
             retry_after,
@@ -156,10 +158,7 @@ async fn check_status<A: Adapter>(
             status: StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_REQUEST),
             retry_after,
             message,
-            native: said
-                .native
-                .filter(|_| !leaks_key)
-                .map(|api| NativeError { api, body }),
+            native: said.native.map(|api| NativeError { api, body }),
         },
         _ => ProxyError::UpstreamStatus {
             status: code,
@@ -180,15 +179,31 @@ async fn error_body(mut response: reqwest::Response) -> Bytes {
     body.freeze()
 }
 
-/// The message cut to length, with the provider key removed should it appear.
-fn clean(message: &str, key: Option<&ApiKey>) -> String {
-    let mut message = crate::formats::truncate(message, MAX_MESSAGE).to_string();
-    if let Some(key) = key.map(ApiKey::expose).filter(|k| !k.is_empty()) {
-        message = message.replace(key, "[redacted]");
-    }
-    message
+/// The message with the provider key removed should it appear, then cut to length:
+/// cut first, a key across the cut would keep its first characters.
+fn clean(mut message: String, key: Option<&ApiKey>) -> String {
+    scrub::string(&mut message, key.map(ApiKey::expose));
+    crate::formats::truncate(&message, MAX_MESSAGE).to_string()
 }
 
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+/// The provider's key, which nothing it sends may carry to a client.
+pub(super) fn key(upstream: &Upstream) -> Option<&str> {
+    upstream.config.api_key.as_ref().map(ApiKey::expose)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_message_is_scrubbed_before_it_is_cut() {
+        let key: ApiKey = serde_json::from_str("\"sk-LONGmessageKEY-0123456789\"").unwrap();
+        let message = format!("{}{}", "x".repeat(1000), key.expose());
+        let cleaned = clean(message, Some(&key));
+        assert_eq!(cleaned, format!("{}[redacted]", "x".repeat(1000)));
+        assert!(!cleaned.contains("sk-LONG"));
+        // The marker itself may be cut; the key never is.
+        let message = format!("{}{}", "x".repeat(1020), key.expose());
+        assert_eq!(clean(message, Some(&key)), "x".repeat(1020) + "[red");
+    }
 }

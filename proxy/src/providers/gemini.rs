@@ -3,7 +3,7 @@
 use bytes::Bytes;
 use switchboard_api::snapshot::Provider;
 
-use super::exchange::ErrorBody;
+use super::exchange::{self, ErrorBody};
 use super::{Adapter, Call, Endpoint, UpstreamUrls, decode_stream};
 use crate::error::ProxyError;
 use crate::formats::gemini as format;
@@ -37,6 +37,7 @@ impl Adapter for Gemini {
             response.bytes_stream(),
             format::StreamDecoder::default(),
             call.limits,
+            exchange::key(call.upstream),
         ))
     }
 

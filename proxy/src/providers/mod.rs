@@ -12,6 +12,7 @@ mod echo;
 mod exchange;
 mod gemini;
 mod openai;
+mod scrub;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -220,8 +221,14 @@ where
 
 /// Decodes an upstream event stream into IR event batches as bytes arrive. Ends after
 /// `Done` or `Error`; a stream that breaks, closes early, sends an event over the size
-/// limit or goes quiet past the idle timeout ends with an `Error`.
-fn decode_stream<S, D>(upstream: S, decoder: D, limits: UpstreamLimits) -> ChatStream
+/// limit or goes quiet past the idle timeout ends with an `Error`. Every text the
+/// provider sent (answer, tool calls, error message) is scrubbed of `key`.
+fn decode_stream<S, D>(
+    upstream: S,
+    decoder: D,
+    limits: UpstreamLimits,
+    key: Option<&str>,
+) -> ChatStream
 where
     S: Stream<Item = reqwest::Result<Bytes>> + Send + Unpin + 'static,
     D: DecodeStream + Send + 'static,
@@ -230,12 +237,14 @@ where
         upstream: S,
         decoder: SseDecoder<D>,
         idle: Duration,
+        key: Option<String>,
         ended: bool,
     }
     let state = State {
         upstream,
         decoder: SseDecoder::with_limit(decoder, limits.max_event_bytes),
         idle: limits.stream_idle,
+        key: key.map(str::to_string),
         ended: false,
     };
     let batches = futures_util::stream::unfold(state, |mut state| async move {
@@ -262,12 +271,37 @@ where
                 out.truncate(end + 1);
                 state.ended = true;
             }
+            for event in &mut out {
+                scrub_event(event, state.key.as_deref());
+            }
             if !out.is_empty() {
                 return Some((out, state));
             }
         }
     });
     Box::pin(batches)
+}
+
+/// Takes `key` out of every text of a decoded event (decoded: escapes are already
+/// read). A key split across two events is not seen.
+fn scrub_event(event: &mut StreamEvent, key: Option<&str>) {
+    if key.is_none() {
+        return;
+    }
+    match event {
+        StreamEvent::Start { id, model, .. } => {
+            scrub::string(id, key);
+            scrub::string(model, key);
+        }
+        StreamEvent::Text(text) => scrub::string(text, key),
+        StreamEvent::ToolCallStart { id, name, .. } => {
+            scrub::string(id, key);
+            scrub::string(name, key);
+        }
+        StreamEvent::ToolCallArguments { arguments, .. } => scrub::string(arguments, key),
+        StreamEvent::Error(error) => scrub::string(&mut error.message, key),
+        StreamEvent::Finish(_) | StreamEvent::Usage(_) | StreamEvent::Done => {}
+    }
 }
 
 fn is_terminal(event: &StreamEvent) -> bool {

@@ -14,8 +14,8 @@ use serde::Deserialize;
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use switchboard_api::snapshot::{Provider, ProviderType};
 
-use super::exchange::ErrorBody;
-use super::{Adapter, Call, Endpoint, Read, UpstreamUrls, decode_stream, next_read};
+use super::exchange::{self, ErrorBody};
+use super::{Adapter, Call, Endpoint, Read, UpstreamUrls, decode_stream, next_read, scrub};
 use crate::error::ProxyError;
 use crate::formats::openai as format;
 use crate::ir::chat::StreamError;
@@ -72,6 +72,7 @@ impl Adapter for OpenAI {
                 response.bytes_stream(),
                 format::StreamDecoder::default(),
                 call.limits,
+                exchange::key(call.upstream),
             ));
         }
         let relay = EventRelay {
@@ -79,6 +80,7 @@ impl Adapter for OpenAI {
             splitter: EventSplitter::with_limit(call.limits.max_event_bytes),
             idle: call.limits.stream_idle,
             inject_usage: injects_usage(call.request),
+            key: exchange::key(call.upstream).map(str::to_string),
             ended: false,
             failed: None,
         };
@@ -113,6 +115,9 @@ struct EventRelay<S> {
     splitter: EventSplitter,
     idle: Duration,
     inject_usage: bool,
+    /// The provider key, scrubbed from every event (whole events: a key split across
+    /// reads is still seen).
+    key: Option<String>,
     ended: bool,
     /// The error to end with, after the events read before it.
     failed: Option<StreamError>,
@@ -143,6 +148,7 @@ where
                         .push(&chunk)
                         .into_iter()
                         .filter_map(|e| stream_event(e, self.inject_usage, &mut usage))
+                        .map(|e| scrub::bytes(e, self.key.as_deref()))
                         .collect();
                     if self.splitter.too_large() {
                         // What came before the event over the limit is still the
@@ -171,7 +177,7 @@ where
                     self.ended = true;
                     let rest = self.splitter.remainder()?;
                     return Some(NativeChunk::Events {
-                        events: vec![rest],
+                        events: vec![scrub::bytes(rest, self.key.as_deref())],
                         usage: None,
                     });
                 }
