@@ -120,6 +120,9 @@ pub struct Route {
     /// Limit, per attempt, on the time to a stream's first event.
     #[serde(default)]
     pub first_token_timeout_ms: Option<u64>,
+    /// Overrides the proxy's stream idle timeout (0: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_idle_timeout_ms: Option<u64>,
     #[serde(default)]
     pub retry: Retry,
     #[serde(default)]

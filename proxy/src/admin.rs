@@ -10,17 +10,25 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 use crate::body::{Body, full};
 use crate::gateway::Gateway;
 use crate::health::CircuitView;
 use crate::metrics::{CircuitState, Metrics};
 
-/// A scraper must send its request head within this time.
+/// A scraper must send its request head within this time (each one, on a kept-alive
+/// connection: so it is also how long an idle connection stays).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Scrapes served at once; past it a new connection is closed at once. Scrapers are a
+/// few Prometheus servers: this only stops a runaway client from taking descriptors
+/// the client port needs.
+const MAX_CONNECTIONS: usize = 64;
 
 /// Serves `/metrics` on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, gateway: Arc<Gateway>) {
+    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -30,8 +38,12 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, gateway: Arc<Ga
                 continue;
             }
         };
+        let Ok(place) = connections.clone().try_acquire_owned() else {
+            continue;
+        };
         let (metrics, gateway) = (metrics.clone(), gateway.clone());
         tokio::spawn(async move {
+            let _place = place;
             let service = service_fn(move |request: Request<Incoming>| {
                 let response = respond(&request, &metrics, &gateway);
                 async move { Ok::<_, Infallible>(response) }

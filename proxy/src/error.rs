@@ -35,6 +35,10 @@ pub enum ProxyError {
     MethodNotAllowed { method: String, path: String },
     #[error("the gateway is not ready to serve yet")]
     NotReady,
+    /// The proxy is at its limit of connections or of requests in flight
+    /// (`--max-connections`, `--max-requests-in-flight`).
+    #[error("the gateway is at its limit of {0}; retry shortly")]
+    Overloaded(&'static str),
     /// A quota's limit is reached until its window ends (`retry_after`, seconds).
     #[error("quota {quota} is exhausted ({limit}); retry after {retry_after:?} seconds")]
     QuotaExceeded {
@@ -81,6 +85,10 @@ pub enum ProxyError {
         native: Option<NativeError>,
     },
 }
+
+/// `Retry-After` when the proxy itself is full: a second is enough for a request to
+/// end, and clients back off from there.
+static RETRY_SHORTLY: http::HeaderValue = http::HeaderValue::from_static("1");
 
 /// A provider's own error body, and the client API whose format it is in.
 #[derive(Debug, Clone)]
@@ -164,6 +172,11 @@ impl ProxyError {
                 "method_not_allowed",
             ),
             NotReady => (StatusCode::SERVICE_UNAVAILABLE, "server_error", "not_ready"),
+            Overloaded(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                "gateway_overloaded",
+            ),
             QuotaExceeded { .. } => (
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate_limit_error",
@@ -225,6 +238,7 @@ impl ProxyError {
             ProxyError::UpstreamRefused { retry_after, .. }
             | ProxyError::UpstreamOverloaded { retry_after, .. } => retry_after.as_ref(),
             ProxyError::QuotaExceeded { retry_after, .. } => Some(retry_after),
+            ProxyError::Overloaded(_) => Some(&RETRY_SHORTLY),
             _ => None,
         }
     }
@@ -254,6 +268,7 @@ impl ProxyError {
             | NotFound(_)
             | MethodNotAllowed { .. }
             | NotReady
+            | Overloaded(_)
             | QuotaExceeded { .. }
             | QuotaUnavailable { .. }
             | UpstreamAuth(_) => false,

@@ -189,6 +189,46 @@ pub struct Settings {
     #[arg(long, env = "SWITCHBOARD_STREAM_IDLE_TIMEOUT", default_value = "120s", value_parser = humantime::parse_duration)]
     pub stream_idle_timeout: Duration,
 
+    /// The most bytes one provider stream may send; past it the stream ends with an
+    /// error event. Streams are relayed event by event, so this bounds time and
+    /// traffic, not memory (`--max-stream-event-bytes` does that).
+    #[arg(long, env = "SWITCHBOARD_MAX_STREAM_BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub max_stream_bytes: u64,
+
+    /// The longest one provider stream may last from its response headers; past it the
+    /// stream ends with an error event. `0s`: no limit.
+    #[arg(long, env = "SWITCHBOARD_MAX_STREAM_DURATION", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub max_stream_duration: Duration,
+
+    /// The most client connections served at once. Past it, up to 64 more are
+    /// accepted to answer `/healthz` and `/readyz` and to give every other request 503
+    /// with `Retry-After`; past those, new connections are closed at once. Lowered at
+    /// start to fit the open-file limit (docs/proxy.md, "Connections and load").
+    #[arg(long, env = "SWITCHBOARD_MAX_CONNECTIONS", default_value_t = 16_384)]
+    pub max_connections: usize,
+
+    /// The most requests served at once (streams count until they end); past it,
+    /// requests get 503 `gateway_overloaded` with `Retry-After: 1`. Probes are always
+    /// answered. Lowered at start to fit the open-file limit.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_MAX_REQUESTS_IN_FLIGHT",
+        default_value_t = 4096
+    )]
+    pub max_requests_in_flight: usize,
+
+    /// How long a new connection may take to send its first byte; past it, it is
+    /// closed. Nothing is set up for a connection (no HTTP state, no TLS) until then.
+    #[arg(long, env = "SWITCHBOARD_CONNECTION_FIRST_BYTE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub connection_first_byte_timeout: Duration,
+
+    /// How long a connection (HTTP/1 or HTTP/2) may stay quiet with no request open,
+    /// or with a response the client does not read; past it, it is closed (after its
+    /// open requests, when there are some). Longer than the 60 s idle timeout of common
+    /// load balancers, so that they close first and never send to a closing connection.
+    #[arg(long, env = "SWITCHBOARD_CONNECTION_IDLE_TIMEOUT", default_value = "90s", value_parser = humantime::parse_duration)]
+    pub connection_idle_timeout: Duration,
+
     /// On SIGTERM, how long in-flight requests and streams may take to finish.
     #[arg(long, env = "SWITCHBOARD_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
@@ -253,6 +293,12 @@ impl Settings {
             max_upstream_body_bytes: 64 * 1024 * 1024,
             max_stream_event_bytes: 4 * 1024 * 1024,
             stream_idle_timeout: Duration::from_secs(120),
+            max_stream_bytes: 256 * 1024 * 1024,
+            max_stream_duration: Duration::from_secs(3600),
+            max_connections: 16_384,
+            max_requests_in_flight: 4096,
+            connection_first_byte_timeout: Duration::from_secs(10),
+            connection_idle_timeout: Duration::from_secs(90),
             shutdown_timeout: Duration::from_secs(30),
             check: false,
         }

@@ -350,3 +350,105 @@ async fn a_stream_silent_after_its_headers_fails_over_at_the_idle_timeout() {
     assert_error(response, 502, "upstream_bad_response").await;
     still_serves(&proxy).await;
 }
+
+/// A provider that streams an event every 20 ms for an hour.
+async fn endless_trickle() -> FakeProvider {
+    FakeProvider::start(|_| {
+        Reply::Stream(
+            std::iter::repeat_n((Duration::from_millis(20), sse(CHUNK)), 180_000).collect(),
+        )
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_stream_that_never_ends_is_cut_at_the_duration_cap() {
+    let trickle = endless_trickle().await;
+    let (manifests, _) = serve(&trickle).await;
+    let proxy = proxy_with(&manifests, |s| {
+        s.max_stream_duration = Duration::from_millis(800);
+    })
+    .await;
+    for (path, body, error) in [
+        (
+            "/v1/chat/completions",
+            chat("m", true),
+            "upstream_stream_error",
+        ),
+        ("/v1/messages", messages("m", true), "event: error"),
+    ] {
+        let started = Instant::now();
+        let (status, text) = read_all(&proxy, path, body).await;
+        let took = started.elapsed();
+        assert_eq!(status, 200, "{text}");
+        assert!(
+            text.contains("\"hi\""),
+            "{path}: events before the cap: {text}"
+        );
+        assert!(text.contains(error), "{path}: {text}");
+        assert!(text.contains("past the limit of 800ms"), "{path}: {text}");
+        assert!(
+            took >= Duration::from_millis(800) && took < Duration::from_secs(5),
+            "{path}: {took:?}"
+        );
+    }
+    still_serves(&proxy).await;
+}
+
+#[tokio::test]
+async fn a_stream_that_sends_too_much_is_cut_at_the_byte_cap() {
+    let trickle = endless_trickle().await;
+    let (manifests, _) = serve(&trickle).await;
+    let proxy = proxy_with(&manifests, |s| s.max_stream_bytes = 4096).await;
+    for (path, body) in [
+        ("/v1/chat/completions", chat("m", true)),
+        ("/v1/messages", messages("m", true)),
+    ] {
+        let (status, text) = read_all(&proxy, path, body).await;
+        assert_eq!(status, 200, "{text}");
+        assert!(
+            text.contains("more than the limit of 4096 bytes"),
+            "{path}: {text}"
+        );
+        // What was relayed before the cap is a little under it (the events the
+        // client got), never the hour's worth.
+        assert!(text.len() < 3 * 4096, "{path}: {} bytes", text.len());
+    }
+    still_serves(&proxy).await;
+}
+
+#[tokio::test]
+async fn a_route_sets_its_own_stream_idle_timeout() {
+    // One event, then ten seconds of silence, then the end: longer than the route
+    // allows, shorter than the proxy-wide timeout.
+    let pause = FakeProvider::start(|_| {
+        Reply::Stream(vec![
+            (Duration::ZERO, sse(CHUNK)),
+            (Duration::from_secs(10), sse("[DONE]")),
+        ])
+    })
+    .await;
+    let (manifests, _) = serve(&pause).await;
+    manifests.write(
+        "patient.yaml",
+        r#"
+apiVersion: switchboard.dev/v1alpha1
+kind: AIRoute
+metadata: {name: impatient}
+spec:
+  models: [impatient]
+  backends: [{provider: a, model: m}]
+  timeouts: {streamIdle: 400ms}
+"#,
+    );
+    let proxy = proxy_with(&manifests, |s| {
+        s.stream_idle_timeout = Duration::from_secs(60);
+    })
+    .await;
+    let started = Instant::now();
+    let (status, text) = read_all(&proxy, "/v1/chat/completions", chat("impatient", true)).await;
+    let took = started.elapsed();
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("sent nothing for 400ms"), "{text}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+}

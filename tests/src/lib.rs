@@ -63,6 +63,17 @@ pub fn release_bin(name: &str, env_var: &str) -> PathBuf {
     path
 }
 
+/// Resident memory of process `pid`, in bytes (`VmRSS` in `/proc/PID/status`).
+pub fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status");
+    kib * 1024
+}
+
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
@@ -301,6 +312,29 @@ impl Proxy {
     /// Metrics go to a free loopback port too (not the shared default, 9091), unless
     /// `args` has `--metrics-listen`.
     pub async fn spawn_args(args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::spawn_under(&[], args, env)
+    }
+
+    /// Starts the proxy on `manifests` with its open-file limit (soft and hard) set to
+    /// `open_files` (by util-linux's `prlimit`), and waits until `/readyz` is 200.
+    pub async fn start_with_open_files(manifests: &Path, open_files: u64, args: &[&str]) -> Self {
+        let manifests = manifests.display().to_string();
+        let mut all = vec!["--manifests", manifests.as_str()];
+        all.extend_from_slice(args);
+        let limit = format!("--nofile={open_files}:{open_files}");
+        let mut proxy = Self::spawn_under(&["prlimit", &limit, "--"], &all, &[]);
+        if wait_ready(&mut proxy.process, proxy.addr).await.is_err() {
+            proxy.kill();
+            panic!(
+                "switchboard-proxy did not become ready; its output:\n{}",
+                proxy.logs()
+            );
+        }
+        proxy
+    }
+
+    /// `spawn_args`, the proxy run by the command `wrapper` (empty: run directly).
+    fn spawn_under(wrapper: &[&str], args: &[&str], env: &[(&str, &str)]) -> Self {
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let mut all: Vec<String> = vec!["--listen".into(), addr.to_string()];
         let metrics_addr = match args.iter().position(|a| *a == "--metrics-listen") {
@@ -312,8 +346,18 @@ impl Proxy {
             }
         };
         all.extend(args.iter().map(ToString::to_string));
+        let process = match wrapper.split_first() {
+            None => Process::spawn(&proxy_bin(), &all, env),
+            Some((bin, wrapper_args)) => {
+                let mut wrapped: Vec<String> =
+                    wrapper_args.iter().map(ToString::to_string).collect();
+                wrapped.push(proxy_bin().display().to_string());
+                wrapped.extend(all);
+                Process::spawn(Path::new(bin), &wrapped, env)
+            }
+        };
         Self {
-            process: Process::spawn(&proxy_bin(), &all, env),
+            process,
             addr,
             metrics_addr,
         }

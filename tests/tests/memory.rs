@@ -13,17 +13,6 @@ const MIB: u64 = 1024 * 1024;
 const LIMIT: u64 = 4 * MIB;
 const CLIENTS: u64 = 16;
 
-/// Resident memory of process `pid`, in bytes.
-fn rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/PID/status");
-    kib * 1024
-}
-
 /// A chunked upload of `LIMIT + 1 MiB`, refused with 413 once past the limit (or its
 /// connection closed while still sending, which is the same refusal seen early).
 async fn oversized(client: reqwest::Client, url: String) {

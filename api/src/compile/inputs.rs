@@ -35,6 +35,9 @@ pub struct Inputs {
 }
 
 /// One object of a kind compile reads.
+// Unboxed: objects are read once per compile and held in one list, never moved about
+// on a request path; boxing the large ones would only add an allocation each.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum Object {
     Provider(AIProvider),

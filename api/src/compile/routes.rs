@@ -149,6 +149,10 @@ fn compile_one(
         timeouts.and_then(|t| t.first_token.as_deref()),
         "spec.timeouts.firstToken",
     );
+    let stream_idle_timeout_ms = duration(
+        timeouts.and_then(|t| t.stream_idle.as_deref()),
+        "spec.timeouts.streamIdle",
+    );
     let defaults = Retry::default();
     let retry_spec = spec.retry.clone().unwrap_or_default();
     let retry = Retry {
@@ -267,6 +271,7 @@ fn compile_one(
         request_timeout_ms,
         total_timeout_ms,
         first_token_timeout_ms,
+        stream_idle_timeout_ms,
         retry,
         strategy: spec.strategy.unwrap_or_default(),
         circuit,

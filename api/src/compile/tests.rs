@@ -2477,6 +2477,7 @@ fn strategy_circuit_breaker_and_first_token_timeout_compile() {
     });
     tuned.spec.timeouts = Some(crate::v1alpha1::RouteTimeouts {
         first_token: Some("3s".into()),
+        stream_idle: Some("5m".into()),
         ..Default::default()
     });
     let mut broken = route("broken")
@@ -2485,6 +2486,10 @@ fn strategy_circuit_breaker_and_first_token_timeout_compile() {
         .build();
     broken.spec.circuit_breaker = Some(CircuitBreaker {
         ejection: Some("a while".into()),
+        ..Default::default()
+    });
+    broken.spec.timeouts = Some(crate::v1alpha1::RouteTimeouts {
+        stream_idle: Some("forever".into()),
         ..Default::default()
     });
     let compiled = openai_world()
@@ -2504,10 +2509,11 @@ fn strategy_circuit_breaker_and_first_token_timeout_compile() {
         }
     );
     assert_eq!(tuned.first_token_timeout_ms, Some(3_000));
+    assert_eq!(tuned.stream_idle_timeout_ms, Some(300_000));
     assert_rejected(
         &compiled,
         &rkey("broken"),
         reasons::INVALID,
-        &["spec.circuitBreaker.ejection"],
+        &["spec.circuitBreaker.ejection", "spec.timeouts.streamIdle"],
     );
 }

@@ -360,6 +360,13 @@ pub struct RouteTimeouts {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = DURATION_PATTERN))]
     pub total: Option<String>,
+
+    /// For streams: the longest a provider's stream may send nothing (not even a
+    /// keep-alive comment); past it the stream ends with an error event. Overrides the
+    /// proxy's `--stream-idle-timeout` (120s by default) for this route; `0s`: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub stream_idle: Option<String>,
 }
 
 fn default_weight() -> u32 {

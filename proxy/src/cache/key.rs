@@ -167,6 +167,7 @@ mod tests {
             request_timeout_ms: None,
             total_timeout_ms: None,
             first_token_timeout_ms: None,
+            stream_idle_timeout_ms: None,
             retry: Default::default(),
             strategy: Default::default(),
             circuit: Default::default(),

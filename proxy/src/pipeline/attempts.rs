@@ -303,6 +303,7 @@ async fn attempt(
     );
     let trace = telemetry::upstream_headers(&span, &request.trace);
     let first_token = route.first_token_timeout_ms.map(Duration::from_millis);
+    let settings = &gateway.settings;
     let result = async {
         let reply = providers::call(Call {
             request,
@@ -312,9 +313,13 @@ async fn attempt(
             request_id: attempts.request_id,
             trace,
             limits: UpstreamLimits {
-                max_body_bytes: gateway.settings.max_upstream_body_bytes,
-                max_event_bytes: gateway.settings.max_stream_event_bytes,
-                stream_idle: gateway.settings.stream_idle_timeout,
+                max_body_bytes: settings.max_upstream_body_bytes,
+                max_event_bytes: settings.max_stream_event_bytes,
+                stream_idle: route
+                    .stream_idle_timeout_ms
+                    .map_or(settings.stream_idle_timeout, Duration::from_millis),
+                max_stream_bytes: settings.max_stream_bytes,
+                max_stream_duration: settings.max_stream_duration,
             },
         })
         .await?;

@@ -44,7 +44,13 @@ pub const QUOTA_FALLBACK_HEADER: &str = "x-switchboard-quota-fallback";
 pub const CACHE_HEADER: &str = crate::cache::CACHE_HEADER;
 
 /// Serves one request. Never fails: errors become responses in the client's format.
-pub async fn handle(gateway: Arc<Gateway>, request: Request<Incoming>) -> Response<Body> {
+/// `admitted` is the server's answer to whether the proxy has room for the request
+/// (probes always do); a refusal is answered, counted and logged like any error.
+pub async fn handle(
+    gateway: Arc<Gateway>,
+    request: Request<Incoming>,
+    admitted: Result<(), ProxyError>,
+) -> Response<Body> {
     let request_id = request_id(request.headers());
     let path = request.uri().path();
     if is_probe(path) {
@@ -59,9 +65,14 @@ pub async fn handle(gateway: Arc<Gateway>, request: Request<Incoming>) -> Respon
     let record = RequestRecord::new(request_id, request.method().clone(), request.uri().clone());
     let mut pending = RequestEnd::begin(gateway.clone(), span.clone(), record);
 
-    let result = dispatch(&gateway, request, &mut pending)
-        .instrument(span)
-        .await;
+    let result = match admitted {
+        Ok(()) => {
+            dispatch(&gateway, request, &mut pending)
+                .instrument(span)
+                .await
+        }
+        Err(refused) => Err(refused),
+    };
     let mut response = result.unwrap_or_else(|error| {
         pending.record.error = Some(error.kind());
         client_api::error_response(api, &error)
@@ -232,7 +243,9 @@ fn not_allowed(method: &Method, path: &str) -> ProxyError {
     }
 }
 
-fn is_probe(path: &str) -> bool {
+/// Whether `path` is a health probe: answered whatever the load, outside metrics and
+/// the log.
+pub fn is_probe(path: &str) -> bool {
     matches!(path, "/healthz" | "/readyz")
 }
 

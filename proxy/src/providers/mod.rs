@@ -20,6 +20,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use switchboard_api::snapshot::{Provider, ProviderType};
+use tokio::time::Instant;
 use url::Url;
 
 use crate::error::ProxyError;
@@ -66,6 +67,11 @@ pub struct UpstreamLimits {
     /// The longest a stream may go without a byte from upstream; past it the stream
     /// ends with an error. Zero: no limit.
     pub stream_idle: Duration,
+    /// The most bytes of a whole stream; past it the stream ends with an error.
+    pub max_stream_bytes: u64,
+    /// The longest a stream may last from its response headers; past it the stream
+    /// ends with an error. Zero: no limit.
+    pub max_stream_duration: Duration,
 }
 
 impl std::fmt::Debug for Call<'_> {
@@ -188,34 +194,83 @@ impl Endpoint {
     }
 }
 
-/// One read of an upstream byte stream, within the idle timeout.
+/// One read of an upstream byte stream, within its bounds (`BoundedReads`).
 enum Read {
     Chunk(Bytes),
-    /// Nothing arrived within the idle timeout.
-    Idle,
+    /// The stream went past a bound (quiet too long, too long, too many bytes): it
+    /// ends with this error.
+    Over(StreamError),
     /// The connection broke.
     Broken,
     /// The upstream closed the stream.
     End,
 }
 
-/// The next read of `upstream`, or `Idle` if nothing arrives within `idle`.
-async fn next_read<S>(upstream: &mut S, idle: Duration) -> Read
+/// An upstream stream's bytes, read within the stream's bounds: the idle timeout
+/// between reads, and the most bytes and longest time of the whole stream (from its
+/// response headers). Shared by the relayed and the translated stream paths.
+struct BoundedReads<S> {
+    upstream: S,
+    idle: Duration,
+    /// When the stream must have ended.
+    deadline: Option<Instant>,
+    max_duration: Duration,
+    /// Bytes the stream may still send.
+    left: u64,
+    max_bytes: u64,
+}
+
+impl<S> BoundedReads<S>
 where
     S: Stream<Item = reqwest::Result<Bytes>> + Unpin,
 {
-    if idle.is_zero() {
-        return match upstream.next().await {
-            Some(Ok(chunk)) => Read::Chunk(chunk),
+    fn new(upstream: S, limits: &UpstreamLimits) -> Self {
+        let max_duration = limits.max_stream_duration;
+        Self {
+            upstream,
+            idle: limits.stream_idle,
+            deadline: (!max_duration.is_zero()).then(|| Instant::now() + max_duration),
+            max_duration,
+            left: limits.max_stream_bytes,
+            max_bytes: limits.max_stream_bytes,
+        }
+    }
+
+    /// The next read, or the bound it went past.
+    async fn next(&mut self) -> Read {
+        let idle = (!self.idle.is_zero()).then(|| Instant::now() + self.idle);
+        let until = match (idle, self.deadline) {
+            (Some(idle), Some(deadline)) => Some(idle.min(deadline)),
+            (idle, deadline) => idle.or(deadline),
+        };
+        let read = match until {
+            Some(until) => match tokio::time::timeout_at(until, self.upstream.next()).await {
+                Ok(read) => read,
+                Err(_) if self.deadline.is_some_and(|d| d <= Instant::now()) => {
+                    return Read::Over(StreamError::upstream(format!(
+                        "the stream went on past the limit of {:?}; it is ended",
+                        self.max_duration
+                    )));
+                }
+                Err(_) => return Read::Over(StreamError::idle(self.idle)),
+            },
+            None => self.upstream.next().await,
+        };
+        match read {
+            Some(Ok(chunk)) => {
+                let Some(left) = self.left.checked_sub(chunk.len() as u64) else {
+                    return Read::Over(StreamError::upstream(format!(
+                        "upstream provider sent more than the limit of {} bytes in one \
+                         stream; it is ended",
+                        self.max_bytes
+                    )));
+                };
+                self.left = left;
+                Read::Chunk(chunk)
+            }
             Some(Err(_)) => Read::Broken,
             None => Read::End,
-        };
-    }
-    match tokio::time::timeout(idle, upstream.next()).await {
-        Ok(Some(Ok(chunk))) => Read::Chunk(chunk),
-        Ok(Some(Err(_))) => Read::Broken,
-        Ok(None) => Read::End,
-        Err(_) => Read::Idle,
+        }
     }
 }
 
@@ -234,16 +289,14 @@ where
     D: DecodeStream + Send + 'static,
 {
     struct State<S, D> {
-        upstream: S,
+        upstream: BoundedReads<S>,
         decoder: SseDecoder<D>,
-        idle: Duration,
         key: Option<String>,
         ended: bool,
     }
     let state = State {
-        upstream,
+        upstream: BoundedReads::new(upstream, &limits),
         decoder: SseDecoder::with_limit(decoder, limits.max_event_bytes),
-        idle: limits.stream_idle,
         key: key.map(str::to_string),
         ended: false,
     };
@@ -253,9 +306,9 @@ where
                 return None;
             }
             let mut out = Vec::new();
-            match next_read(&mut state.upstream, state.idle).await {
+            match state.upstream.next().await {
                 Read::Chunk(chunk) => state.decoder.push(&chunk, &mut out),
-                Read::Idle => out.push(StreamEvent::Error(StreamError::idle(state.idle))),
+                Read::Over(error) => out.push(StreamEvent::Error(error)),
                 Read::Broken => out.push(StreamEvent::Error(StreamError::broken())),
                 Read::End => {
                     state.decoder.finish(&mut out);

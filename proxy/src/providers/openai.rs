@@ -6,8 +6,6 @@
 //! except the final usage-only chunk when the gateway, not the client, asked for it.
 //! Requests from other client APIs are translated through the IR.
 
-use std::time::Duration;
-
 use bytes::Bytes;
 use futures_util::Stream;
 use serde::Deserialize;
@@ -15,7 +13,7 @@ use serde::ser::{Serialize, SerializeMap, Serializer};
 use switchboard_api::snapshot::{Provider, ProviderType};
 
 use super::exchange::{self, ErrorBody};
-use super::{Adapter, Call, Endpoint, Read, UpstreamUrls, decode_stream, next_read, scrub};
+use super::{Adapter, BoundedReads, Call, Endpoint, Read, UpstreamUrls, decode_stream, scrub};
 use crate::error::ProxyError;
 use crate::formats::openai as format;
 use crate::ir::chat::StreamError;
@@ -76,9 +74,8 @@ impl Adapter for OpenAI {
             ));
         }
         let relay = EventRelay {
-            upstream: response.bytes_stream(),
+            upstream: BoundedReads::new(response.bytes_stream(), &call.limits),
             splitter: EventSplitter::with_limit(call.limits.max_event_bytes),
-            idle: call.limits.stream_idle,
             inject_usage: injects_usage(call.request),
             key: exchange::key(call.upstream).map(str::to_string),
             ended: false,
@@ -111,9 +108,8 @@ fn injects_usage(request: &Request) -> bool {
 /// the gateway asked for. Dropped early (the client left), it drops the upstream
 /// request with it.
 struct EventRelay<S> {
-    upstream: S,
+    upstream: BoundedReads<S>,
     splitter: EventSplitter,
-    idle: Duration,
     inject_usage: bool,
     /// The provider key, scrubbed from every event (whole events: a key split across
     /// reads is still seen).
@@ -140,7 +136,7 @@ where
             return self.failed.take().map(NativeChunk::Failed);
         }
         loop {
-            match next_read(&mut self.upstream, self.idle).await {
+            match self.upstream.next().await {
                 Read::Chunk(chunk) => {
                     let mut usage = None;
                     let events: Vec<Bytes> = self
@@ -165,9 +161,9 @@ where
                         return Some(NativeChunk::Events { events, usage });
                     }
                 }
-                Read::Idle => {
+                Read::Over(error) => {
                     self.ended = true;
-                    return Some(NativeChunk::Failed(StreamError::idle(self.idle)));
+                    return Some(NativeChunk::Failed(error));
                 }
                 Read::Broken => {
                     self.ended = true;

@@ -64,6 +64,7 @@ fn accepts_a_valid_snapshot_and_refuses_garbage_tampering_and_dangling_reference
             request_timeout_ms: None,
             total_timeout_ms: None,
             first_token_timeout_ms: None,
+            stream_idle_timeout_ms: None,
             retry: Default::default(),
             strategy: Default::default(),
             circuit: Default::default(),
