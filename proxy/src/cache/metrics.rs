@@ -3,6 +3,7 @@
 //! (`metrics`), served with every other metric.
 
 use prometheus::{CounterVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use switchboard_api::Snapshot;
 use switchboard_metrics::Family;
 
 use crate::ir::Usage;
@@ -140,6 +141,21 @@ impl CacheMetrics {
 
     pub fn evicted(&self, cause: &str) {
         self.evictions.with([cause]).inc();
+    }
+
+    /// A config was applied: series of routes it no longer has are removed, as the
+    /// proxy's own metrics do (`Metrics::config_applied`).
+    pub fn config_applied(&self, snapshot: &Snapshot) {
+        let gone = |label: &str, route: &str| {
+            label == "route" && !route.is_empty() && !snapshot.routes.contains_key(route)
+        };
+        self.lookups.prune(gone);
+        self.coalesced.prune(gone);
+        self.saved_tokens.prune(gone);
+        self.saved_cost.prune(gone);
+        self.stored.prune(gone);
+        self.stored_bytes.prune(gone);
+        self.too_large.prune(gone);
     }
 
     pub fn store_error(&self) {

@@ -103,8 +103,10 @@ impl QuotaMetrics {
         self.store_up.set(i64::from(up));
     }
 
-    /// The limits of the config now serving.
-    pub fn limits(&self, snapshot: &Snapshot) {
+    /// A config was applied: the limits it serves, and series of quotas and consumers
+    /// it no longer has removed, as the proxy's own metrics do
+    /// (`Metrics::config_applied`).
+    pub fn config_applied(&self, snapshot: &Snapshot) {
         self.limit.reset();
         for (id, quota) in &snapshot.quotas {
             for limit in &quota.limits {
@@ -113,5 +115,16 @@ impl QuotaMetrics {
                     .set(limit.max);
             }
         }
+        let gone = |label: &str, value: &str| {
+            !value.is_empty()
+                && match label {
+                    "quota" => !snapshot.quotas.contains_key(value),
+                    "consumer" => !snapshot.consumers.contains_key(value),
+                    _ => false,
+                }
+        };
+        self.used.prune(gone);
+        self.rejections.prune(gone);
+        self.fallbacks.prune(gone);
     }
 }
