@@ -54,7 +54,7 @@ impl ConfigService {
         let response = self.respond(&request, peer).await;
         self.metrics
             .config_requests
-            .with_label_values(&[response.status().as_str()])
+            .with([response.status().as_str()])
             .inc();
         response
     }

@@ -1,11 +1,14 @@
 //! The operator's Prometheus metrics, served on the admin port at `/metrics`.
 //!
-//! Labels stay bounded: kinds, status codes, and proxy ids (one per proxy pod).
+//! Labels stay bounded: kinds, status codes, and proxy ids (one per proxy pod). Each
+//! labelled family is a `switchboard_metrics::Family`: the number of label values is
+//! checked when compiling.
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
+use switchboard_metrics::Family;
 
 /// Every metric the operator exports.
 #[derive(Debug)]
@@ -18,25 +21,25 @@ pub struct Metrics {
     /// Snapshots published (compiles that changed the version).
     pub publishes: IntCounter,
     /// Objects by kind and whether they are accepted.
-    pub objects: IntGaugeVec,
+    pub objects: Family<IntGaugeVec, 2>,
     /// Objects serving their last accepted version because the current one is broken.
     pub kept_objects: IntGauge,
     /// Watch errors by kind (the watch retries with backoff).
-    pub watch_errors: IntCounterVec,
+    pub watch_errors: Family<IntCounterVec, 1>,
     /// Status patches by result.
-    pub status_patches: IntCounterVec,
+    pub status_patches: Family<IntCounterVec, 1>,
     /// Events published.
     pub events: IntCounter,
     /// 1 while this replica holds the Lease.
     pub leader: IntGauge,
     /// Config service requests by HTTP status.
-    pub config_requests: IntCounterVec,
+    pub config_requests: Family<IntCounterVec, 1>,
     /// Proxies connected to this replica.
     pub connected_proxies: IntGauge,
     /// 1 per connected proxy, labelled with the version it serves.
-    pub proxy_config: IntGaugeVec,
+    pub proxy_config: Family<IntGaugeVec, 2>,
     /// 1, labelled with the version this replica publishes.
-    pub config_info: IntGaugeVec,
+    pub config_info: Family<IntGaugeVec, 1>,
 }
 
 // === impl Metrics ===
@@ -57,51 +60,51 @@ impl Metrics {
                 prefix("snapshots_published_total"),
                 "Snapshots published: compiles that changed the config version.",
             )?,
-            objects: IntGaugeVec::new(
+            objects: Family::new(
                 Opts::new(prefix("objects"), "Objects by kind and acceptance."),
-                &["kind", "accepted"],
+                ["kind", "accepted"],
             )?,
             kept_objects: IntGauge::new(
                 prefix("objects_kept"),
                 "Objects whose current version is broken; their last accepted version serves.",
             )?,
-            watch_errors: IntCounterVec::new(
+            watch_errors: Family::new(
                 Opts::new(
                     prefix("watch_errors_total"),
                     "Watch errors by kind; the watch retries.",
                 ),
-                &["kind"],
+                ["kind"],
             )?,
-            status_patches: IntCounterVec::new(
+            status_patches: Family::new(
                 Opts::new(prefix("status_patches_total"), "Status patches by result."),
-                &["result"],
+                ["result"],
             )?,
             events: IntCounter::new(prefix("events_total"), "Kubernetes Events published.")?,
             leader: IntGauge::new(prefix("leader"), "1 while this replica holds the Lease.")?,
-            config_requests: IntCounterVec::new(
+            config_requests: Family::new(
                 Opts::new(
                     prefix("config_requests_total"),
                     "Config service requests by HTTP status.",
                 ),
-                &["code"],
+                ["code"],
             )?,
             connected_proxies: IntGauge::new(
                 prefix("connected_proxies"),
                 "Proxies connected to this replica.",
             )?,
-            proxy_config: IntGaugeVec::new(
+            proxy_config: Family::new(
                 Opts::new(
                     prefix("proxy_config_info"),
                     "1 per proxy connected to this replica, with the config version it serves.",
                 ),
-                &["proxy", "version"],
+                ["proxy", "version"],
             )?,
-            config_info: IntGaugeVec::new(
+            config_info: Family::new(
                 Opts::new(
                     prefix("config_info"),
                     "1, with the config version this replica publishes.",
                 ),
-                &["version"],
+                ["version"],
             )?,
             registry,
         };
@@ -133,7 +136,7 @@ impl Metrics {
         self.proxy_config.reset();
         for proxy in proxies {
             self.proxy_config
-                .with_label_values(&[proxy.id.as_str(), proxy.version.as_str()])
+                .with([proxy.id.as_str(), proxy.version.as_str()])
                 .set(1);
         }
     }

@@ -130,11 +130,11 @@ async fn refresh(
             .await
         {
             Ok(_) => {
-                metrics.status_patches.with_label_values(&["ok"]).inc();
+                metrics.status_patches.with(["ok"]).inc();
                 written.insert(id.clone(), usage);
             }
             Err(error) => {
-                metrics.status_patches.with_label_values(&["error"]).inc();
+                metrics.status_patches.with(["error"]).inc();
                 tracing::warn!(quota = %id, %error, "cannot write quota usage");
             }
         }

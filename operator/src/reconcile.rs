@@ -71,7 +71,7 @@ async fn compile_and_publish(ctx: &Context, last_good: Option<LastGood>) -> Last
         ctx.metrics.config_info.reset();
         ctx.metrics
             .config_info
-            .with_label_values(&[snapshot.version.as_str()])
+            .with([snapshot.version.as_str()])
             .set(1);
         tracing::info!(
             version = %snapshot.version,
@@ -112,7 +112,7 @@ fn record_objects(ctx: &Context, kept: &KeptCompile) {
         };
         ctx.metrics
             .objects
-            .with_label_values(&[key.kind.to_string().as_str(), accepted])
+            .with([key.kind.to_string().as_str(), accepted])
             .inc();
     }
     ctx.metrics

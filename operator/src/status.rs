@@ -155,15 +155,12 @@ impl StatusWriter {
             .await
         {
             Ok(_) => {
-                self.metrics.status_patches.with_label_values(&["ok"]).inc();
+                self.metrics.status_patches.with(["ok"]).inc();
                 tracing::debug!(object = %key, "status updated");
                 true
             }
             Err(error) => {
-                self.metrics
-                    .status_patches
-                    .with_label_values(&["error"])
-                    .inc();
+                self.metrics.status_patches.with(["error"]).inc();
                 tracing::warn!(object = %key, %error, "cannot update status; retried on the next change");
                 false
             }

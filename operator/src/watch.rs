@@ -229,7 +229,7 @@ where
             match event {
                 Ok(_) => notify.notify_one(),
                 Err(error) => {
-                    metrics.watch_errors.with_label_values(&[label]).inc();
+                    metrics.watch_errors.with([label]).inc();
                     tracing::warn!(kind = label, %error, "watch failed; retrying with backoff");
                 }
             }
@@ -284,7 +284,7 @@ async fn follow_references(
                         match event {
                             Ok(_) => trigger.notify_one(),
                             Err(error) => {
-                                metrics.watch_errors.with_label_values(&["Secret"]).inc();
+                                metrics.watch_errors.with(["Secret"]).inc();
                                 tracing::warn!(kind = "Secret", %error, "watch failed; retrying with backoff");
                             }
                         }

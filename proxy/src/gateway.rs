@@ -48,6 +48,7 @@ impl Gateway {
             metrics.config_applied(&runtime.snapshot);
         }
         self.quotas.config_applied(&runtime.snapshot);
+        self.cache.config_applied(&runtime.snapshot);
         self.runtime.swap(runtime);
     }
 

@@ -14,16 +14,19 @@
 //! aliases), else empty; `gen_ai_response_model` is the upstream model name from the
 //! AIProvider; error types and outcomes are a fixed set. Histograms carry no consumer
 //! label, and the consumer label can be turned off (`--metrics-consumer-label=false`).
+//!
+//! Every labelled family is a `switchboard_metrics::Family<_, N>`: `with([...])` takes
+//! exactly `N` values, so a wrong count does not compile instead of panicking.
 
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use prometheus::core::{Collector, MetricVec, MetricVecBuilder};
 use prometheus::{
     CounterVec, Encoder, Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
     Opts, Registry, TextEncoder,
 };
 use switchboard_api::Snapshot;
+use switchboard_metrics::Family;
 
 use crate::ir::Operation;
 use crate::ir::record::RequestRecord;
@@ -70,23 +73,23 @@ pub struct Metrics {
     registry: Registry,
     /// Whether series carry the consumer (off: the label is always empty).
     consumer_label: bool,
-    requests: IntCounterVec,
-    request_duration: HistogramVec,
-    time_to_first_token: HistogramVec,
-    time_per_output_token: HistogramVec,
-    output_tokens_per_second: HistogramVec,
-    token_usage: HistogramVec,
-    tokens: IntCounterVec,
-    cost: CounterVec,
-    unpriced: IntCounterVec,
-    attempts: IntCounterVec,
-    retries: IntCounterVec,
-    fallbacks: IntCounterVec,
-    circuit_state: IntGaugeVec,
+    requests: Family<IntCounterVec, 8>,
+    request_duration: Family<HistogramVec, 5>,
+    time_to_first_token: Family<HistogramVec, 3>,
+    time_per_output_token: Family<HistogramVec, 3>,
+    output_tokens_per_second: Family<HistogramVec, 3>,
+    token_usage: Family<HistogramVec, 5>,
+    tokens: Family<IntCounterVec, 5>,
+    cost: Family<CounterVec, 4>,
+    unpriced: Family<IntCounterVec, 3>,
+    attempts: Family<IntCounterVec, 3>,
+    retries: Family<IntCounterVec, 1>,
+    fallbacks: Family<IntCounterVec, 1>,
+    circuit_state: Family<IntGaugeVec, 2>,
     in_flight: IntGauge,
     open_streams: IntGauge,
-    config_info: IntGaugeVec,
-    config_reloads: IntCounterVec,
+    config_info: Family<IntGaugeVec, 1>,
+    config_reloads: Family<IntCounterVec, 1>,
     config_applied_at: Gauge,
 }
 
@@ -113,22 +116,31 @@ impl Metrics {
     pub fn new(consumer_label: bool) -> Result<Self, prometheus::Error> {
         use label::*;
         let registry = Registry::new();
-        let counter = |name: &str, help: &str, labels: &[&str]| {
-            IntCounterVec::new(Opts::new(name, help), labels)
-        };
-        let histogram = |name: &str, help: &str, buckets: &[f64], labels: &[&str]| {
-            HistogramVec::new(
+        fn counter<const N: usize>(
+            name: &str,
+            help: &str,
+            labels: [&str; N],
+        ) -> Result<Family<IntCounterVec, N>, prometheus::Error> {
+            Family::new(Opts::new(name, help), labels)
+        }
+        fn histogram<const N: usize>(
+            name: &str,
+            help: &str,
+            buckets: &[f64],
+            labels: [&str; N],
+        ) -> Result<Family<HistogramVec, N>, prometheus::Error> {
+            Family::new(
                 HistogramOpts::new(name, help).buckets(buckets.to_vec()),
                 labels,
             )
-        };
+        }
         let backend = [ROUTE, PROVIDER, RESPONSE_MODEL];
         let metrics = Self {
             consumer_label,
             requests: counter(
                 "switchboard_requests_total",
                 "Requests answered, by route, provider, models, operation, consumer, status class and error type.",
-                &[
+                [
                     ROUTE,
                     PROVIDER,
                     REQUEST_MODEL,
@@ -143,70 +155,70 @@ impl Metrics {
                 "gen_ai_server_request_duration_seconds",
                 "Seconds from a request's arrival to the end of its response (a stream's last event).",
                 SECONDS_BUCKETS,
-                &[ROUTE, PROVIDER, RESPONSE_MODEL, OPERATION, STATUS_CLASS],
+                [ROUTE, PROVIDER, RESPONSE_MODEL, OPERATION, STATUS_CLASS],
             )?,
             time_to_first_token: histogram(
                 "gen_ai_server_time_to_first_token_seconds",
                 "Seconds from a streamed request's arrival to its first event.",
                 SECONDS_BUCKETS,
-                &backend,
+                backend,
             )?,
             time_per_output_token: histogram(
                 "gen_ai_server_time_per_output_token_seconds",
                 "Seconds per output token after the first, for streamed answers.",
                 PER_TOKEN_BUCKETS,
-                &backend,
+                backend,
             )?,
             output_tokens_per_second: histogram(
                 "switchboard_output_tokens_per_second",
                 "Output tokens per second of generation (after the first token, for streams).",
                 RATE_BUCKETS,
-                &backend,
+                backend,
             )?,
             token_usage: histogram(
                 "gen_ai_client_token_usage",
                 "Tokens per request, by type (input, output).",
                 TOKEN_BUCKETS,
-                &[ROUTE, PROVIDER, RESPONSE_MODEL, OPERATION, TOKEN_TYPE],
+                [ROUTE, PROVIDER, RESPONSE_MODEL, OPERATION, TOKEN_TYPE],
             )?,
             tokens: counter(
                 "switchboard_tokens_total",
                 "Tokens by type: input (cached included), output, and cached_input (the part of input read from the provider's prompt cache).",
-                &[ROUTE, PROVIDER, RESPONSE_MODEL, CONSUMER, TOKEN_TYPE],
+                [ROUTE, PROVIDER, RESPONSE_MODEL, CONSUMER, TOKEN_TYPE],
             )?,
-            cost: CounterVec::new(
+            cost: Family::new(
                 Opts::new(
                     "switchboard_cost_usd_total",
                     "Cost in US dollars, from the AIProvider's per-model prices.",
                 ),
-                &[ROUTE, PROVIDER, RESPONSE_MODEL, CONSUMER],
+                [ROUTE, PROVIDER, RESPONSE_MODEL, CONSUMER],
             )?,
             unpriced: counter(
                 "switchboard_unpriced_requests_total",
                 "Requests that used tokens of a model without prices: their cost is unknown, not zero.",
-                &backend,
+                backend,
             )?,
             attempts: counter(
                 "switchboard_upstream_attempts_total",
                 "Upstream attempts by outcome: success, or the error type that ended them.",
-                &[PROVIDER, RESPONSE_MODEL, OUTCOME],
+                [PROVIDER, RESPONSE_MODEL, OUTCOME],
             )?,
             retries: counter(
                 "switchboard_retries_total",
                 "Upstream attempts after a request's first.",
-                &[ROUTE],
+                [ROUTE],
             )?,
             fallbacks: counter(
                 "switchboard_fallbacks_total",
                 "Upstream attempts on a backend other than the request's first choice.",
-                &[ROUTE],
+                [ROUTE],
             )?,
-            circuit_state: IntGaugeVec::new(
+            circuit_state: Family::new(
                 Opts::new(
                     "switchboard_backend_circuit_state",
                     "Circuit state per backend: 0 closed, 1 half-open (the next request probes it), 2 open (ejected).",
                 ),
-                &[PROVIDER, RESPONSE_MODEL],
+                [PROVIDER, RESPONSE_MODEL],
             )?,
             in_flight: IntGauge::new(
                 "switchboard_requests_in_flight",
@@ -216,17 +228,17 @@ impl Metrics {
                 "switchboard_streams_open",
                 "Streamed responses in progress.",
             )?,
-            config_info: IntGaugeVec::new(
+            config_info: Family::new(
                 Opts::new(
                     "switchboard_config_info",
                     "1, labelled with the config version served.",
                 ),
-                &["version"],
+                ["version"],
             )?,
             config_reloads: counter(
                 "switchboard_config_reloads_total",
                 "Configs received, by result: applied, or refused (the previous one keeps serving).",
-                &["result"],
+                ["result"],
             )?,
             config_applied_at: Gauge::new(
                 "switchboard_config_last_applied_timestamp_seconds",
@@ -234,16 +246,14 @@ impl Metrics {
             )?,
             registry,
         };
-        let build_info = IntGaugeVec::new(
+        let build_info: Family<IntGaugeVec, 1> = Family::new(
             Opts::new(
                 "switchboard_build_info",
                 "1, labelled with the proxy's version.",
             ),
-            &["version"],
+            ["version"],
         )?;
-        build_info
-            .with_label_values(&[env!("CARGO_PKG_VERSION")])
-            .set(1);
+        build_info.with([env!("CARGO_PKG_VERSION")]).set(1);
         metrics.register(Box::new(build_info))?;
         metrics.register_all()?;
         Ok(metrics)
@@ -314,7 +324,7 @@ impl Metrics {
         };
         let status_class = status_class(log.status);
         self.requests
-            .with_label_values(&[
+            .with([
                 route,
                 provider,
                 request_model,
@@ -326,14 +336,14 @@ impl Metrics {
             ])
             .inc();
         self.request_duration
-            .with_label_values(&[route, provider, response_model, operation, status_class])
+            .with([route, provider, response_model, operation, status_class])
             .observe(latency.as_secs_f64());
 
         let backend = [route, provider, response_model];
         let first_token = log.first_token_after();
         if let Some(first) = first_token {
             self.time_to_first_token
-                .with_label_values(&backend)
+                .with(backend)
                 .observe(first.as_secs_f64());
         }
         let Some(usage) = log.usage else {
@@ -344,17 +354,17 @@ impl Metrics {
         let generating = latency.saturating_sub(first_token.unwrap_or_default());
         if output > 0 && !generating.is_zero() {
             self.output_tokens_per_second
-                .with_label_values(&backend)
+                .with(backend)
                 .observe(output as f64 / generating.as_secs_f64());
         }
         if first_token.is_some() && output > 1 {
             self.time_per_output_token
-                .with_label_values(&backend)
+                .with(backend)
                 .observe(generating.as_secs_f64() / (output - 1) as f64);
         }
         for (token_type, count) in [("input", usage.prompt_tokens), ("output", output)] {
             self.token_usage
-                .with_label_values(&[route, provider, response_model, operation, token_type])
+                .with([route, provider, response_model, operation, token_type])
                 .observe(count as f64);
         }
         for (token_type, count) in [
@@ -363,15 +373,15 @@ impl Metrics {
             ("cached_input", usage.cached_tokens()),
         ] {
             self.tokens
-                .with_label_values(&[route, provider, response_model, consumer, token_type])
+                .with([route, provider, response_model, consumer, token_type])
                 .inc_by(count);
         }
         match cost_usd {
             Some(cost) => self
                 .cost
-                .with_label_values(&[route, provider, response_model, consumer])
+                .with([route, provider, response_model, consumer])
                 .inc_by(cost),
-            None => self.unpriced.with_label_values(&backend).inc(),
+            None => self.unpriced.with(backend).inc(),
         }
     }
 
@@ -382,16 +392,16 @@ impl Metrics {
             AttemptOutcome::Failed(kind) => kind,
         };
         self.attempts
-            .with_label_values(&[provider, response_model, outcome])
+            .with([provider, response_model, outcome])
             .inc();
     }
 
     /// A request made another attempt; `fallback` when on another backend than its
     /// first choice.
     pub fn retry(&self, route: &str, fallback: bool) {
-        self.retries.with_label_values(&[route]).inc();
+        self.retries.with([route]).inc();
         if fallback {
-            self.fallbacks.with_label_values(&[route]).inc();
+            self.fallbacks.with([route]).inc();
         }
     }
 
@@ -400,9 +410,7 @@ impl Metrics {
     /// exported, unchanging, until the proxy restarts.
     pub fn config_applied(&self, snapshot: &Snapshot) {
         self.config_info.reset();
-        self.config_info
-            .with_label_values(&[snapshot.version.as_str()])
-            .set(1);
+        self.config_info.with([snapshot.version.as_str()]).set(1);
         let gone = |label: &str, value: &str| {
             !value.is_empty()
                 && match label {
@@ -412,19 +420,19 @@ impl Metrics {
                     _ => false,
                 }
         };
-        prune(&self.requests, &gone);
-        prune(&self.request_duration, &gone);
-        prune(&self.time_to_first_token, &gone);
-        prune(&self.time_per_output_token, &gone);
-        prune(&self.output_tokens_per_second, &gone);
-        prune(&self.token_usage, &gone);
-        prune(&self.tokens, &gone);
-        prune(&self.cost, &gone);
-        prune(&self.unpriced, &gone);
-        prune(&self.attempts, &gone);
-        prune(&self.retries, &gone);
-        prune(&self.fallbacks, &gone);
-        self.config_reloads.with_label_values(&["applied"]).inc();
+        self.requests.prune(gone);
+        self.request_duration.prune(gone);
+        self.time_to_first_token.prune(gone);
+        self.time_per_output_token.prune(gone);
+        self.output_tokens_per_second.prune(gone);
+        self.token_usage.prune(gone);
+        self.tokens.prune(gone);
+        self.cost.prune(gone);
+        self.unpriced.prune(gone);
+        self.attempts.prune(gone);
+        self.retries.prune(gone);
+        self.fallbacks.prune(gone);
+        self.config_reloads.with(["applied"]).inc();
         let now = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap_or_default();
@@ -433,7 +441,7 @@ impl Metrics {
 
     /// A config was refused; the previous one keeps serving.
     pub fn config_refused(&self) {
-        self.config_reloads.with_label_values(&["refused"]).inc();
+        self.config_reloads.with(["refused"]).inc();
     }
 
     /// Sets each backend's circuit state: (provider, upstream model name, state), the
@@ -441,9 +449,7 @@ impl Metrics {
     pub fn circuits<'a>(&self, circuits: impl Iterator<Item = (&'a str, &'a str, CircuitState)>) {
         self.circuit_state.reset();
         for (provider, model, state) in circuits {
-            self.circuit_state
-                .with_label_values(&[provider, model])
-                .set(state as i64);
+            self.circuit_state.with([provider, model]).set(state as i64);
         }
     }
 
@@ -463,23 +469,6 @@ impl Metrics {
             tracing::error!(%error, "cannot encode metrics");
         }
         out
-    }
-}
-
-/// Removes every series of `vec` with a label value that `gone(label, value)` says
-/// names a deleted object.
-fn prune<T: MetricVecBuilder>(vec: &MetricVec<T>, gone: &dyn Fn(&str, &str) -> bool) {
-    for family in vec.collect() {
-        for metric in family.get_metric() {
-            let labels = metric.get_label();
-            if labels.iter().any(|l| gone(l.name(), l.value())) {
-                let labels: std::collections::HashMap<&str, &str> =
-                    labels.iter().map(|l| (l.name(), l.value())).collect();
-                // The series was just read, so removing it can only fail if another
-                // config removed it first.
-                let _ = vec.remove(&labels);
-            }
-        }
     }
 }
 

@@ -485,23 +485,7 @@ async fn series_of_deleted_routes_providers_and_consumers_are_removed() {
     );
 
     // Route `free` and its provider are deleted.
-    let old = proxy
-        .gateway
-        .runtime
-        .current()
-        .unwrap()
-        .version()
-        .to_string();
-    std::fs::remove_file(manifests.path().join("r2.yaml")).unwrap();
-    std::fs::remove_file(manifests.path().join("free.yaml")).unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while proxy.gateway.runtime.current().unwrap().version() == old {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no reload within 10 s"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    delete_and_reload(&proxy, &manifests, &["r2.yaml", "free.yaml"]).await;
     let after = scrape(&proxy).await;
     for (name, label, value) in [
         ("switchboard_requests_total", "route", "default/free"),
@@ -537,4 +521,119 @@ async fn series_of_deleted_routes_providers_and_consumers_are_removed() {
         "the remaining route keeps its series"
     );
     drop(providers);
+}
+
+/// Removes `files` from `manifests` and waits until the proxy serves the config without
+/// them.
+async fn delete_and_reload(
+    proxy: &switchboard_proxy::Proxy,
+    manifests: &Manifests,
+    files: &[&str],
+) {
+    let old = proxy
+        .gateway
+        .runtime
+        .current()
+        .unwrap()
+        .version()
+        .to_string();
+    for file in files {
+        std::fs::remove_file(manifests.path().join(file)).unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while proxy.gateway.runtime.current().unwrap().version() == old {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reload within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+fn quota_yaml(name: &str, max: u32) -> String {
+    format!(
+        "apiVersion: switchboard.dev/v1alpha1\nkind: AIQuota\nmetadata: {{name: {name}}}\nspec:\n  limits: [{{metric: Requests, max: {max}, window: Minute}}]\n"
+    )
+}
+
+/// The cache's series of a route and the quota series of a quota that a reload deletes
+/// go away with them; those of the route and quota that remain stay.
+#[tokio::test]
+async fn cache_and_quota_series_of_deleted_routes_and_quotas_are_removed() {
+    let upstream = FakeProvider::json(200, PRICED_ANSWER).await;
+    let manifests = Manifests::new();
+    let cache = "  cache: {ttl: 1h}";
+    manifests
+        .write("consumer.yaml", &consumer_yaml("app", ""))
+        .write("p.yaml", &provider("p", &upstream.url(), "pm", PRICING))
+        .write("gone.yaml", &route_yaml("gone", &["g"], "p", "pm", cache))
+        .write("kept.yaml", &route_yaml("kept", &["k"], "p", "pm", cache))
+        // Two requests a minute in all: a third that misses the cache is refused.
+        .write("q-gone.yaml", &quota_yaml("gone", 2))
+        .write("q-kept.yaml", &quota_yaml("kept", 1000));
+    let proxy = proxy(&manifests).await;
+    let chat = |model: &str, content: &str| {
+        format!(
+            r#"{{"model":"{model}","temperature":0,"messages":[{{"role":"user","content":"{content}"}}]}}"#
+        )
+    };
+    // A miss and a hit on each route, then a miss over quota `gone`.
+    for (model, status) in [("g", 200), ("g", 200), ("k", 200), ("k", 200)] {
+        let response = post(&proxy, "/v1/chat/completions", chat(model, "hi")).await;
+        assert_eq!(response.status(), status);
+    }
+    let response = post(&proxy, "/v1/chat/completions", chat("k", "other")).await;
+    assert_eq!(response.status(), 429);
+
+    let before = scrape(&proxy).await;
+    let gone_route = [("route", "default/gone")];
+    let cache_families = [
+        "switchboard_cache_lookups_total",
+        "switchboard_cache_saved_tokens_total",
+        "switchboard_cache_saved_cost_usd_total",
+        "switchboard_cache_stored_total",
+        "switchboard_cache_stored_bytes_total",
+    ];
+    for name in cache_families {
+        for route in ["default/gone", "default/kept"] {
+            assert!(
+                before.get(name, &[("route", route)]).is_some(),
+                "{name} of {route} before"
+            );
+        }
+    }
+    let gone_quota = [("quota", "default/gone")];
+    let quota_families = [
+        "switchboard_quota_used",
+        "switchboard_quota_limit",
+        "switchboard_quota_rejections_total",
+    ];
+    for name in quota_families {
+        assert!(before.get(name, &gone_quota).is_some(), "{name} before");
+    }
+
+    delete_and_reload(&proxy, &manifests, &["gone.yaml", "q-gone.yaml"]).await;
+    let after = scrape(&proxy).await;
+    for name in cache_families {
+        assert_absent(&after, name, &gone_route);
+        assert!(
+            after.get(name, &[("route", "default/kept")]).is_some(),
+            "{name} of the remaining route stays"
+        );
+    }
+    for name in ["switchboard_quota_used", "switchboard_quota_limit"] {
+        assert_absent(&after, name, &gone_quota);
+    }
+    // Only the deleted quota had refused requests: the whole family is gone.
+    assert!(
+        after
+            .family_of("switchboard_quota_rejections_total")
+            .is_none()
+    );
+    for name in ["switchboard_quota_used", "switchboard_quota_limit"] {
+        assert!(
+            after.get(name, &[("quota", "default/kept")]).is_some(),
+            "{name} of the remaining quota stays"
+        );
+    }
 }

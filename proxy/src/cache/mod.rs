@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use http::HeaderMap;
+use switchboard_api::Snapshot;
 use switchboard_api::snapshot::{CachePolicy, Route};
 use tokio::sync::watch;
 
@@ -165,6 +166,13 @@ impl Cache {
             store,
             flights: Arc::default(),
             metrics,
+        }
+    }
+
+    /// A new config serves: the cache metrics of routes it deleted go.
+    pub fn config_applied(&self, snapshot: &Snapshot) {
+        if let Some(metrics) = &self.metrics {
+            metrics.config_applied(snapshot);
         }
     }
 

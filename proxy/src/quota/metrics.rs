@@ -4,16 +4,17 @@
 
 use prometheus::{GaugeVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use switchboard_api::Snapshot;
+use switchboard_metrics::Family;
 
 /// Every quota metric.
 #[derive(Debug)]
 pub struct QuotaMetrics {
     /// Whether series carry the consumer (off: the label is always empty).
     consumer_label: bool,
-    used: GaugeVec,
-    limit: GaugeVec,
-    rejections: IntCounterVec,
-    fallbacks: IntCounterVec,
+    used: Family<GaugeVec, 3>,
+    limit: Family<GaugeVec, 2>,
+    rejections: Family<IntCounterVec, 2>,
+    fallbacks: Family<IntCounterVec, 1>,
     store_errors: IntCounter,
     store_up: IntGauge,
 }
@@ -30,33 +31,33 @@ impl QuotaMetrics {
     ) -> Result<Self, prometheus::Error> {
         let metrics = Self {
             consumer_label,
-            used: GaugeVec::new(
+            used: Family::new(
                 Opts::new(
                     "switchboard_quota_used",
                     "Used in the current window of a quota limit, as of this proxy's last admission on it (requests, tokens, or USD); consumer empty for shared quotas.",
                 ),
-                &["quota", "limit", "consumer"],
+                ["quota", "limit", "consumer"],
             )?,
-            limit: GaugeVec::new(
+            limit: Family::new(
                 Opts::new(
                     "switchboard_quota_limit",
                     "The maximum of a quota limit per window.",
                 ),
-                &["quota", "limit"],
+                ["quota", "limit"],
             )?,
-            rejections: IntCounterVec::new(
+            rejections: Family::new(
                 Opts::new(
                     "switchboard_quota_rejections_total",
                     "Requests refused by a quota limit (429).",
                 ),
-                &["quota", "limit"],
+                ["quota", "limit"],
             )?,
-            fallbacks: IntCounterVec::new(
+            fallbacks: Family::new(
                 Opts::new(
                     "switchboard_quota_fallbacks_total",
                     "Requests sent to a quota's fallback route instead of being refused.",
                 ),
-                &["quota"],
+                ["quota"],
             )?,
             store_errors: IntCounter::new(
                 "switchboard_quota_store_errors_total",
@@ -81,17 +82,15 @@ impl QuotaMetrics {
     /// What a quota limit's counter stood at after an admission.
     pub fn used(&self, quota: &str, limit: &str, consumer: &str, used: f64) {
         let consumer = if self.consumer_label { consumer } else { "" };
-        self.used
-            .with_label_values(&[quota, limit, consumer])
-            .set(used);
+        self.used.with([quota, limit, consumer]).set(used);
     }
 
     pub fn rejected(&self, quota: &str, limit: &str) {
-        self.rejections.with_label_values(&[quota, limit]).inc();
+        self.rejections.with([quota, limit]).inc();
     }
 
     pub fn fallback(&self, quota: &str) {
-        self.fallbacks.with_label_values(&[quota]).inc();
+        self.fallbacks.with([quota]).inc();
     }
 
     pub fn store_error(&self) {
@@ -104,15 +103,28 @@ impl QuotaMetrics {
         self.store_up.set(i64::from(up));
     }
 
-    /// The limits of the config now serving.
-    pub fn limits(&self, snapshot: &Snapshot) {
+    /// A config was applied: the limits it serves, and series of quotas and consumers
+    /// it no longer has removed, as the proxy's own metrics do
+    /// (`Metrics::config_applied`).
+    pub fn config_applied(&self, snapshot: &Snapshot) {
         self.limit.reset();
         for (id, quota) in &snapshot.quotas {
             for limit in &quota.limits {
                 self.limit
-                    .with_label_values(&[id.as_str(), switchboard_api::quota::limit_name(limit)])
+                    .with([id.as_str(), switchboard_api::quota::limit_name(limit)])
                     .set(limit.max);
             }
         }
+        let gone = |label: &str, value: &str| {
+            !value.is_empty()
+                && match label {
+                    "quota" => !snapshot.quotas.contains_key(value),
+                    "consumer" => !snapshot.consumers.contains_key(value),
+                    _ => false,
+                }
+        };
+        self.used.prune(gone);
+        self.rejections.prune(gone);
+        self.fallbacks.prune(gone);
     }
 }

@@ -279,10 +279,11 @@ impl Quotas {
         }
     }
 
-    /// A new config serves: its quotas' limits, for the limit gauges.
+    /// A new config serves: its quotas' limits, for the limit gauges; the series of
+    /// quotas and consumers it deleted go.
     pub fn config_applied(&self, snapshot: &Snapshot) {
         if let Some(metrics) = &self.metrics {
-            metrics.limits(snapshot);
+            metrics.config_applied(snapshot);
         }
     }
 }

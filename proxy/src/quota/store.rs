@@ -51,9 +51,22 @@ pub use crate::redis::RedisError as StoreError;
 
 /// Counters in this proxy's memory: the store without Redis, and the fallback when
 /// Redis is down and a quota fails open.
+///
+/// One mutex for every counter: a reservation must check and add on all of its
+/// counters atomically, which shards would turn into taking several locks in order;
+/// with the sweep amortized, the lock is held for a few map lookups per request.
 #[derive(Debug, Default)]
 pub struct LocalStore {
-    counters: Mutex<HashMap<String, Entry>>,
+    counters: Mutex<Counters>,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    map: HashMap<String, Entry>,
+    /// Counters left by the last sweep: the next waits for the map to double.
+    after_sweep: usize,
+    /// Sweeps run, for the tests.
+    sweeps: u64,
 }
 
 #[derive(Debug)]
@@ -62,16 +75,32 @@ struct Entry {
     expires: Instant,
 }
 
-/// Expired counters are swept once the map holds this many.
+/// Expired counters are swept once the map holds this many, and from then on each time
+/// it holds twice as many as the last sweep left.
 const SWEEP_AT: usize = 4096;
+
+impl Counters {
+    /// Removes expired counters once the map has doubled since the last sweep. A
+    /// sweep visits every counter, so sweeping whenever the map is large would cost
+    /// each request O(counters) once that many are live; a sweep at 2n counters follows
+    /// at least n new ones, which makes its cost O(1) per reservation. Expired counters
+    /// read as 0 (`value`, `add`), so when they go changes no answer, only memory,
+    /// which stays within twice the live counters (or `SWEEP_AT`).
+    fn sweep(&mut self, now: Instant) {
+        if self.map.len() >= SWEEP_AT.max(self.after_sweep.saturating_mul(2)) {
+            self.map.retain(|_, e| e.expires > now);
+            self.after_sweep = self.map.len();
+            self.sweeps += 1;
+        }
+    }
+}
 
 impl LocalStore {
     pub fn reserve(&self, ops: &[&CounterOp]) -> Reserved {
         let now = Instant::now();
-        let mut counters = self.lock();
-        if counters.len() >= SWEEP_AT {
-            counters.retain(|_, e| e.expires > now);
-        }
+        let mut guard = self.lock();
+        guard.sweep(now);
+        let counters = &mut guard.map;
         let value = |counters: &HashMap<String, Entry>, key: &str| {
             counters
                 .get(key)
@@ -79,23 +108,23 @@ impl LocalStore {
                 .map_or(0, |e| e.value)
         };
         for (index, op) in ops.iter().enumerate() {
-            let used = value(&counters, &op.key);
+            let used = value(counters, &op.key);
             if used >= op.max {
                 return Reserved::Refused { index, used };
             }
         }
         let after = ops
             .iter()
-            .map(|op| add(&mut counters, &op.key, op.amount, op.ttl, now))
+            .map(|op| add(counters, &op.key, op.amount, op.ttl, now))
             .collect();
         Reserved::Admitted(after)
     }
 
     pub fn adjust(&self, adjustments: &[Adjustment]) {
         let now = Instant::now();
-        let mut counters = self.lock();
+        let mut guard = self.lock();
         for a in adjustments {
-            add(&mut counters, &a.key, a.delta, a.ttl, now);
+            add(&mut guard.map, &a.key, a.delta, a.ttl, now);
         }
     }
 
@@ -103,12 +132,13 @@ impl LocalStore {
     pub fn get(&self, key: &str) -> i64 {
         let now = Instant::now();
         self.lock()
+            .map
             .get(key)
             .filter(|e| e.expires > now)
             .map_or(0, |e| e.value)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Counters> {
         self.counters.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
@@ -278,6 +308,70 @@ mod tests {
             ttl: Duration::from_secs(60),
         }]);
         assert_eq!(store.get("a"), 1);
+    }
+
+    fn live(key: String) -> CounterOp {
+        CounterOp {
+            key,
+            amount: 1,
+            max: 100,
+            ttl: Duration::from_secs(600),
+        }
+    }
+
+    /// Once 10,000 counters are live, reservations do not each sweep the whole map: a
+    /// sweep waits until the map has doubled since the last one.
+    #[test]
+    fn a_full_local_store_does_not_sweep_on_every_reservation() {
+        let store = LocalStore::default();
+        for i in 0..10_000 {
+            let op = live(format!("c{i}"));
+            assert!(matches!(store.reserve(&[&op]), Reserved::Admitted(_)));
+        }
+        // At 4,096 and at 8,192 counters, each leaving every (live) counter.
+        assert_eq!(store.lock().sweeps, 2);
+        for i in 0..10_000 {
+            let op = live(format!("c{i}"));
+            assert_eq!(store.reserve(&[&op]), Reserved::Admitted(vec![2]));
+        }
+        assert_eq!(store.lock().sweeps, 2, "no sweep without new counters");
+        // 10,000 new counters: one sweep, at 16,384.
+        for i in 10_000..20_000 {
+            let op = live(format!("c{i}"));
+            assert!(matches!(store.reserve(&[&op]), Reserved::Admitted(_)));
+        }
+        let counters = store.lock();
+        assert_eq!(counters.sweeps, 3);
+        assert_eq!(counters.map.len(), 20_000, "live counters are kept");
+    }
+
+    /// Expired counters are still removed, once new counters have doubled the map.
+    #[tokio::test]
+    async fn a_local_store_removes_expired_counters_as_it_grows() {
+        let store = LocalStore::default();
+        for i in 0..10_000 {
+            let op = CounterOp {
+                ttl: Duration::from_millis(300),
+                ..live(format!("old{i}"))
+            };
+            assert!(matches!(store.reserve(&[&op]), Reserved::Admitted(_)));
+        }
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let sweeps = store.lock().sweeps;
+        let mut new = 0;
+        while store.lock().sweeps == sweeps {
+            assert!(new < 20_000, "no sweep after {new} new counters");
+            let op = live(format!("new{new}"));
+            assert!(matches!(store.reserve(&[&op]), Reserved::Admitted(_)));
+            new += 1;
+        }
+        let counters = store.lock();
+        assert!(
+            counters.map.keys().all(|k| k.starts_with("new")),
+            "expired counters are gone"
+        );
+        // Left: every new counter, the one of the reservation that swept included.
+        assert_eq!(counters.map.len(), new);
     }
 
     #[tokio::test]
