@@ -2,6 +2,7 @@
 //! quotas' are): client connections open, and those the proxy closed, by reason.
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use switchboard_metrics::Family;
 
 use super::connection::Closed;
 
@@ -25,23 +26,23 @@ impl ConnectionMetrics {
             "switchboard_client_connections",
             "Client connections open (spare ones, kept to answer probes when full, included).",
         )?;
-        let closed = IntCounterVec::new(
+        let closed: Family<IntCounterVec, 1> = Family::new(
             Opts::new(
                 "switchboard_client_connections_closed_total",
                 "Client connections the proxy closed, by reason: refused (past \
                  --max-connections and the spare ones), first_byte_timeout, idle_timeout, \
                  client_stalled (a response the client did not read).",
             ),
-            &["reason"],
+            ["reason"],
         )?;
         registry.register(Box::new(open.clone()))?;
         registry.register(Box::new(closed.clone()))?;
-        let reason = |why: Closed| closed.get_metric_with_label_values(&[why.as_str()]);
+        let reason = |why: Closed| closed.with([why.as_str()]);
         Ok(Self {
-            refused: reason(Closed::Refused)?,
-            first_byte: reason(Closed::FirstByte)?,
-            idle: reason(Closed::Idle)?,
-            stalled: reason(Closed::Stalled)?,
+            refused: reason(Closed::Refused),
+            first_byte: reason(Closed::FirstByte),
+            idle: reason(Closed::Idle),
+            stalled: reason(Closed::Stalled),
             open,
         })
     }
