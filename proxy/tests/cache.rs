@@ -133,7 +133,9 @@ fn decode(body: &[u8], anthropic: bool) -> Vec<StreamEvent> {
     let mut openai = openai::StreamDecoder::default();
     let mut claude = anthropic::StreamDecoder::default();
     for event in splitter.push(body) {
-        let data = sse::data(&event).expect("every event has data");
+        let data = sse::data(&event)
+            .expect("every event is UTF-8")
+            .expect("every event has data");
         match anthropic {
             true => claude.decode(&data, &mut events),
             false => openai.decode(&data, &mut events),
