@@ -122,9 +122,25 @@ fn event_end(buf: &[u8], from: usize) -> Option<usize> {
     None
 }
 
+/// An event whose bytes are not UTF-8. Server-sent events are UTF-8 text and every
+/// API's events carry JSON, which is UTF-8 too (RFC 8259): such an event is a broken
+/// stream, never something to skip or to repair with replacement characters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotUtf8;
+
+/// What a client is told when an upstream event is not UTF-8.
+pub const NOT_UTF8_MESSAGE: &str = "upstream provider sent a stream event that is not valid UTF-8";
+
+/// Checks that an event is UTF-8, for events forwarded without reading their data.
+pub fn check_utf8(event: &[u8]) -> Result<(), NotUtf8> {
+    std::str::from_utf8(event).map(drop).map_err(|_| NotUtf8)
+}
+
 /// The event's data: its `data:` lines joined by newlines, or `None` if it has none.
-pub fn data(event: &[u8]) -> Option<String> {
-    let text = std::str::from_utf8(event).ok()?;
+/// An event that is not UTF-8 is an error, not an event without data: skipping it would
+/// end a stream as if complete with part of the answer missing.
+pub fn data(event: &[u8]) -> Result<Option<String>, NotUtf8> {
+    let text = std::str::from_utf8(event).map_err(|_| NotUtf8)?;
     let mut data: Option<String> = None;
     for line in text.lines() {
         let Some(value) = line.strip_prefix("data:") else {
@@ -139,7 +155,7 @@ pub fn data(event: &[u8]) -> Option<String> {
             None => data = Some(value.to_string()),
         }
     }
-    data
+    Ok(data)
 }
 
 /// One event carrying `data`.
@@ -214,11 +230,28 @@ mod tests {
 
     #[test]
     fn reads_data_lines() {
-        assert_eq!(data(b"data: [DONE]\n\n").as_deref(), Some("[DONE]"));
+        assert_eq!(data(b"data: [DONE]\n\n"), Ok(Some("[DONE]".to_string())));
         assert_eq!(
-            data(b"event: x\ndata:a\ndata: b\n\n").as_deref(),
-            Some("a\nb")
+            data(b"event: x\ndata:a\ndata: b\n\n"),
+            Ok(Some("a\nb".to_string()))
         );
-        assert_eq!(data(b": keep-alive\n\n"), None);
+        assert_eq!(data(b": keep-alive\n\n"), Ok(None));
+    }
+
+    #[test]
+    fn an_event_that_is_not_utf8_is_an_error_not_an_event_without_data() {
+        // A lone continuation byte, a truncated sequence, an overlong encoding.
+        for event in [
+            &b"data: {\"a\":\"\x80\"}\n\n"[..],
+            b"data: \xe2\x82\n\n",
+            b": \xc0\xaf\n\n",
+        ] {
+            assert_eq!(data(event), Err(NotUtf8), "{event:?}");
+            assert_eq!(check_utf8(event), Err(NotUtf8), "{event:?}");
+        }
+        assert_eq!(
+            check_utf8("data: \"h\u{e9}\u{1F600}\"\n\n".as_bytes()),
+            Ok(())
+        );
     }
 }

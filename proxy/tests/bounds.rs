@@ -25,14 +25,22 @@ const FLOOD_PIECES: usize = 8 * 1024;
 const MAX_GROWTH_KB: u64 = 64 * 1024;
 
 fn chat(model: &str, stream: bool) -> String {
+    chat_saying(model, stream, "hi")
+}
+
+fn chat_saying(model: &str, stream: bool, content: &str) -> String {
     format!(
-        r#"{{"model":"{model}","stream":{stream},"messages":[{{"role":"user","content":"hi"}}]}}"#
+        r#"{{"model":"{model}","stream":{stream},"messages":[{{"role":"user","content":"{content}"}}]}}"#
     )
 }
 
 fn messages(model: &str, stream: bool) -> String {
+    messages_saying(model, stream, "hi")
+}
+
+fn messages_saying(model: &str, stream: bool, content: &str) -> String {
     format!(
-        r#"{{"model":"{model}","max_tokens":16,"stream":{stream},"messages":[{{"role":"user","content":"hi"}}]}}"#
+        r#"{{"model":"{model}","max_tokens":16,"stream":{stream},"messages":[{{"role":"user","content":"{content}"}}]}}"#
     )
 }
 
@@ -46,17 +54,12 @@ fn flood(head: &[Bytes], byte: u8) -> Vec<Bytes> {
 
 /// This process's peak resident memory (VmHWM), in KiB: the proxy runs in it.
 fn peak_rss_kb() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .expect("VmHWM in /proc/self/status");
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    status_kb("VmHWM")
 }
 
-/// Hostile provider `a` behind model `m` (one attempt) and behind `mf` with good
-/// provider `b` as its fallback; `b` alone behind `ok`. Small limits.
-async fn serve(hostile: &FakeProvider) -> (Manifests, switchboard_proxy::Proxy) {
+/// Hostile provider `a` (of type `kind`) behind model `m` (one attempt) and behind
+/// `mf` with good provider `b` as its fallback; `b` alone behind `ok`. Small limits.
+async fn serve(hostile: &FakeProvider, kind: &str) -> (Manifests, switchboard_proxy::Proxy) {
     let good = FakeProvider::start(|received| match received.json()["stream"] == true {
         true => Reply::Stream(vec![
             (Duration::ZERO, sse(CHUNK)),
@@ -69,13 +72,7 @@ async fn serve(hostile: &FakeProvider) -> (Manifests, switchboard_proxy::Proxy) 
     manifests.write("consumer.yaml", &consumer_yaml("app", ""));
     manifests.write(
         "a.yaml",
-        &provider_yaml(
-            "a",
-            "openai-compatible",
-            &hostile.url(),
-            &[("m", "m-a")],
-            "",
-        ),
+        &provider_yaml("a", kind, &hostile.url(), &[("m", "m-a")], ""),
     );
     manifests.write(
         "b.yaml",
@@ -159,7 +156,7 @@ async fn an_endless_whole_body_fails_the_attempt_at_the_cap() {
         )
     })
     .await;
-    let (_manifests, proxy) = serve(&hostile).await;
+    let (_manifests, proxy) = serve(&hostile, "openai-compatible").await;
     let before = peak_rss_kb();
 
     let started = Instant::now();
@@ -205,7 +202,7 @@ async fn a_stream_event_that_never_ends_ends_the_stream_at_the_cap() {
         )
     })
     .await;
-    let (_manifests, proxy) = serve(&hostile).await;
+    let (_manifests, proxy) = serve(&hostile, "openai-compatible").await;
     let before = peak_rss_kb();
 
     let started = Instant::now();
@@ -246,7 +243,7 @@ async fn an_oversized_stream_event_is_not_relayed() {
         Reply::Pieces(StatusCode::OK, "text/event-stream", pieces)
     })
     .await;
-    let (_manifests, proxy) = serve(&hostile).await;
+    let (_manifests, proxy) = serve(&hostile, "openai-compatible").await;
     let before = peak_rss_kb();
 
     let (status, text) = read_all(&proxy, "/v1/chat/completions", chat("m", true)).await;
@@ -281,7 +278,7 @@ async fn an_oversized_first_stream_event_fails_over() {
         )
     })
     .await;
-    let (_manifests, proxy) = serve(&hostile).await;
+    let (_manifests, proxy) = serve(&hostile, "openai-compatible").await;
     let before = peak_rss_kb();
 
     // Nothing reached the client yet: the attempt fails, and the fallback answers.
@@ -307,7 +304,7 @@ async fn a_stream_that_goes_quiet_ends_at_the_idle_timeout() {
         ])
     })
     .await;
-    let (_manifests, proxy) = serve(&quiet_after_one).await;
+    let (_manifests, proxy) = serve(&quiet_after_one, "openai-compatible").await;
     for (path, body, error) in [
         (
             "/v1/chat/completions",
@@ -335,7 +332,7 @@ async fn a_stream_silent_after_its_headers_fails_over_at_the_idle_timeout() {
     // Headers, then nothing; the route sets no first-token timeout.
     let silent =
         FakeProvider::start(|_| Reply::Stream(vec![(Duration::from_secs(3600), sse(CHUNK))])).await;
-    let (_manifests, proxy) = serve(&silent).await;
+    let (_manifests, proxy) = serve(&silent, "openai-compatible").await;
     let started = Instant::now();
     let (status, text) = read_all(&proxy, "/v1/chat/completions", chat("mf", true)).await;
     assert_eq!(status, 200, "{text}");
@@ -351,6 +348,218 @@ async fn a_stream_silent_after_its_headers_fails_over_at_the_idle_timeout() {
     still_serves(&proxy).await;
 }
 
+/// One provider API's answers with a byte that is never UTF-8 (0xFF) in their text:
+/// a whole response, and a stream as the events before the bad one, the bad one, and
+/// the events that would have ended it complete (skipped, the bad event would leave a
+/// stream that looks complete with part of its answer missing).
+struct NotUtf8 {
+    whole: Bytes,
+    before: Vec<Bytes>,
+    bad: Bytes,
+    after: Vec<Bytes>,
+}
+
+/// `text` with every `BAD` replaced by the byte 0xFF.
+fn not_utf8(text: &str) -> Bytes {
+    assert!(text.contains("BAD"), "{text}");
+    let mut bytes = Vec::new();
+    for (i, part) in text.split("BAD").enumerate() {
+        if i > 0 {
+            bytes.push(0xFF);
+        }
+        bytes.extend_from_slice(part.as_bytes());
+    }
+    Bytes::from(bytes)
+}
+
+fn named(event: &str, data: &str) -> Bytes {
+    Bytes::from(format!("event: {event}\ndata: {data}\n\n"))
+}
+
+fn not_utf8_answers(kind: &str) -> NotUtf8 {
+    match kind {
+        "openai-compatible" => NotUtf8 {
+            whole: not_utf8(&OK.replace(r#""content":"ok""#, r#""content":"BAD""#)),
+            before: vec![sse(CHUNK)],
+            bad: not_utf8(&format!("data: {}\n\n", CHUNK.replace("hi", "BAD"))),
+            after: vec![
+                sse(
+                    r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#,
+                ),
+                sse("[DONE]"),
+            ],
+        },
+        "anthropic" => {
+            let delta = |text: &str| {
+                format!(
+                    r#"{{"type":"content_block_delta","index":0,"delta":{{"type":"text_delta","text":"{text}"}}}}"#
+                )
+            };
+            NotUtf8 {
+                whole: not_utf8(
+                    r#"{"id":"msg_1","type":"message","role":"assistant","model":"m-a","content":[{"type":"text","text":"BAD"}],"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":5,"output_tokens":2}}"#,
+                ),
+                before: vec![
+                    named(
+                        "message_start",
+                        r#"{"type":"message_start","message":{"id":"msg_1","type":"message","role":"assistant","content":[],"model":"m-a","stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":5,"output_tokens":1}}}"#,
+                    ),
+                    named(
+                        "content_block_start",
+                        r#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#,
+                    ),
+                    named("content_block_delta", &delta("hi")),
+                ],
+                bad: not_utf8(&format!(
+                    "event: content_block_delta\ndata: {}\n\n",
+                    delta("BAD")
+                )),
+                after: vec![
+                    named(
+                        "content_block_stop",
+                        r#"{"type":"content_block_stop","index":0}"#,
+                    ),
+                    named(
+                        "message_delta",
+                        r#"{"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},"usage":{"output_tokens":2}}"#,
+                    ),
+                    named("message_stop", r#"{"type":"message_stop"}"#),
+                ],
+            }
+        }
+        "gemini" => {
+            let part = |text: &str| {
+                format!(
+                    r#"{{"candidates":[{{"content":{{"parts":[{{"text":"{text}"}}],"role":"model"}}}}],"modelVersion":"m-a"}}"#
+                )
+            };
+            NotUtf8 {
+                whole: not_utf8(
+                    r#"{"candidates":[{"content":{"parts":[{"text":"BAD"}],"role":"model"},"finishReason":"STOP"}],"usageMetadata":{"promptTokenCount":5,"candidatesTokenCount":2,"totalTokenCount":7},"modelVersion":"m-a"}"#,
+                ),
+                before: vec![sse(&part("hi"))],
+                bad: not_utf8(&format!("data: {}\n\n", part("BAD"))),
+                after: vec![sse(
+                    r#"{"candidates":[{"content":{"parts":[{"text":"!"}],"role":"model"},"finishReason":"STOP"}],"usageMetadata":{"promptTokenCount":5,"candidatesTokenCount":2,"totalTokenCount":7},"modelVersion":"m-a"}"#,
+                )],
+            }
+        }
+        other => panic!("no answers for {other}"),
+    }
+}
+
+/// A provider of `kind` answering with `not_utf8_answers`: whole, or a stream whose bad
+/// event comes after a good one (a read later), or first when the request says `first`.
+async fn not_utf8_provider(kind: &'static str) -> FakeProvider {
+    FakeProvider::start(move |received| {
+        let answers = not_utf8_answers(kind);
+        let stream =
+            received.json()["stream"] == true || received.uri.contains("streamGenerateContent");
+        if !stream {
+            return Reply::Json(StatusCode::OK, answers.whole);
+        }
+        let first = received.body.windows(5).any(|w| w == b"first");
+        let mut pieces = Vec::new();
+        if !first {
+            pieces.extend(answers.before.into_iter().map(|e| (Duration::ZERO, e)));
+        }
+        // Later than the events before it: those reach the client first.
+        pieces.push((Duration::from_millis(50), answers.bad));
+        pieces.extend(answers.after.into_iter().map(|e| (Duration::ZERO, e)));
+        Reply::Stream(pieces)
+    })
+    .await
+}
+
+/// A provider's answer that is not UTF-8 fails the same whole and streamed, translated
+/// or passed through, for both client APIs: a whole response is a 502, a stream's first
+/// event fails the attempt (the fallback answers), and a later event ends the stream
+/// with an error event in the client's format, never skipped. Each is counted.
+#[tokio::test]
+async fn an_answer_that_is_not_utf8_fails_whole_and_streamed() {
+    for kind in ["openai-compatible", "anthropic", "gemini"] {
+        let hostile = not_utf8_provider(kind).await;
+        let (_manifests, proxy) = serve(&hostile, kind).await;
+
+        // Whole: the attempt fails, as a body that is not JSON does.
+        let response = post(&proxy, "/v1/chat/completions", chat("m", false)).await;
+        assert_error(response, 502, "upstream_bad_response").await;
+        let (status, text) = read_all(&proxy, "/v1/messages", messages("m", false)).await;
+        assert_eq!(status, 502, "{kind}: {text}");
+        let body: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(body["type"], "error", "{kind}: {text}");
+
+        // Mid-stream: what came before, then an error event; nothing after it.
+        let (status, text) = read_all(&proxy, "/v1/chat/completions", chat("m", true)).await;
+        assert_eq!(status, 200, "{kind}: {text}");
+        assert!(text.contains(r#""content":"hi""#), "{kind}: {text}");
+        assert!(text.contains("upstream_stream_error"), "{kind}: {text}");
+        assert!(text.contains("not valid UTF-8"), "{kind}: {text}");
+        assert!(!text.contains("[DONE]"), "{kind}: {text}");
+        assert!(!text.contains('\u{FFFD}'), "{kind}: relayed: {text}");
+        let (status, text) = read_all(&proxy, "/v1/messages", messages("m", true)).await;
+        assert_eq!(status, 200, "{kind}: {text}");
+        assert!(text.contains(r#""text":"hi""#), "{kind}: {text}");
+        assert!(text.contains("event: error"), "{kind}: {text}");
+        assert!(text.contains("not valid UTF-8"), "{kind}: {text}");
+        assert!(!text.contains("message_stop"), "{kind}: {text}");
+
+        // From the first event: the client has nothing yet, so the fallback answers;
+        // without one, an error in the client's format.
+        let (status, text) = read_all(
+            &proxy,
+            "/v1/chat/completions",
+            chat_saying("mf", true, "first"),
+        )
+        .await;
+        assert_eq!(status, 200, "{kind}: {text}");
+        assert!(text.ends_with("data: [DONE]\n\n"), "{kind}: {text}");
+        let response = post(
+            &proxy,
+            "/v1/chat/completions",
+            chat_saying("m", true, "first"),
+        )
+        .await;
+        assert_error(response, 502, "upstream_bad_response").await;
+        let (status, text) =
+            read_all(&proxy, "/v1/messages", messages_saying("m", true, "first")).await;
+        assert_eq!(status, 502, "{kind}: {text}");
+        assert!(text.contains(r#""type":"error""#), "{kind}: {text}");
+
+        // Counted: the failed attempts by their error, and every request with what its
+        // client got (a stream that ended in an error event is 2xx, with the error).
+        let samples = scrape(&proxy).await;
+        let requests = |status_class: &str, error_type: &str| {
+            metric_or_zero(
+                &samples,
+                "switchboard_requests_total",
+                &[
+                    ("route", "default/hostile"),
+                    ("status_class", status_class),
+                    ("error_type", error_type),
+                ],
+            )
+        };
+        assert_eq!(requests("5xx", "upstream_bad_response"), 4.0, "{kind}");
+        assert_eq!(requests("2xx", "upstream_stream_error"), 2.0, "{kind}");
+        assert_eq!(requests("2xx", ""), 0.0, "{kind}");
+        assert_eq!(
+            metric(
+                &samples,
+                "switchboard_upstream_attempts_total",
+                &[
+                    ("provider", "default/a"),
+                    ("outcome", "upstream_bad_response")
+                ]
+            ),
+            5.0,
+            "{kind}"
+        );
+
+        still_serves(&proxy).await;
+    }
+}
+
 /// A provider that streams an event every 20 ms for an hour.
 async fn endless_trickle() -> FakeProvider {
     FakeProvider::start(|_| {
@@ -364,7 +573,7 @@ async fn endless_trickle() -> FakeProvider {
 #[tokio::test]
 async fn a_stream_that_never_ends_is_cut_at_the_duration_cap() {
     let trickle = endless_trickle().await;
-    let (manifests, _) = serve(&trickle).await;
+    let (manifests, _) = serve(&trickle, "openai-compatible").await;
     let proxy = proxy_with(&manifests, |s| {
         s.max_stream_duration = Duration::from_millis(800);
     })
@@ -398,7 +607,7 @@ async fn a_stream_that_never_ends_is_cut_at_the_duration_cap() {
 #[tokio::test]
 async fn a_stream_that_sends_too_much_is_cut_at_the_byte_cap() {
     let trickle = endless_trickle().await;
-    let (manifests, _) = serve(&trickle).await;
+    let (manifests, _) = serve(&trickle, "openai-compatible").await;
     let proxy = proxy_with(&manifests, |s| s.max_stream_bytes = 4096).await;
     for (path, body) in [
         ("/v1/chat/completions", chat("m", true)),
@@ -428,7 +637,7 @@ async fn a_route_sets_its_own_stream_idle_timeout() {
         ])
     })
     .await;
-    let (manifests, _) = serve(&pause).await;
+    let (manifests, _) = serve(&pause, "openai-compatible").await;
     manifests.write(
         "patient.yaml",
         r#"

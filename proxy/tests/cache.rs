@@ -133,7 +133,9 @@ fn decode(body: &[u8], anthropic: bool) -> Vec<StreamEvent> {
     let mut openai = openai::StreamDecoder::default();
     let mut claude = anthropic::StreamDecoder::default();
     for event in splitter.push(body) {
-        let data = sse::data(&event).expect("every event has data");
+        let data = sse::data(&event)
+            .expect("every event is UTF-8")
+            .expect("every event has data");
         match anthropic {
             true => claude.decode(&data, &mut events),
             false => openai.decode(&data, &mut events),
@@ -487,18 +489,7 @@ async fn a_redis_cache_is_shared_by_proxies_and_expires_in_redis() {
     let body = chat("shared", false);
 
     assert_eq!(cache_header(&send(&first, &body, &[]).await), Some("miss"));
-    // The store is written after the response; give it a moment.
-    let mut entries = Vec::new();
-    for _ in 0..50 {
-        entries = redis.cache_entries().await;
-        if !entries.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let [(key, ttl, value)] = entries.as_slice() else {
-        panic!("one entry in Redis: {entries:?}")
-    };
+    let (key, ttl, value) = &one_entry(&redis).await;
     assert!(key.starts_with("sb:cache:"), "{key}");
     assert!(*ttl > 0 && *ttl <= 2000, "Redis expires it: {ttl} ms");
     assert!(
@@ -514,6 +505,107 @@ async fn a_redis_cache_is_shared_by_proxies_and_expires_in_redis() {
     tokio::time::sleep(Duration::from_millis(2200)).await;
     assert_eq!(cache_header(&send(&second, &body, &[]).await), Some("miss"));
     assert_eq!(upstream.hits.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
+/// The one cache entry in Redis (its key, milliseconds to live and value), once the
+/// store written after a response has landed.
+async fn one_entry(redis: &RedisServer) -> (String, i64, Vec<u8>) {
+    let mut entries = Vec::new();
+    for _ in 0..50 {
+        entries = redis.cache_entries().await;
+        if !entries.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    match <[_; 1]>::try_from(entries) {
+        Ok([entry]) => entry,
+        Err(entries) => panic!("one entry in Redis: {entries:?}"),
+    }
+}
+
+/// Waits until the value under `key` is no longer `length` bytes long: the proxy
+/// stored a new answer over it.
+async fn replaced(redis: &RedisServer, key: &str, length: usize) {
+    for _ in 0..100 {
+        let now: usize = redis.run(redis::cmd("STRLEN").arg(key)).await;
+        if now != length && now > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the proxy did not store over the value of {key}");
+}
+
+/// A value changed in Redis behind the proxy's back, by hand, by another writer or by
+/// corruption: one that claims to decompress to 4 GiB, and one of 128 MiB. Each is a
+/// miss answered upstream, without allocating what the value claims or reading it
+/// whole (this process's peak address space and resident memory, where the proxy
+/// runs, stay put); the answer then replaces it, and is a hit again.
+#[tokio::test]
+async fn a_forged_or_huge_redis_value_is_a_miss_read_within_bounds() {
+    let redis = RedisServer::start().await;
+    let upstream = upstream(Duration::ZERO).await;
+    let (_m, proxy) = cached_proxy(&upstream, CACHE, Some(&redis)).await;
+    let body = chat("forged", false);
+    let hits = || upstream.hits.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(cache_header(&send(&proxy, &body, &[]).await), Some("miss"));
+    let (key, _, _) = one_entry(&redis).await;
+    assert_eq!(cache_header(&send(&proxy, &body, &[]).await), Some("hit"));
+    assert_eq!(hits(), 1);
+
+    // The LZ4 size prefix says u32::MAX bytes; a few bytes follow.
+    let mut forged = u32::MAX.to_le_bytes().to_vec();
+    forged.extend_from_slice(b"\x40SBC1");
+    redis
+        .run::<()>(redis::cmd("SET").arg(&key).arg(&forged))
+        .await;
+    let before = status_kb("VmPeak");
+    let response = send(&proxy, &body, &[]).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(cache_header(&response), Some("miss"));
+    assert_eq!(response.text().await.unwrap(), ANSWER);
+    assert_eq!(hits(), 2);
+    let grown = status_kb("VmPeak") - before;
+    assert!(grown < 1 << 20, "address space grew by {grown} KiB");
+    replaced(&redis, &key, forged.len()).await;
+    assert_eq!(cache_header(&send(&proxy, &body, &[]).await), Some("hit"));
+
+    // The stored entry followed by zeros up to 128 MiB, grown inside Redis (this
+    // process never holds it).
+    let huge = 128 << 20;
+    let length: usize = redis
+        .run(redis::cmd("SETRANGE").arg(&key).arg(huge - 1).arg("x"))
+        .await;
+    assert_eq!(length, huge);
+    let before = status_kb("VmHWM");
+    let response = send(&proxy, &body, &[]).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(cache_header(&response), Some("miss"));
+    assert_eq!(response.text().await.unwrap(), ANSWER);
+    assert_eq!(hits(), 3);
+    let grown = status_kb("VmHWM") - before;
+    assert!(grown < 32 << 10, "resident memory grew by {grown} KiB");
+    replaced(&redis, &key, huge).await;
+    let hit = send(&proxy, &body, &[]).await;
+    assert_eq!(cache_header(&hit), Some("hit"));
+    assert_eq!(hit.text().await.unwrap(), ANSWER);
+    assert_eq!(hits(), 3);
+
+    // Neither was a Redis failure: lookups were misses, not errors.
+    let samples = scrape(&proxy).await;
+    assert_eq!(
+        metric(
+            &samples,
+            "switchboard_cache_lookups_total",
+            &[("route", "default/r"), ("result", "miss")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        metric_or_zero(&samples, "switchboard_cache_store_errors_total", &[]),
+        0.0
+    );
 }
 
 #[tokio::test]

@@ -100,6 +100,13 @@ impl RedisServer {
         }
     }
 
+    /// Runs `command` as another client of the server would (to change what the
+    /// proxies stored behind their backs).
+    pub async fn run<T: redis::FromRedisValue>(&self, command: &redis::Cmd) -> T {
+        let mut c = self.connection().await.unwrap();
+        command.query_async(&mut c).await.unwrap()
+    }
+
     /// Every counter key and its value.
     pub async fn counters(&self) -> Vec<(String, i64)> {
         let mut c = self.connection().await.unwrap();

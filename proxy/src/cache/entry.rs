@@ -45,6 +45,16 @@ struct Header {
 /// Leads every stored value: a value of another format is a miss, not an error.
 const MAGIC: &[u8] = b"SBC1";
 
+/// The most bytes the magic, the header line and its newline take: six numbers of at
+/// most 24 characters (`u64::MAX` has 20, an `f64` at most 24) and their names come to
+/// under 200 (`the_largest_header_fits` checks it).
+const MAX_HEADER: usize = 256;
+
+/// LZ4 (block format) grows what it cannot compress by at most this, over 10%
+/// (`lz4_flex::block::get_maximum_output_size`), and the value leads with the
+/// decompressed size in 4 bytes.
+const LZ4_OVERHEAD: usize = 16 + 4 + 4;
+
 impl Entry {
     pub fn new(body: Bytes, usage: Usage, cost_usd: Option<f64>, ttl: Duration) -> Self {
         Self {
@@ -85,8 +95,26 @@ impl Entry {
         lz4_flex::compress_prepend_size(&plain)
     }
 
-    /// An entry from a Redis value; `None` for anything `encode` did not write.
-    pub fn decode(value: &[u8]) -> Option<Self> {
+    /// The most bytes `encode` writes for a body of at most `max_body` bytes (a route's
+    /// `maxEntryBytes`: larger answers are never stored). Redis values are read up to
+    /// this, so that a value grown by hand, by another writer or by corruption cannot
+    /// make the proxy read (or hold) it whole.
+    pub fn max_stored(max_body: u64) -> usize {
+        let plain = max_plain(max_body);
+        (plain / 10)
+            .saturating_add(plain)
+            .saturating_add(LZ4_OVERHEAD)
+    }
+
+    /// An entry from a Redis value; `None` for anything `encode` did not write for a
+    /// body of at most `max_body` bytes. The size the value says it decompresses to is
+    /// checked before anything is allocated for it: decompressing allocates that size
+    /// first, and the value's first 4 bytes can say up to 4 GiB.
+    pub fn decode(value: &[u8], max_body: u64) -> Option<Self> {
+        let size = u32::from_le_bytes(value.get(..4)?.try_into().ok()?);
+        if usize::try_from(size).ok()? > max_plain(max_body) {
+            return None;
+        }
         let plain = lz4_flex::decompress_size_prepended(value).ok()?;
         let rest = plain.strip_prefix(MAGIC)?;
         let newline = rest.iter().position(|b| *b == b'\n')?;
@@ -151,6 +179,13 @@ fn as_stream(answer: ChatResponse) -> ChatStream {
     Box::pin(futures_util::stream::iter([events]))
 }
 
+/// The most bytes a stored entry with a body of at most `max_body` decompresses to.
+fn max_plain(max_body: u64) -> usize {
+    usize::try_from(max_body)
+        .unwrap_or(usize::MAX)
+        .saturating_add(MAX_HEADER)
+}
+
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -170,11 +205,69 @@ mod tests {
             Duration::from_secs(60),
         );
         let stored = entry.encode();
-        assert_eq!(Entry::decode(&stored), Some(entry));
-        assert_eq!(Entry::decode(b"not ours"), None);
+        assert_eq!(Entry::decode(&stored, 1 << 20), Some(entry));
+        assert_eq!(Entry::decode(b"not ours", 1 << 20), None);
+        assert_eq!(Entry::decode(b"", 1 << 20), None);
         assert_eq!(
-            Entry::decode(&lz4_flex::compress_prepend_size(b"SBC1{}\n")),
+            Entry::decode(&lz4_flex::compress_prepend_size(b"SBC1{}\n"), 1 << 20),
             None
         );
+    }
+
+    /// An entry with every header field at its longest.
+    fn largest_header(body: Bytes) -> Entry {
+        Entry {
+            body,
+            usage: Usage::new(u64::MAX, u64::MAX, u64::MAX),
+            cost_usd: Some(-f64::MAX / 3.0),
+            created: u64::MAX,
+            ttl: Duration::from_millis(u64::MAX),
+        }
+    }
+
+    #[test]
+    fn the_largest_header_fits() {
+        let entry = largest_header(Bytes::new());
+        let plain = lz4_flex::decompress_size_prepended(&entry.encode()).unwrap();
+        assert!(plain.len() <= MAX_HEADER, "{} bytes", plain.len());
+        assert_eq!(Entry::decode(&entry.encode(), 0), Some(entry));
+    }
+
+    #[test]
+    fn entries_are_read_only_within_the_largest_body_stored() {
+        // Incompressible bytes: the value is at its largest for the body.
+        let mut rng = fastrand::Rng::with_seed(3);
+        let body: Vec<u8> = std::iter::repeat_with(|| rng.u8(..)).take(4096).collect();
+        let entry = largest_header(Bytes::from(body));
+        let stored = entry.encode();
+        assert!(stored.len() <= Entry::max_stored(4096), "{}", stored.len());
+        assert_eq!(Entry::decode(&stored, 4096), Some(entry));
+        // Stored under a larger limit (maxEntryBytes lowered since): a miss.
+        assert_eq!(Entry::decode(&stored, 2048), None);
+    }
+
+    /// This process's peak address space (`VmPeak`), in KiB. An allocation shows in it
+    /// even untouched (a large zeroed one is mapped, never written).
+    fn vm_peak_kb() -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmPeak:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    #[test]
+    fn a_forged_size_is_refused_before_anything_is_allocated() {
+        // Says 4 GiB, holds a few bytes. Decompressing allocates the size it says
+        // first: without the check, 4 GiB are mapped here (or, where memory is short,
+        // the allocation fails and the process aborts).
+        let mut forged = u32::MAX.to_le_bytes().to_vec();
+        forged.extend_from_slice(b"\x40SBC1");
+        let before = vm_peak_kb();
+        assert_eq!(Entry::decode(&forged, 1 << 20), None);
+        let grown = vm_peak_kb() - before;
+        assert!(grown < 2 << 20, "address space grew by {grown} KiB");
+        // Within the limit, a forged size is still only a miss.
+        let mut forged = 1000u32.to_le_bytes().to_vec();
+        forged.extend_from_slice(b"\x40SBC1");
+        assert_eq!(Entry::decode(&forged, 1 << 20), None);
     }
 }

@@ -304,7 +304,7 @@ impl Cache {
     /// recorder for this request's own answer.
     async fn find(self: &Arc<Self>, route: &str, ticket: &Ticket) -> Found {
         if ticket.look_up
-            && let Some(entry) = self.get(ticket.key).await
+            && let Some(entry) = self.get(ticket.key, ticket.max_bytes).await
         {
             return Found::Hit {
                 entry,
@@ -358,15 +358,29 @@ impl Cache {
         })
     }
 
-    async fn get(&self, key: Key) -> Option<Arc<Entry>> {
+    /// The entry under `key`, if the store has one with a body of at most `max_body`
+    /// bytes (the route's `maxEntryBytes`: nothing larger is stored).
+    async fn get(&self, key: Key, max_body: u64) -> Option<Arc<Entry>> {
         match &self.store {
             Store::Memory(memory) => memory.get(&key),
             Store::Redis(redis) => {
-                let value: Result<Option<Vec<u8>>, _> = redis
-                    .query(redis::cmd("GET").arg(key.redis_key()).to_owned())
+                // Never more than an entry of the route can take, plus one byte to tell a
+                // value over it: a value grown in Redis (by hand, another writer, or
+                // corruption) would otherwise be read whole, and held, by every lookup.
+                // A missing key reads as empty, which is a miss too.
+                let max = Entry::max_stored(max_body);
+                let value: Result<Vec<u8>, _> = redis
+                    .query(
+                        redis::cmd("GETRANGE")
+                            .arg(key.redis_key())
+                            .arg(0)
+                            .arg(max)
+                            .to_owned(),
+                    )
                     .await;
                 match value {
-                    Ok(value) => value.as_deref().and_then(Entry::decode).map(Arc::new),
+                    Ok(value) if value.len() > max => None,
+                    Ok(value) => Entry::decode(&value, max_body).map(Arc::new),
                     Err(error) => {
                         self.redis_failed(&error);
                         None

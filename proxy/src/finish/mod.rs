@@ -173,6 +173,9 @@ impl RequestEnd {
         if let Some(end) = join.stream.take() {
             record.usage = end.usage;
             record.stream_outcome = Some(end.outcome);
+            // Answered (2xx), yet the client got an error event: counted with it, so
+            // that broken streams show in `switchboard_requests_total`.
+            record.error = record.error.or(end.outcome.error_type());
         }
         record.response_body = join.body.take();
         let held = std::mem::take(&mut join.held);

@@ -234,10 +234,15 @@ impl<D: DecodeStream> SseDecoder<D> {
         }
     }
 
-    /// Appends the IR events of one whole event (already split from the stream).
+    /// Appends the IR events of one whole event (already split from the stream); an
+    /// `Error` for an event that is not UTF-8, as a whole body that is not is refused.
     pub fn decode_event(&mut self, event: &[u8], out: &mut Vec<StreamEvent>) {
-        if let Some(data) = sse::data(event) {
-            self.decoder.decode(&data, out);
+        match sse::data(event) {
+            Ok(Some(data)) => self.decoder.decode(&data, out),
+            Ok(None) => {}
+            Err(sse::NotUtf8) => out.push(StreamEvent::Error(StreamError::upstream(
+                sse::NOT_UTF8_MESSAGE,
+            ))),
         }
     }
 
@@ -379,6 +384,21 @@ mod tests {
             let every: Vec<usize> = (0..bytes.len()).collect();
             let split = decode_split(decoder().as_mut(), bytes.as_bytes(), &every);
             assert_eq!(format!("{whole:?}"), format!("{split:?}"), "{path}");
+        }
+    }
+
+    #[test]
+    fn an_event_that_is_not_utf8_decodes_to_an_error_in_every_format() {
+        for (path, decoder) in streams() {
+            let bytes = read(path).into_bytes();
+            // After the first event: an event whose data has a byte UTF-8 never uses.
+            let first_end = EventSplitter::default().push(&bytes)[0].len();
+            let mut broken = bytes[..first_end].to_vec();
+            broken.extend_from_slice(b"data: {\"x\":\"\xff\"}\n\n");
+            broken.extend_from_slice(&bytes[first_end..]);
+            let events = decode_split(decoder().as_mut(), &broken, &[]);
+            let error = StreamEvent::Error(StreamError::upstream(sse::NOT_UTF8_MESSAGE));
+            assert!(events.contains(&error), "{path}: {events:?}");
         }
     }
 

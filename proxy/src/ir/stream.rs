@@ -65,4 +65,13 @@ impl StreamOutcome {
             StreamOutcome::UpstreamError => "upstream_error",
         }
     }
+
+    /// The error type a request whose stream ended so is counted and logged with: the
+    /// code of the error event an OpenAI client got. A client that left got nothing.
+    pub fn error_type(self) -> Option<&'static str> {
+        match self {
+            StreamOutcome::UpstreamError => Some("upstream_stream_error"),
+            StreamOutcome::Complete | StreamOutcome::ClientGone => None,
+        }
+    }
 }

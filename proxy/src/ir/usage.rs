@@ -30,7 +30,8 @@ impl Usage {
         Self {
             prompt_tokens: input,
             completion_tokens: output,
-            total_tokens: input + output,
+            // Saturating: the numbers may come from a stored value or a provider.
+            total_tokens: input.saturating_add(output),
             prompt_tokens_details: (cached > 0).then_some(PromptTokensDetails {
                 cached_tokens: cached,
             }),

@@ -35,6 +35,12 @@ pub async fn call<A: Adapter>(call: Call<'_>) -> Result<Reply, ProxyError> {
         return Ok(A::stream(&call, response));
     }
     let body = whole_body(response, call.limits.max_body_bytes, call.timeout).await?;
+    // JSON is UTF-8 (RFC 8259). Checked here for every adapter, not left to each
+    // parser: a passed-through body is not parsed, and a parser skips the fields it
+    // ignores; a stream event that is not UTF-8 fails the same way (`sse::check_utf8`).
+    if std::str::from_utf8(&body).is_err() {
+        return Err(ProxyError::UpstreamProtocol);
+    }
     let body = scrub::bytes(body, key(call.upstream));
     A::response(&call, body)
 }

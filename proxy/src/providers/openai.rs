@@ -139,20 +139,29 @@ where
             match self.upstream.next().await {
                 Read::Chunk(chunk) => {
                     let mut usage = None;
-                    let events: Vec<Bytes> = self
-                        .splitter
-                        .push(&chunk)
-                        .into_iter()
-                        .filter_map(|e| stream_event(e, self.inject_usage, &mut usage))
-                        .map(|e| scrub::bytes(e, self.key.as_deref()))
-                        .collect();
-                    if self.splitter.too_large() {
-                        // What came before the event over the limit is still the
-                        // client's; the error follows on the next poll.
-                        self.ended = true;
-                        self.failed = Some(StreamError::upstream(sse::too_large_message(
+                    let mut events = Vec::new();
+                    let mut failed = None;
+                    for event in self.splitter.push(&chunk) {
+                        // Passed through, an event is still checked as a translated
+                        // one is read: one rule for every stream (and whole body).
+                        if sse::check_utf8(&event).is_err() {
+                            failed = Some(StreamError::upstream(sse::NOT_UTF8_MESSAGE));
+                            break;
+                        }
+                        if let Some(event) = stream_event(event, self.inject_usage, &mut usage) {
+                            events.push(scrub::bytes(event, self.key.as_deref()));
+                        }
+                    }
+                    if failed.is_none() && self.splitter.too_large() {
+                        failed = Some(StreamError::upstream(sse::too_large_message(
                             self.splitter.max_event(),
                         )));
+                    }
+                    if let Some(error) = failed {
+                        // What came before the event that failed is still the client's;
+                        // the error follows on the next poll.
+                        self.ended = true;
+                        self.failed = Some(error);
                         if events.is_empty() && usage.is_none() {
                             return self.failed.take().map(NativeChunk::Failed);
                         }
@@ -172,6 +181,11 @@ where
                 Read::End => {
                     self.ended = true;
                     let rest = self.splitter.remainder()?;
+                    if sse::check_utf8(&rest).is_err() {
+                        return Some(NativeChunk::Failed(StreamError::upstream(
+                            sse::NOT_UTF8_MESSAGE,
+                        )));
+                    }
                     return Some(NativeChunk::Events {
                         events: vec![scrub::bytes(rest, self.key.as_deref())],
                         usage: None,
@@ -189,7 +203,10 @@ fn stream_event(event: Bytes, injected_usage: bool, usage: &mut Option<Usage>) -
     if !contains(&event, b"\"usage\":{") && !contains(&event, b"\"usage\": {") {
         return Some(event);
     }
-    let chunk = sse::data(&event).and_then(|d| serde_json::from_str::<UsageChunk>(&d).ok());
+    let chunk = sse::data(&event)
+        .ok()
+        .flatten()
+        .and_then(|d| serde_json::from_str::<UsageChunk>(&d).ok());
     let Some(chunk) = chunk else {
         return Some(event);
     };

@@ -388,6 +388,21 @@ pub async fn assert_error(response: reqwest::Response, status: u16, code: &str) 
     message
 }
 
+/// A field of this process's `/proc/self/status`, in KiB: `VmHWM` (peak resident
+/// memory) or `VmPeak` (peak address space, which an allocation that is never touched
+/// still grows). In-process proxies run in this process.
+pub fn status_kb(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status
+        .lines()
+        .find(|l| {
+            l.strip_prefix(field)
+                .is_some_and(|rest| rest.starts_with(':'))
+        })
+        .unwrap_or_else(|| panic!("{field} in /proc/self/status"));
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
 pub fn sse(data: &str) -> Bytes {
     Bytes::from(format!("data: {data}\n\n"))
 }
