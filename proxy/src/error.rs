@@ -72,6 +72,11 @@ pub enum ProxyError {
     },
     #[error("upstream provider sent an invalid response")]
     UpstreamProtocol,
+    /// The provider answered with a success whose body cannot be read: what was wrong
+    /// and where (a category and position, never the body's content). It was answered,
+    /// and so paid for: not tried again on the same backend (see `pipeline::attempts`).
+    #[error("upstream provider sent a response that cannot be read ({0})")]
+    UpstreamUnreadable(String),
     /// A whole response's body went over `--max-upstream-body-bytes`.
     #[error("upstream provider sent a response larger than the limit of {limit} bytes")]
     UpstreamTooLarge { limit: usize },
@@ -213,6 +218,11 @@ impl ProxyError {
                 "upstream_error",
                 "upstream_bad_response",
             ),
+            UpstreamUnreadable(_) => (
+                StatusCode::BAD_GATEWAY,
+                "upstream_error",
+                "upstream_unreadable_response",
+            ),
             UpstreamTooLarge { .. } => (
                 StatusCode::BAD_GATEWAY,
                 "upstream_error",
@@ -247,6 +257,8 @@ impl ProxyError {
     /// succeed: the provider was unreachable, slow, overloaded, rate limited or broken.
     /// A request the provider refused as such (400, 401, 403, 404...) fails the same
     /// everywhere, and errors of the gateway's own are about the client's request.
+    /// An unreadable success is retryable on other backends only
+    /// (`retries_same_backend`).
     pub fn is_retryable(&self) -> bool {
         use ProxyError::*;
         match self {
@@ -255,6 +267,7 @@ impl ProxyError {
             | UpstreamStatus { .. }
             | UpstreamOverloaded { .. }
             | UpstreamProtocol
+            | UpstreamUnreadable(_)
             | UpstreamTooLarge { .. } => true,
             UpstreamRefused { status, .. } => *status == StatusCode::TOO_MANY_REQUESTS,
             MissingKey
@@ -273,6 +286,13 @@ impl ProxyError {
             | QuotaUnavailable { .. }
             | UpstreamAuth(_) => false,
         }
+    }
+
+    /// Whether a retryable failure may be tried again on the backend that failed. Not
+    /// when the backend answered with a success we could not read: it did the work and
+    /// billed it, and would most likely answer the same way again.
+    pub fn retries_same_backend(&self) -> bool {
+        self.is_retryable() && !matches!(self, ProxyError::UpstreamUnreadable(_))
     }
 
     /// `Retry-After` in seconds, when the provider sent one (HTTP dates are ignored).

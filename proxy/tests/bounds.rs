@@ -472,9 +472,10 @@ async fn not_utf8_provider(kind: &'static str) -> FakeProvider {
 }
 
 /// A provider's answer that is not UTF-8 fails the same whole and streamed, translated
-/// or passed through, for both client APIs: a whole response is a 502, a stream's first
-/// event fails the attempt (the fallback answers), and a later event ends the stream
-/// with an error event in the client's format, never skipped. Each is counted.
+/// or passed through, for both client APIs: a whole response is a 502 (a success that
+/// cannot be read, `upstream_unreadable_response`), a stream's first event fails the
+/// attempt (the fallback answers), and a later event ends the stream with an error
+/// event in the client's format, never skipped. Each is counted.
 #[tokio::test]
 async fn an_answer_that_is_not_utf8_fails_whole_and_streamed() {
     for kind in ["openai-compatible", "anthropic", "gemini"] {
@@ -483,7 +484,8 @@ async fn an_answer_that_is_not_utf8_fails_whole_and_streamed() {
 
         // Whole: the attempt fails, as a body that is not JSON does.
         let response = post(&proxy, "/v1/chat/completions", chat("m", false)).await;
-        assert_error(response, 502, "upstream_bad_response").await;
+        let message = assert_error(response, 502, "upstream_unreadable_response").await;
+        assert!(message.contains("not UTF-8 at byte"), "{kind}: {message}");
         let (status, text) = read_all(&proxy, "/v1/messages", messages("m", false)).await;
         assert_eq!(status, 502, "{kind}: {text}");
         let body: serde_json::Value = serde_json::from_str(&text).unwrap();
@@ -540,7 +542,12 @@ async fn an_answer_that_is_not_utf8_fails_whole_and_streamed() {
                 ],
             )
         };
-        assert_eq!(requests("5xx", "upstream_bad_response"), 4.0, "{kind}");
+        assert_eq!(
+            requests("5xx", "upstream_unreadable_response"),
+            2.0,
+            "{kind}"
+        );
+        assert_eq!(requests("5xx", "upstream_bad_response"), 2.0, "{kind}");
         assert_eq!(requests("2xx", "upstream_stream_error"), 2.0, "{kind}");
         assert_eq!(requests("2xx", ""), 0.0, "{kind}");
         assert_eq!(
@@ -552,7 +559,19 @@ async fn an_answer_that_is_not_utf8_fails_whole_and_streamed() {
                     ("outcome", "upstream_bad_response")
                 ]
             ),
-            5.0,
+            3.0,
+            "{kind}"
+        );
+        assert_eq!(
+            metric(
+                &samples,
+                "switchboard_upstream_attempts_total",
+                &[
+                    ("provider", "default/a"),
+                    ("outcome", "upstream_unreadable_response")
+                ]
+            ),
+            2.0,
             "{kind}"
         );
 

@@ -16,6 +16,7 @@ use crate::ir::chat::{
     ChatRequest, ChatResponse, Finish, FinishReason, Image, Message, Part, ResponseFormat, Role,
     StreamError, StreamErrorKind, StreamEvent, Tool, ToolCall, ToolChoice,
 };
+use crate::ir::tolerant::null_as_default;
 
 // ---------------------------------------------------------------------------------
 // Requests in (client side)
@@ -462,15 +463,15 @@ fn content_blocks(parts: &[Part]) -> Vec<Value> {
 
 #[derive(Deserialize)]
 struct WireResponse {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     id: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     model: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     content: Vec<WireResponseBlock>,
     stop_reason: Option<String>,
     stop_sequence: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     usage: WireUsage,
 }
 
@@ -478,11 +479,14 @@ struct WireResponse {
 #[serde(tag = "type", rename_all = "snake_case")]
 enum WireResponseBlock {
     Text {
+        #[serde(default, deserialize_with = "null_as_default")]
         text: String,
     },
     ToolUse {
         id: String,
         name: String,
+        /// `Value::Null` when absent or null: no arguments.
+        #[serde(default)]
         input: Value,
     },
     /// Thinking and server-tool blocks: the IR has no place for them.
@@ -532,8 +536,7 @@ fn usage_to_wire(usage: &Usage) -> Value {
 
 /// Reads a Messages API response.
 pub fn parse_response(body: &[u8]) -> Result<ChatResponse, ProxyError> {
-    let wire: WireResponse =
-        serde_json::from_slice(body).map_err(|_| ProxyError::UpstreamProtocol)?;
+    let wire: WireResponse = serde_json::from_slice(body).map_err(|e| super::unreadable(&e))?;
     let mut text = String::new();
     let mut tool_calls = Vec::new();
     for block in wire.content {
@@ -542,7 +545,10 @@ pub fn parse_response(body: &[u8]) -> Result<ChatResponse, ProxyError> {
             WireResponseBlock::ToolUse { id, name, input } => tool_calls.push(ToolCall {
                 id,
                 name,
-                arguments: input.to_string(),
+                arguments: match input {
+                    Value::Null => "{}".to_string(),
+                    input => input.to_string(),
+                },
             }),
             WireResponseBlock::Other => {}
         }
@@ -777,7 +783,7 @@ enum WireEvent {
     ContentBlockStop {},
     MessageDelta {
         delta: WireMessageDelta,
-        #[serde(default)]
+        #[serde(default, deserialize_with = "null_as_default")]
         usage: WireUsage,
     },
     MessageStop {},
@@ -789,11 +795,11 @@ enum WireEvent {
 
 #[derive(Deserialize)]
 struct WireStartMessage {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     id: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     model: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     usage: WireUsage,
 }
 
@@ -801,7 +807,7 @@ struct WireStartMessage {
 #[serde(tag = "type", rename_all = "snake_case")]
 enum WireStartBlock {
     Text {
-        #[serde(default)]
+        #[serde(default, deserialize_with = "null_as_default")]
         text: String,
     },
     ToolUse {
@@ -834,9 +840,9 @@ struct WireMessageDelta {
 
 #[derive(Deserialize)]
 pub(crate) struct WireError {
-    #[serde(rename = "type", default)]
+    #[serde(rename = "type", default, deserialize_with = "null_as_default")]
     pub type_: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub message: String,
 }
 

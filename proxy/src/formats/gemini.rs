@@ -14,6 +14,7 @@ use crate::ir::chat::{
     ChatRequest, ChatResponse, Finish, FinishReason, Image, Message, Part, ResponseFormat, Role,
     StreamError, StreamErrorKind, StreamEvent, ToolCall, ToolChoice,
 };
+use crate::ir::tolerant::null_as_default;
 
 // ---------------------------------------------------------------------------------
 // Requests out
@@ -195,7 +196,7 @@ fn parts_to_wire(parts: &[Part]) -> Result<Vec<Value>, ProxyError> {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct WireResponse {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     candidates: Vec<WireCandidate>,
     usage_metadata: Option<WireUsage>,
     model_version: Option<String>,
@@ -213,7 +214,7 @@ struct WireCandidate {
 
 #[derive(Deserialize)]
 struct WireContent {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     parts: Vec<WirePart>,
 }
 
@@ -223,7 +224,7 @@ struct WirePart {
     text: Option<String>,
     function_call: Option<WireFunctionCall>,
     /// A thought summary, not part of the answer.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     thought: bool,
 }
 
@@ -246,13 +247,13 @@ struct PromptFeedback {
 #[derive(Deserialize, Default, Clone, Copy)]
 #[serde(rename_all = "camelCase")]
 struct WireUsage {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     prompt_token_count: u64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     candidates_token_count: u64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     thoughts_token_count: u64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     cached_content_token_count: u64,
 }
 
@@ -268,18 +269,17 @@ impl WireUsage {
 
 #[derive(Deserialize)]
 pub(crate) struct WireError {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub code: u16,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub message: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub status: String,
 }
 
 /// Reads a `generateContent` response (the first candidate).
 pub fn parse_response(body: &[u8]) -> Result<ChatResponse, ProxyError> {
-    let wire: WireResponse =
-        serde_json::from_slice(body).map_err(|_| ProxyError::UpstreamProtocol)?;
+    let wire: WireResponse = serde_json::from_slice(body).map_err(|e| super::unreadable(&e))?;
     if wire.error.is_some() {
         return Err(ProxyError::UpstreamProtocol);
     }

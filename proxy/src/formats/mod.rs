@@ -28,6 +28,24 @@ fn bad_request(message: impl Into<String>) -> ProxyError {
     ProxyError::BadRequest(message.into())
 }
 
+/// A provider's successful answer that cannot be read (`ProxyError::UpstreamUnreadable`):
+/// what kind of error and where, for the log and the client. Never serde's own message,
+/// which may quote the body (`invalid type: string "..."`).
+pub(crate) fn unreadable(error: &serde_json::Error) -> ProxyError {
+    use serde_json::error::Category;
+    let what = match error.classify() {
+        Category::Io => "read error",
+        Category::Syntax => "invalid JSON",
+        Category::Data => "JSON of an unexpected shape",
+        Category::Eof => "JSON cut short",
+    };
+    ProxyError::UpstreamUnreadable(format!(
+        "{what} at line {} column {}",
+        error.line(),
+        error.column()
+    ))
+}
+
 /// Refuses fields a translation cannot carry. `null` and `false` ask for nothing, so
 /// they are let through; `ignored` lists fields read elsewhere.
 fn unsupported_fields(other: &Map<String, Value>, ignored: &[&str]) -> Result<(), ProxyError> {

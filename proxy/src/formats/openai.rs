@@ -16,6 +16,7 @@ use crate::ir::chat::{
     ChatRequest, ChatResponse, Finish, FinishReason, Image, Message, Part, ResponseFormat, Role,
     StreamError, StreamErrorKind, StreamEvent, Tool, ToolCall, ToolChoice,
 };
+use crate::ir::tolerant::null_as_default;
 
 // ---------------------------------------------------------------------------------
 // Requests
@@ -114,7 +115,7 @@ fn tool_calls_to_wire(calls: &[ToolCall]) -> Value {
 #[derive(Deserialize)]
 struct WireFunctionCall {
     name: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     arguments: String,
 }
 
@@ -409,37 +410,38 @@ fn message_to_wire(message: &Message) -> Value {
 
 #[derive(Deserialize)]
 struct WireResponse {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     id: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     model: String,
+    #[serde(default, deserialize_with = "null_as_default")]
     choices: Vec<WireChoice>,
     usage: Option<Usage>,
 }
 
 #[derive(Deserialize)]
 struct WireChoice {
+    #[serde(default, deserialize_with = "null_as_default")]
     message: WireResponseMessage,
     finish_reason: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 struct WireResponseMessage {
     content: Option<String>,
     refusal: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     tool_calls: Vec<WireToolCall>,
 }
 
 /// Reads an OpenAI chat completion (the first choice).
 pub fn parse_response(body: &[u8]) -> Result<ChatResponse, ProxyError> {
-    let wire: WireResponse =
-        serde_json::from_slice(body).map_err(|_| ProxyError::UpstreamProtocol)?;
+    let wire: WireResponse = serde_json::from_slice(body).map_err(|e| super::unreadable(&e))?;
     let choice = wire
         .choices
         .into_iter()
         .next()
-        .ok_or(ProxyError::UpstreamProtocol)?;
+        .ok_or_else(|| ProxyError::UpstreamUnreadable("an answer with no choices".into()))?;
     let message = choice.message;
     let refused = message.refusal.is_some();
     Ok(ChatResponse {
@@ -720,13 +722,13 @@ fn stream_error(error: &StreamError) -> Value {
 
 #[derive(Deserialize)]
 struct WireChunk {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     id: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     model: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     created: u64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     choices: Vec<WireChunkChoice>,
     usage: Option<Usage>,
     error: Option<WireStreamError>,
@@ -734,7 +736,7 @@ struct WireChunk {
 
 #[derive(Deserialize)]
 struct WireChunkChoice {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     delta: WireDelta,
     finish_reason: Option<String>,
 }
@@ -743,13 +745,13 @@ struct WireChunkChoice {
 struct WireDelta {
     content: Option<String>,
     refusal: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     tool_calls: Vec<WireToolCallDelta>,
 }
 
 #[derive(Deserialize)]
 struct WireToolCallDelta {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     index: u32,
     id: Option<String>,
     function: Option<WireFunctionDelta>,
@@ -763,7 +765,7 @@ struct WireFunctionDelta {
 
 #[derive(Deserialize)]
 struct WireStreamError {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     message: String,
 }
 

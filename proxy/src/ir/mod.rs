@@ -10,13 +10,15 @@
 //! - `reply`: what a provider (or the cache) answered;
 //! - `stream`: streamed answers, and how a stream ended;
 //! - `record`: what is known of a request when it ends, for the access line, the
-//!   metrics and the request's span.
+//!   metrics and the request's span;
+//! - `tolerant`: how provider answers are read (`null` is the same as absent).
 
 pub mod chat;
 pub mod record;
 pub mod reply;
 pub mod request;
 pub mod stream;
+pub mod tolerant;
 pub mod usage;
 
 pub use self::request::{ClientApi, Operation, Request, TraceHeaders};

@@ -3,9 +3,11 @@
 //!
 //! Retryable failures (see `ProxyError::is_retryable`) move on to the next backend at
 //! once; a backend tried before is tried again after a jittered backoff, and not before
-//! its `Retry-After` (one asking for more than `maxBackoff` is not tried again). Other
-//! failures return at once. A stream fails over only until its first event; after
-//! that the reply is the client's, and a failure ends the stream with an error event.
+//! its `Retry-After` (one asking for more than `maxBackoff` is not tried again). A
+//! backend that answered a success whose body cannot be read is not tried again (it
+//! was paid for), but the next backend is. Other failures return at once. A stream
+//! fails over only until its first event; after that the reply is the client's, and a
+//! failure ends the stream with an error event.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,11 +20,11 @@ use crate::error::ProxyError;
 use crate::formats;
 use crate::gateway::Gateway;
 use crate::health::{self, BackendHealth, CircuitView};
-use crate::ir::Request;
 use crate::ir::chat::StreamEvent;
 use crate::ir::record::Tried;
 use crate::ir::reply::Reply;
 use crate::ir::stream::NativeChunk;
+use crate::ir::{Operation, Request};
 use crate::metrics::AttemptOutcome;
 use crate::plan::{self, Candidate, RetryBudget};
 use crate::providers::{self, Call, Upstream, UpstreamLimits};
@@ -53,8 +55,13 @@ pub async fn run(
         {
             metrics.retry(route.id, attempts.is_fallback(next.index));
         }
-        if request.chat.is_none() && !providers::speaks(next.upstream.config.kind, request.api) {
-            // Only OpenAI requests arrive untyped; they are typed when translated.
+        if request.chat.is_none()
+            && request.operation == Operation::ChatCompletions
+            && !providers::speaks(next.upstream.config.kind, request.api)
+        {
+            // Only OpenAI requests arrive untyped; chat requests are typed when
+            // translated. Embeddings have no IR: a provider that has the operation
+            // (OpenAI-shaped, echo) reads them as they are.
             request.chat = Some(formats::openai::parse_request(&request.body)?);
         }
         let result = attempt(gateway, &attempts, &next, request, tried.attempts).await;
@@ -247,6 +254,21 @@ impl<'r> Attempts<'r> {
                     Some(asked) if asked > max_backoff => entry.given_up = true,
                     Some(asked) => entry.not_before = Some(Instant::now() + asked),
                     None => {}
+                }
+                if !error.retries_same_backend() {
+                    entry.given_up = true;
+                }
+                if let ProxyError::UpstreamUnreadable(what) = &error {
+                    // Warned, not debugged: the provider billed an answer nobody got.
+                    // `what` is a category and position, never the body's content.
+                    tracing::warn!(
+                        request_id = self.request_id,
+                        provider = %next.backend.provider,
+                        model = %next.backend.model,
+                        attempt = number,
+                        problem = %what,
+                        "provider answered with a success whose body cannot be read; not retried on this backend"
+                    );
                 }
                 tracing::debug!(
                     request_id = self.request_id,

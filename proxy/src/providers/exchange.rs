@@ -6,12 +6,14 @@
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
 use http::{HeaderValue, StatusCode, header};
 use switchboard_api::snapshot::ApiKey;
 
 use super::{Adapter, Call, Endpoint, Upstream, scrub};
 use crate::error::{NativeError, ProxyError};
 use crate::ir::ClientApi;
+use crate::ir::chat::StreamEvent;
 use crate::ir::reply::Reply;
 
 /// What a provider's error body says, as its adapter reads it.
@@ -32,17 +34,49 @@ pub async fn call<A: Adapter>(call: Call<'_>) -> Result<Reply, ProxyError> {
     let body = A::request(&call)?;
     let response = post::<A>(&call, body).await?;
     if call.request.stream {
-        return Ok(A::stream(&call, response));
+        return Ok(with_model(A::stream(&call, response), call.upstream_model));
     }
     let body = whole_body(response, call.limits.max_body_bytes, call.timeout).await?;
     // JSON is UTF-8 (RFC 8259). Checked here for every adapter, not left to each
     // parser: a passed-through body is not parsed, and a parser skips the fields it
     // ignores; a stream event that is not UTF-8 fails the same way (`sse::check_utf8`).
-    if std::str::from_utf8(&body).is_err() {
-        return Err(ProxyError::UpstreamProtocol);
+    if let Err(error) = std::str::from_utf8(&body) {
+        return Err(ProxyError::UpstreamUnreadable(format!(
+            "not UTF-8 at byte {}",
+            error.valid_up_to()
+        )));
     }
     let body = scrub::bytes(body, key(call.upstream));
-    A::response(&call, body)
+    Ok(with_model(A::response(&call, body)?, call.upstream_model))
+}
+
+/// A translated answer that names no model (left out, `null` or empty: Gemini without
+/// `modelVersion`, some OpenAI-compatible servers) names the upstream model it was
+/// asked for: clients read `model` and should not get `""`. Passed-through answers are
+/// the provider's bytes, untouched.
+fn with_model(reply: Reply, asked: &str) -> Reply {
+    match reply {
+        Reply::Chat(mut answer) => {
+            if answer.model.is_empty() {
+                answer.model = asked.to_string();
+            }
+            Reply::Chat(answer)
+        }
+        Reply::ChatStream(events) => {
+            let asked = asked.to_string();
+            Reply::ChatStream(Box::pin(events.map(move |mut batch| {
+                for event in &mut batch {
+                    if let StreamEvent::Start { model, .. } = event
+                        && model.is_empty()
+                    {
+                        model.clone_from(&asked);
+                    }
+                }
+                batch
+            })))
+        }
+        native @ (Reply::Native { .. } | Reply::NativeStream(_)) => native,
+    }
 }
 
 /// A whole response's body, read as it arrives and refused (`UpstreamTooLarge`) as soon

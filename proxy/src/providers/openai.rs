@@ -360,4 +360,21 @@ mod tests {
         );
         assert_eq!(usage.unwrap().completion_tokens, 5);
     }
+
+    /// Passed through, an answer's usage is still read for metering when some of its
+    /// fields are `null` (before, the whole usage was lost).
+    #[test]
+    fn reads_usage_with_null_fields_from_passed_through_answers() {
+        let chunk = Bytes::from_static(
+            b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":null,\"total_tokens\":3,\"prompt_tokens_details\":{\"cached_tokens\":null},\"completion_tokens_details\":null}}\n\n",
+        );
+        let mut usage = None;
+        assert_eq!(stream_event(chunk, true, &mut usage), None);
+        assert_eq!(usage.unwrap().prompt_tokens, 3);
+        let whole: UsageOnly = serde_json::from_str(
+            r#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":null}}"#,
+        )
+        .unwrap();
+        assert_eq!(whole.usage.unwrap().completion_tokens, 2);
+    }
 }

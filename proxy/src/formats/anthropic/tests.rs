@@ -366,3 +366,85 @@ fn encodes_errors_as_the_documented_error_event() {
         Some("Overloaded")
     );
 }
+
+/// A whole answer with every optional field `null`: read as if absent, nothing lost,
+/// and written for an OpenAI client whole.
+#[test]
+fn null_optional_fields_of_an_answer_read_as_absent() {
+    let body = r#"{
+      "id": null, "type": "message", "role": "assistant", "model": null,
+      "content": [
+        {"type": "text", "text": "hi", "citations": null},
+        {"type": "tool_use", "id": "toolu_1", "name": "f", "input": null}
+      ],
+      "stop_reason": "tool_use", "stop_sequence": null, "container": null,
+      "usage": {"input_tokens": 3, "output_tokens": 2, "cache_creation_input_tokens": null,
+        "cache_read_input_tokens": null, "server_tool_use": null, "service_tier": null,
+        "cache_creation": null}
+    }"#;
+    let response = parse_response(body.as_bytes()).unwrap();
+    assert_eq!(response.text, "hi");
+    assert_eq!(response.tool_calls[0].name, "f");
+    assert_eq!(response.tool_calls[0].arguments, "{}");
+    assert_eq!(response.finish.reason, FinishReason::ToolCalls);
+    assert_eq!(response.usage, Usage::new(3, 2, 0));
+    let written: Value =
+        serde_json::from_slice(&crate::formats::openai::write_response(&response, 1)).unwrap();
+    assert_eq!(written["choices"][0]["message"]["content"], "hi");
+    assert_eq!(written["usage"]["total_tokens"], 5);
+
+    let response = parse_response(br#"{"content":null,"usage":null,"stop_reason":null}"#).unwrap();
+    assert_eq!(response.text, "");
+    assert_eq!(response.finish.reason, FinishReason::Stop);
+    let response = parse_response(br#"{"content":[{"type":"text","text":null}]}"#).unwrap();
+    assert_eq!(response.text, "");
+}
+
+/// The same for a stream: every event with its optional fields `null`.
+#[test]
+fn null_optional_fields_of_stream_events_read_as_absent() {
+    let events = [
+        r#"{"type":"message_start","message":{"id":null,"type":"message","role":"assistant","model":null,"content":[],"stop_reason":null,"stop_sequence":null,"usage":null}}"#,
+        r#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":null,"citations":null}}"#,
+        r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"hi"}}"#,
+        r#"{"type":"content_block_stop","index":0}"#,
+        r#"{"type":"content_block_start","index":1,"content_block":{"type":"tool_use","id":"toolu_1","name":"f","input":null}}"#,
+        r#"{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"{}"}}"#,
+        r#"{"type":"content_block_stop","index":1}"#,
+        r#"{"type":"message_delta","delta":{"stop_reason":"tool_use","stop_sequence":null},"usage":null}"#,
+        r#"{"type":"message_delta","delta":{"stop_reason":null,"stop_sequence":null},"usage":{"input_tokens":null,"output_tokens":2,"cache_read_input_tokens":null}}"#,
+        r#"{"type":"message_stop"}"#,
+    ];
+    let mut decoder = StreamDecoder::default();
+    let mut out = Vec::new();
+    for event in events {
+        decoder.decode(event, &mut out);
+    }
+    assert!(
+        !out.iter().any(|e| matches!(e, StreamEvent::Error(_))),
+        "{out:?}"
+    );
+    let (text, arguments) = collect(&out);
+    assert_eq!(text, "hi");
+    assert_eq!(arguments, ["{}"]);
+    assert!(out.iter().any(|e| matches!(
+        e,
+        StreamEvent::Finish(Finish {
+            reason: FinishReason::ToolCalls,
+            ..
+        })
+    )));
+    assert!(
+        out.iter()
+            .any(|e| matches!(e, StreamEvent::Usage(u) if u.completion_tokens == 2))
+    );
+    assert_eq!(out.last(), Some(&StreamEvent::Done));
+
+    // An error event whose fields are null is still an error event.
+    let mut out = Vec::new();
+    StreamDecoder::default().decode(
+        r#"{"type":"error","error":{"type":null,"message":null}}"#,
+        &mut out,
+    );
+    assert!(matches!(out.as_slice(), [StreamEvent::Error(_)]), "{out:?}");
+}

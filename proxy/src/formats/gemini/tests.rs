@@ -254,3 +254,65 @@ fn reads_the_documented_errors() {
         })
     ));
 }
+
+/// A whole answer with every optional field `null`: read as if absent, nothing lost.
+#[test]
+fn null_optional_fields_of_an_answer_read_as_absent() {
+    let body = r#"{
+      "candidates": [{
+        "content": {"role": "model", "parts": [
+          {"text": "hi", "thought": null, "thoughtSignature": null, "functionCall": null},
+          {"text": null, "functionCall": {"id": null, "name": "f", "args": null}, "thought": null}
+        ]},
+        "finishReason": "STOP", "safetyRatings": null, "citationMetadata": null, "index": null
+      }],
+      "usageMetadata": {"promptTokenCount": 3, "candidatesTokenCount": 2,
+        "thoughtsTokenCount": null, "cachedContentTokenCount": null, "totalTokenCount": null,
+        "promptTokensDetails": null},
+      "modelVersion": null, "responseId": null, "promptFeedback": null, "error": null
+    }"#;
+    let response = parse_response(body.as_bytes()).unwrap();
+    assert_eq!(response.text, "hi");
+    assert_eq!(response.tool_calls[0].name, "f");
+    assert_eq!(response.tool_calls[0].arguments, "{}");
+    assert_eq!(response.finish.reason, FinishReason::ToolCalls);
+    assert_eq!(response.usage, Usage::new(3, 2, 0));
+    // No model named: left empty here, for the adapter to name the model it asked for.
+    assert_eq!(response.model, "");
+    assert!(response.id.starts_with("gemini-"));
+
+    let response = parse_response(
+        br#"{"candidates":null,"usageMetadata":null,"promptFeedback":{"blockReason":null}}"#,
+    )
+    .unwrap();
+    assert_eq!(response.text, "");
+    assert_eq!(response.finish.reason, FinishReason::Stop);
+    let response =
+        parse_response(br#"{"candidates":[{"content":{"parts":null},"finishReason":null}]}"#)
+            .unwrap();
+    assert_eq!(response.text, "");
+}
+
+/// The same for a stream.
+#[test]
+fn null_optional_fields_of_stream_events_read_as_absent() {
+    let mut decoder = StreamDecoder::default();
+    let mut out = Vec::new();
+    for data in [
+        r#"{"candidates":[{"content":{"role":"model","parts":[{"text":"h","thought":null}]},"finishReason":null}],"usageMetadata":null,"modelVersion":null,"responseId":null}"#,
+        r#"{"candidates":[{"content":{"parts":[{"text":"i"},{"functionCall":{"name":"f","args":null}}]},"finishReason":"STOP"}],"usageMetadata":{"promptTokenCount":3,"candidatesTokenCount":2,"thoughtsTokenCount":null,"cachedContentTokenCount":null}}"#,
+        r#"{"candidates":null,"error":null}"#,
+    ] {
+        decoder.decode(data, &mut out);
+    }
+    decoder.end(&mut out);
+    assert!(
+        !out.iter().any(|e| matches!(e, StreamEvent::Error(_))),
+        "{out:?}"
+    );
+    let (text, arguments) = collect(&out);
+    assert_eq!(text, "hi");
+    assert_eq!(arguments, ["{}"]);
+    assert!(out.contains(&StreamEvent::Usage(Usage::new(3, 2, 0))));
+    assert_eq!(out.last(), Some(&StreamEvent::Done));
+}

@@ -282,3 +282,95 @@ fn azure_content_filter_chunk_does_not_start_the_answer() {
         ]
     );
 }
+
+/// A whole answer with every optional field `null`, as OpenAI-compatible servers write
+/// them: read as if absent, nothing lost.
+#[test]
+fn null_optional_fields_of_an_answer_read_as_absent() {
+    let body = r#"{
+      "id": null, "object": "chat.completion", "created": null, "model": null,
+      "system_fingerprint": null, "service_tier": null,
+      "choices": [{
+        "index": 0, "logprobs": null, "finish_reason": null,
+        "message": {"role": "assistant", "content": "hi", "refusal": null,
+          "tool_calls": null, "function_call": null, "audio": null, "annotations": null}
+      }],
+      "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4,
+        "prompt_tokens_details": {"cached_tokens": null, "audio_tokens": null},
+        "completion_tokens_details": null}
+    }"#;
+    let response = parse_response(body.as_bytes()).unwrap();
+    assert_eq!(response.text, "hi");
+    assert!(response.tool_calls.is_empty());
+    assert_eq!(response.finish.reason, FinishReason::Stop);
+    assert_eq!((response.id.as_str(), response.model.as_str()), ("", ""));
+    assert_eq!(response.usage.prompt_tokens, 3);
+    assert_eq!(response.usage.total_tokens, 4);
+    assert_eq!(response.usage.cached_tokens(), 0);
+
+    // Null where a whole object or list may be: still read.
+    let body = r#"{"id":"x","model":"m","choices":[{"message":{"content":null,"tool_calls":[
+        {"id":"call_1","type":"function","function":{"name":"f","arguments":null}}]},
+        "finish_reason":"tool_calls"}],"usage":null}"#;
+    let response = parse_response(body.as_bytes()).unwrap();
+    assert_eq!(response.text, "");
+    assert_eq!(response.tool_calls[0].name, "f");
+    assert_eq!(response.tool_calls[0].arguments, "");
+    assert_eq!(response.usage, Usage::default());
+    let response = parse_response(br#"{"choices":[{"message":null}]}"#).unwrap();
+    assert_eq!(response.text, "");
+}
+
+/// The same for a stream: every chunk with its optional fields `null`.
+#[test]
+fn null_optional_fields_of_stream_chunks_read_as_absent() {
+    let chunks = [
+        r#"{"id":"c1","object":"chat.completion.chunk","created":null,"model":null,"system_fingerprint":null,"choices":[{"index":0,"delta":{"role":"assistant","content":null,"refusal":null,"tool_calls":null,"function_call":null},"logprobs":null,"finish_reason":null}],"usage":null}"#,
+        r#"{"id":"c1","created":1,"model":"m","choices":[{"index":0,"delta":{"content":"hi","tool_calls":null},"finish_reason":null}],"usage":null}"#,
+        r#"{"id":"c1","choices":[{"index":0,"delta":{"content":null,"tool_calls":[{"index":null,"id":"call_1","type":"function","function":{"name":"f","arguments":null}}]},"finish_reason":null}]}"#,
+        r#"{"id":"c1","choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":null,"function":{"name":null,"arguments":"{}"}}]},"finish_reason":null}]}"#,
+        r#"{"id":"c1","choices":[{"index":0,"delta":null,"logprobs":null,"finish_reason":"tool_calls"}],"usage":null}"#,
+        r#"{"id":"c1","choices":null,"usage":{"prompt_tokens":3,"completion_tokens":null,"total_tokens":3,"prompt_tokens_details":null,"completion_tokens_details":null}}"#,
+        "[DONE]",
+    ];
+    let mut decoder = StreamDecoder::default();
+    let mut events = Vec::new();
+    for chunk in chunks {
+        decoder.decode(chunk, &mut events);
+    }
+    assert!(
+        !events.iter().any(|e| matches!(e, StreamEvent::Error(_))),
+        "{events:?}"
+    );
+    let (text, arguments) = collect(&events);
+    assert_eq!(text, "hi");
+    assert_eq!(arguments, ["{}"]);
+    assert!(events.contains(&StreamEvent::Finish(Finish {
+        reason: FinishReason::ToolCalls,
+        stop_sequence: None
+    })));
+    assert!(events.contains(&StreamEvent::Usage(Usage::new(3, 0, 0))));
+    assert_eq!(events.last(), Some(&StreamEvent::Done));
+}
+
+/// A body that cannot be read says what was wrong and where, never what it held.
+#[test]
+fn an_unreadable_answer_says_where_not_what() {
+    for body in [
+        &br#"{"choices":[{"message":{"content":"secret"}}], "usage": {"prompt_tokens": "secret"}}"#
+            [..],
+        b"{\"choices\":[{\"message\":{\"content\":\"secret\"",
+        b"secret",
+    ] {
+        let error = parse_response(body).unwrap_err();
+        let ProxyError::UpstreamUnreadable(what) = &error else {
+            panic!("{error:?}");
+        };
+        assert!(what.contains(" at line 1 column "), "{what}");
+        assert!(!error.to_string().contains("secret"), "{error}");
+    }
+    assert!(matches!(
+        parse_response(br#"{"choices":[]}"#),
+        Err(ProxyError::UpstreamUnreadable(_))
+    ));
+}
