@@ -520,6 +520,18 @@ impl WireUsage {
     }
 }
 
+/// The usage of a whole Messages API response, for an answer passed through as is.
+pub fn response_usage(body: &[u8]) -> Option<Usage> {
+    #[derive(Deserialize)]
+    struct UsageOnly {
+        usage: Option<WireUsage>,
+    }
+    serde_json::from_slice::<UsageOnly>(body)
+        .ok()?
+        .usage
+        .map(WireUsage::to_ir)
+}
+
 fn usage_to_wire(usage: &Usage) -> Value {
     let cached = usage.cached_tokens();
     json!({

@@ -14,8 +14,8 @@ use futures_util::StreamExt;
 use switchboard_api::snapshot::{Backend, Model};
 use tracing::Instrument;
 
+use crate::client_api;
 use crate::error::ProxyError;
-use crate::formats;
 use crate::gateway::Gateway;
 use crate::health::{self, BackendHealth, CircuitView};
 use crate::ir::Request;
@@ -53,9 +53,9 @@ pub async fn run(
         {
             metrics.retry(route.id, attempts.is_fallback(next.index));
         }
-        if request.chat.is_none() && !providers::speaks(next.upstream.config.kind, request.api) {
-            // Only OpenAI requests arrive untyped; they are typed when translated.
-            request.chat = Some(formats::openai::parse_request(&request.body)?);
+        if request.chat.is_none() && providers::translates(next.upstream.config.kind, request) {
+            // Requests arrive untyped; they are typed when translated.
+            request.chat = Some(client_api::typed(request)?);
         }
         let result = attempt(gateway, &attempts, &next, request, tried.attempts).await;
         if let Some(done) = attempts.judge(next, result, tried.attempts) {
@@ -390,7 +390,7 @@ async fn first_event(reply: Reply, within: Option<Duration>) -> Result<Reply, Pr
                 None => Err(ProxyError::UpstreamProtocol),
             }
         }
-        whole @ (Reply::Native { .. } | Reply::Chat(_)) => Ok(whole),
+        whole @ (Reply::Native { .. } | Reply::Chat(_) | Reply::TokenEstimate(_)) => Ok(whole),
     }
 }
 

@@ -91,7 +91,7 @@ async fn post<A: Adapter>(call: &Call<'_>, body: Bytes) -> Result<reqwest::Respo
         builder = builder.header("tracestate", tracestate);
     }
     let key = upstream.config.api_key.as_ref();
-    let builder = A::authorize(builder, &upstream.config, key.map(ApiKey::expose));
+    let builder = A::authorize(builder, call, key.map(ApiKey::expose));
     let response = send(builder, request.stream, call.timeout).await?;
     check_status::<A>(response, key).await
 }
