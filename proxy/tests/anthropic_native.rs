@@ -284,7 +284,10 @@ async fn count_tokens_passes_through_to_anthropic() {
         metric(
             &scrape,
             "switchboard_requests_total",
-            &[("route", "default/r"), ("gen_ai_operation_name", "count_tokens")]
+            &[
+                ("route", "default/r"),
+                ("gen_ai_operation_name", "count_tokens")
+            ]
         ),
         1.0
     );
@@ -396,5 +399,53 @@ print("count", client.messages.count_tokens(model="m", messages=[{"role": "user"
         sent.headers["anthropic-beta"],
         "interleaved-thinking-2025-05-14"
     );
+    proxy.shutdown().await;
+}
+
+/// A passed-through stream cut at a quota's output budget ends as Anthropic's own
+/// streams end: the open block stopped, `max_tokens`, `message_stop`.
+#[tokio::test]
+async fn a_passed_through_stream_is_cut_cleanly_at_its_budget() {
+    let anthropic = anthropic_fake().await;
+    let other = FakeProvider::json(500, "{}").await;
+    let manifests = Manifests::new();
+    manifests
+        .write(
+            "up.yaml",
+            &provider_yaml("up", "anthropic", &anthropic.url(), &[("m", "claude-up")], ""),
+        )
+        .write(
+            "oc.yaml",
+            &provider_yaml("oc", "openai-compatible", &other.url(), &[("o", "o-up")], ""),
+        )
+        .write("r.yaml", &route_yaml("r", &["m"], "up", "m", ""))
+        .write("consumer.yaml", &consumer_yaml("app", ""))
+        .write(
+            "quota.yaml",
+            "apiVersion: switchboard.dev/v1alpha1\nkind: AIQuota\nmetadata: {name: out}\nspec:\n  limits: [{metric: OutputTokens, max: 5, window: Hour}]\n",
+        );
+    let proxy = proxy(&manifests).await;
+    let request = AGENT_REQUEST.replacen("\"temperature\":1.0", "\"stream\":true", 1);
+    let response = post_as_agent(&proxy, "/v1/messages", request, &[]).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let text = response.text().await.unwrap();
+    // "The grass is green." (19 bytes, 5 tokens) spends the budget: what came before
+    // it is as the provider sent it, then the gateway closes the stream.
+    let upstream: String = STREAM[..8].concat();
+    let rest = text
+        .strip_prefix(upstream.as_str())
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        rest.starts_with(
+            "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":1}\n\n"
+        ),
+        "{rest}"
+    );
+    assert!(rest.contains(r#""stop_reason":"max_tokens""#), "{rest}");
+    assert!(
+        rest.ends_with("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"),
+        "{rest}"
+    );
+    assert!(!rest.contains("end_turn"), "{rest}");
     proxy.shutdown().await;
 }

@@ -143,15 +143,17 @@ impl Tap {
     }
 
     /// An encoder that goes on from the events read so far, for what the gateway adds
-    /// at the end (a cut's closing events, an error). OpenAI chunks carry the
-    /// provider's id and model; Anthropic's closing events carry neither.
+    /// at the end (a cut's closing events, an error): OpenAI chunks carry the
+    /// provider's id and model; Anthropic's close the content block left open.
     fn continuing(&self, include_usage: bool) -> StreamEncoder {
         match self {
             Tap::OpenAI(tap) => StreamEncoder::OpenAI(openai_format::StreamEncoder::continuing(
                 tap.decoder().head(),
                 include_usage,
             )),
-            Tap::Anthropic(_) => StreamEncoder::Anthropic(Default::default()),
+            Tap::Anthropic(tap) => StreamEncoder::Anthropic(
+                anthropic_format::StreamEncoder::continuing(tap.decoder().open_block()),
+            ),
         }
     }
 }
