@@ -449,3 +449,44 @@ async fn a_passed_through_stream_is_cut_cleanly_at_its_budget() {
     assert!(!rest.contains("end_turn"), "{rest}");
     proxy.shutdown().await;
 }
+
+/// A request typed for one backend of its route (translated to an OpenAI-compatible
+/// provider, which fails) still passes through whole to the Anthropic backend it falls
+/// back to.
+#[tokio::test]
+async fn a_request_translated_for_a_failed_backend_passes_through_to_the_next() {
+    let anthropic = anthropic_fake().await;
+    let down = FakeProvider::json(503, r#"{"error":{"message":"down"}}"#).await;
+    let manifests = Manifests::new();
+    manifests
+        .write(
+            "up.yaml",
+            &provider_yaml("up", "anthropic", &anthropic.url(), &[("m", "claude-up")], ""),
+        )
+        .write(
+            "down.yaml",
+            &provider_yaml("down", "openai-compatible", &down.url(), &[("d", "d-up")], ""),
+        )
+        .write(
+            "r.yaml",
+            "apiVersion: switchboard.dev/v1alpha1\nkind: AIRoute\nmetadata: {name: r}\nspec:\n  models: [m]\n  backends:\n    - {provider: down, model: d}\n    - {provider: up, model: m, priority: 1}\n",
+        )
+        .write("consumer.yaml", &consumer_yaml("app", ""));
+    let proxy = proxy(&manifests).await;
+    // Nothing Anthropic-only: it can be translated for the first backend.
+    let request = r#"{"model": "m" , "max_tokens":64,"messages":[{"role":"user","content":"hi"}],"metadata":{"user_id":"u1"}}"#;
+    let response = post_as_agent(
+        &proxy,
+        "/v1/messages",
+        request.to_string(),
+        &[("anthropic-beta", BETA)],
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.text().await.unwrap(), ANSWER);
+    assert!(down.hits.load(std::sync::atomic::Ordering::SeqCst) > 0);
+    let sent = anthropic.last();
+    assert_eq!(std::str::from_utf8(&sent.body).unwrap(), as_sent(request));
+    assert_eq!(sent.headers["anthropic-beta"], BETA);
+    proxy.shutdown().await;
+}

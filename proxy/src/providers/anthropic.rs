@@ -28,15 +28,15 @@ pub(super) struct Anthropic;
 impl Adapter for Anthropic {
     fn request(call: &Call<'_>) -> Result<Bytes, ProxyError> {
         let request = call.request;
-        match &request.chat {
-            Some(chat) => format::write_request(
-                chat,
-                call.upstream_model,
-                request.stream,
-                call.upstream.config.anthropic.default_max_tokens,
-            ),
-            None => super::with_model(&request.body, call.upstream_model),
+        if super::passes_through(call) {
+            return super::with_model(&request.body, call.upstream_model);
         }
+        format::write_request(
+            super::typed(request)?,
+            call.upstream_model,
+            request.stream,
+            call.upstream.config.anthropic.default_max_tokens,
+        )
     }
 
     fn authorize(
@@ -48,7 +48,7 @@ impl Adapter for Anthropic {
         let mut version_sent = false;
         // A translated request is written for the provider's configured version, and
         // has no client headers of this API anyway.
-        if request.chat.is_none() {
+        if super::passes_through(call) {
             for (name, value) in &request.api_headers {
                 version_sent |= name == VERSION;
                 builder = builder.header(name, value);
@@ -65,7 +65,7 @@ impl Adapter for Anthropic {
 
     fn response(call: &Call<'_>, body: Bytes) -> Result<Reply, ProxyError> {
         let request = call.request;
-        if request.chat.is_some() {
+        if !super::passes_through(call) {
             return Ok(Reply::Chat(format::parse_response(&body)?));
         }
         // A token count is not usage: it spent nothing.
@@ -77,7 +77,7 @@ impl Adapter for Anthropic {
     }
 
     fn stream(call: &Call<'_>, response: reqwest::Response) -> Reply {
-        if call.request.chat.is_some() {
+        if !super::passes_through(call) {
             return Reply::ChatStream(decode_stream(
                 response.bytes_stream(),
                 format::StreamDecoder::default(),

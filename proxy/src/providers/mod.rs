@@ -138,6 +138,14 @@ pub fn speaks(kind: ProviderType, api: ClientApi) -> bool {
     }
 }
 
+/// Whether `call` passes through (its adapter sends the client's own request and
+/// answers in the provider's own bytes) rather than translates. Decided by the API
+/// pair, not by whether the request was typed: a request typed for one backend of its
+/// route still passes through to another that speaks its API.
+fn passes_through(call: &Call<'_>) -> bool {
+    speaks(call.upstream.config.kind, call.request.api)
+}
+
 /// Whether `request` must be typed as a `ChatRequest` for a provider of `kind` to
 /// translate it. Token counts never are: a provider that does not speak the client's
 /// API estimates them from the raw body.

@@ -25,18 +25,18 @@ pub(super) struct OpenAI;
 impl Adapter for OpenAI {
     fn request(call: &Call<'_>) -> Result<Bytes, ProxyError> {
         let request = call.request;
-        match &request.chat {
+        if !super::passes_through(call) {
             // Another client API: translated.
-            Some(chat) => Ok(format::write_request(
-                chat,
+            return Ok(format::write_request(
+                super::typed(request)?,
                 call.upstream_model,
                 request.stream,
-            )),
-            None if call.upstream_model == request.model && !injects_usage(request) => {
-                Ok(request.body.clone())
-            }
-            None => rewrite(request, call.upstream_model, injects_usage(request)),
+            ));
         }
+        if call.upstream_model == request.model && !injects_usage(request) {
+            return Ok(request.body.clone());
+        }
+        rewrite(request, call.upstream_model, injects_usage(request))
     }
 
     fn authorize(
@@ -54,7 +54,7 @@ impl Adapter for OpenAI {
     }
 
     fn response(call: &Call<'_>, body: Bytes) -> Result<Reply, ProxyError> {
-        if call.request.chat.is_some() {
+        if !super::passes_through(call) {
             return Ok(Reply::Chat(format::parse_response(&body)?));
         }
         let usage = serde_json::from_slice::<UsageOnly>(&body)
@@ -64,7 +64,7 @@ impl Adapter for OpenAI {
     }
 
     fn stream(call: &Call<'_>, response: reqwest::Response) -> Reply {
-        if call.request.chat.is_some() {
+        if !super::passes_through(call) {
             return Reply::ChatStream(decode_stream(
                 response.bytes_stream(),
                 format::StreamDecoder::default(),
