@@ -184,6 +184,7 @@ mod tests {
             client_wants_usage: false,
             body: Bytes::from(body.to_string()),
             fields: Default::default(),
+            api_headers: Vec::new(),
             chat: None,
             trace: Default::default(),
         }

@@ -1,10 +1,11 @@
-//! Anthropic's Messages API as clients see it (`POST /v1/messages`): request parsing
-//! and error bodies. Every request is typed into the IR and translated for whichever
-//! provider serves the model.
+//! Anthropic's Messages API as clients see it (`POST /v1/messages` and
+//! `/v1/messages/count_tokens`): request reading, error bodies, and token count
+//! estimates. A request is read untyped, with the API headers an Anthropic provider
+//! reads: it passes through whole to Anthropic providers and is typed into the IR
+//! (`super::typed`) only for the others.
 
 use bytes::Bytes;
-use http::{Response, StatusCode};
-use indexmap::IndexMap;
+use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 
 use super::{bad, model_name, stream_flag, top_level_fields};
 use crate::body::{self, Body};
@@ -12,8 +13,21 @@ use crate::error::ProxyError;
 use crate::formats::anthropic as format;
 use crate::ir::{ClientApi, Operation, Request};
 
-/// Reads and checks a Messages API request body, typed into the IR.
-pub fn read_request(body: Bytes) -> Result<Request, ProxyError> {
+/// Response header on a token count the gateway estimated (`estimate`) rather than
+/// the provider counted.
+pub const TOKEN_COUNT_HEADER: &str = "x-switchboard-token-count";
+
+/// The client's headers an Anthropic provider reads, passed on as sent.
+const API_HEADERS: [&str; 2] = ["anthropic-version", "anthropic-beta"];
+
+/// Reads and checks a Messages API (or `count_tokens`) request body. Only what the
+/// gateway acts on is checked here; the rest is the provider's to judge when it
+/// passes through, and `super::typed`'s when it is translated.
+pub fn read_request(
+    operation: Operation,
+    body: Bytes,
+    headers: &HeaderMap,
+) -> Result<Request, ProxyError> {
     if body.is_empty() {
         return Err(bad("request body is empty; send a JSON object"));
     }
@@ -23,19 +37,46 @@ pub fn read_request(body: Bytes) -> Result<Request, ProxyError> {
     if !fields.contains_key("messages") {
         return Err(bad("missing required field 'messages'"));
     }
-    let chat = format::parse_request(&body)?;
+    if stream && operation == Operation::CountTokens {
+        return Err(bad("count_tokens does not support 'stream'"));
+    }
     Ok(Request {
         api: ClientApi::Anthropic,
-        operation: Operation::ChatCompletions,
+        operation,
         model,
         stream,
         // Anthropic streams always carry usage.
         client_wants_usage: true,
         body,
-        fields: IndexMap::new(),
-        chat: Some(chat),
+        fields,
+        api_headers: api_headers(headers),
+        chat: None,
         trace: Default::default(),
     })
+}
+
+/// Every `anthropic-version` and `anthropic-beta` header line, in order.
+fn api_headers(headers: &HeaderMap) -> Vec<(HeaderName, HeaderValue)> {
+    API_HEADERS
+        .iter()
+        .flat_map(|name| {
+            headers
+                .get_all(*name)
+                .iter()
+                .map(|value| (HeaderName::from_static(name), value.clone()))
+        })
+        .collect()
+}
+
+/// A token count the gateway estimated, as `count_tokens` answers:
+/// `{"input_tokens": n}`, said to be an estimate in `TOKEN_COUNT_HEADER`.
+pub fn estimate_response(input_tokens: u64) -> Response<Body> {
+    let body = serde_json::json!({ "input_tokens": input_tokens }).to_string();
+    let mut response = body::json(StatusCode::OK, body);
+    response
+        .headers_mut()
+        .insert(TOKEN_COUNT_HEADER, HeaderValue::from_static("estimate"));
+    response
 }
 
 /// The error as Anthropic's `{"type":"error","error":{"type","message"}}`, with the

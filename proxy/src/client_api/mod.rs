@@ -14,7 +14,7 @@ use serde_json::value::RawValue;
 use crate::body::{self, Body};
 use crate::error::ProxyError;
 use crate::formats::{self, anthropic as anthropic_format, openai as openai_format};
-use crate::ir::chat::{ChatResponse, StreamEvent};
+use crate::ir::chat::{ChatRequest, ChatResponse, StreamEvent};
 use crate::ir::{ClientApi, Operation, Request, TraceHeaders};
 
 /// Longest model name accepted; model names end up in logs and error messages.
@@ -27,6 +27,8 @@ pub enum Endpoint {
     OpenAI(Operation),
     /// `/v1/messages`.
     AnthropicMessages,
+    /// `/v1/messages/count_tokens`.
+    AnthropicCountTokens,
 }
 
 // === impl Endpoint ===
@@ -38,13 +40,14 @@ impl Endpoint {
             "/v1/chat/completions" => Some(Endpoint::OpenAI(Operation::ChatCompletions)),
             "/v1/embeddings" => Some(Endpoint::OpenAI(Operation::Embeddings)),
             "/v1/messages" => Some(Endpoint::AnthropicMessages),
+            "/v1/messages/count_tokens" => Some(Endpoint::AnthropicCountTokens),
             _ => None,
         }
     }
 }
 
 /// Reads and checks a request body sent to `endpoint`; `headers` carry its trace
-/// context.
+/// context and its API's headers.
 pub fn read_request(
     endpoint: Endpoint,
     body: Bytes,
@@ -52,10 +55,24 @@ pub fn read_request(
 ) -> Result<Request, ProxyError> {
     let mut request = match endpoint {
         Endpoint::OpenAI(operation) => openai::read_request(operation, body)?,
-        Endpoint::AnthropicMessages => anthropic::read_request(body)?,
+        Endpoint::AnthropicMessages => {
+            anthropic::read_request(Operation::ChatCompletions, body, headers)?
+        }
+        Endpoint::AnthropicCountTokens => {
+            anthropic::read_request(Operation::CountTokens, body, headers)?
+        }
     };
     request.trace = TraceHeaders::from_headers(headers);
     Ok(request)
+}
+
+/// The request typed into the IR, for a provider that translates it: requests are
+/// read untyped (`read_request`), so that they can pass through whole.
+pub fn typed(request: &Request) -> Result<ChatRequest, ProxyError> {
+    match request.api {
+        ClientApi::OpenAI => openai_format::parse_request(&request.body),
+        ClientApi::Anthropic => anthropic_format::parse_request(&request.body),
+    }
 }
 
 fn bad(message: &str) -> ProxyError {

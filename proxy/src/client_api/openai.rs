@@ -41,6 +41,7 @@ pub fn read_request(operation: Operation, body: Bytes) -> Result<Request, ProxyE
                 Err(_) => return Err(bad("'messages' must be an array of message objects")),
             }
         }
+        Operation::CountTokens => return Err(bad("OpenAI's API has no token count")),
         Operation::Embeddings => {
             if stream {
                 return Err(bad("embeddings do not support 'stream'"));
@@ -59,6 +60,7 @@ pub fn read_request(operation: Operation, body: Bytes) -> Result<Request, ProxyE
         client_wants_usage,
         body,
         fields,
+        api_headers: Vec::new(),
         chat: None,
         trace: Default::default(),
     })

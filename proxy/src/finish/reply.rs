@@ -19,11 +19,11 @@ use crate::body::{self, Body, BoxError};
 use crate::cache::Recorder;
 use crate::client_api::{self, StreamEncoder};
 use crate::formats::SseDecoder;
-use crate::formats::openai as openai_format;
+use crate::formats::{anthropic as anthropic_format, openai as openai_format};
 use crate::ir::chat::{StreamError, StreamEvent};
 use crate::ir::reply::Reply;
 use crate::ir::stream::{ChatStream, NativeChunk, NativeStream, StreamEnd, StreamOutcome};
-use crate::ir::{Request, Usage};
+use crate::ir::{ClientApi, Request, Usage};
 use crate::quota::StreamBudget;
 use crate::sse;
 
@@ -39,7 +39,17 @@ pub struct Taps {
 /// `reply` as the response to `request`; a stream reports its end to `end`.
 pub fn response(reply: Reply, request: &Request, taps: Taps, end: &RequestEnd) -> Response<Body> {
     let Taps { budget, recorder } = taps;
+    // The cache keeps answers in OpenAI's format (`cache::entry`): an answer passed
+    // through in another API's format, with blocks the IR has no place for, is not
+    // stored rather than stored in part.
+    let recorder = match &reply {
+        Reply::Native { .. } | Reply::NativeStream(_) if request.api != ClientApi::OpenAI => None,
+        _ => recorder,
+    };
     let source = match reply {
+        Reply::TokenEstimate(input_tokens) => {
+            return client_api::anthropic::estimate_response(input_tokens);
+        }
         Reply::Native { body, usage } => {
             if let Some(recorder) = recorder {
                 recorder.record_native(&body, usage);
@@ -54,8 +64,9 @@ pub fn response(reply: Reply, request: &Request, taps: Taps, end: &RequestEnd) -
         }
         Reply::NativeStream(events) => Source::Native {
             events,
+            api: request.api,
             // Reading the events is only needed to meter or record them.
-            tap: (budget.is_some() || recorder.is_some()).then(SseDecoder::default),
+            tap: (budget.is_some() || recorder.is_some()).then(|| Tap::new(request.api)),
         },
         Reply::ChatStream(events) => Source::Translated {
             events,
@@ -92,11 +103,12 @@ struct Writer {
 }
 
 enum Source {
-    /// The provider's events in the client's format, forwarded byte for byte; read into
-    /// IR events on the side (`tap`) only when they are metered or recorded.
+    /// The provider's events in the client's format (`api`), forwarded byte for byte;
+    /// read into IR events on the side (`tap`) only when they are metered or recorded.
     Native {
         events: NativeStream,
-        tap: Option<SseDecoder<openai_format::StreamDecoder>>,
+        api: ClientApi,
+        tap: Option<Tap>,
     },
     /// IR events, written in the client's format.
     Translated {
@@ -105,6 +117,45 @@ enum Source {
         /// Whether anything was written yet.
         started: bool,
     },
+}
+
+/// A passed-through stream read into IR events, in its client API's format.
+enum Tap {
+    OpenAI(SseDecoder<openai_format::StreamDecoder>),
+    Anthropic(SseDecoder<anthropic_format::StreamDecoder>),
+}
+
+// === impl Tap ===
+
+impl Tap {
+    fn new(api: ClientApi) -> Self {
+        match api {
+            ClientApi::OpenAI => Tap::OpenAI(SseDecoder::default()),
+            ClientApi::Anthropic => Tap::Anthropic(SseDecoder::default()),
+        }
+    }
+
+    fn decode_event(&mut self, event: &[u8], out: &mut Vec<StreamEvent>) {
+        match self {
+            Tap::OpenAI(tap) => tap.decode_event(event, out),
+            Tap::Anthropic(tap) => tap.decode_event(event, out),
+        }
+    }
+
+    /// An encoder that goes on from the events read so far, for what the gateway adds
+    /// at the end (a cut's closing events, an error): OpenAI chunks carry the
+    /// provider's id and model; Anthropic's close the content block left open.
+    fn continuing(&self, include_usage: bool) -> StreamEncoder {
+        match self {
+            Tap::OpenAI(tap) => StreamEncoder::OpenAI(openai_format::StreamEncoder::continuing(
+                tap.decoder().head(),
+                include_usage,
+            )),
+            Tap::Anthropic(tap) => StreamEncoder::Anthropic(
+                anthropic_format::StreamEncoder::continuing(tap.decoder().open_block()),
+            ),
+        }
+    }
 }
 
 // === impl Writer ===
@@ -128,11 +179,9 @@ impl Writer {
                     && budget.count(event)
                 {
                     let budget = *budget;
-                    let head = tap.decoder().head().cloned();
+                    let mut encoder = tap.continuing(self.include_usage);
                     let kept = events[..=i].iter().cloned();
                     let mut out = BytesMut::from(&sse::join(kept).unwrap_or_default()[..]);
-                    let mut encoder =
-                        openai_format::StreamEncoder::continuing(head.as_ref(), self.include_usage);
                     for event in self.cut(budget) {
                         encoder.encode(event, &mut out);
                     }
@@ -217,9 +266,12 @@ impl Writer {
         let error = StreamEvent::Error(error);
         let mut out = BytesMut::new();
         match &mut self.source {
-            Source::Native { tap, .. } => {
-                let head = tap.as_ref().and_then(|t| t.decoder().head().cloned());
-                openai_format::StreamEncoder::continuing(head.as_ref(), self.include_usage)
+            Source::Native { tap: Some(tap), .. } => {
+                tap.continuing(self.include_usage).encode(error, &mut out);
+            }
+            Source::Native { api, tap: None, .. } => {
+                Tap::new(*api)
+                    .continuing(self.include_usage)
                     .encode(error, &mut out);
             }
             Source::Translated { encoder, .. } => encoder.encode(error, &mut out),

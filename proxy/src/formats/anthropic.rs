@@ -524,6 +524,18 @@ impl WireUsage {
     }
 }
 
+/// The usage of a whole Messages API response, for an answer passed through as is.
+pub fn response_usage(body: &[u8]) -> Option<Usage> {
+    #[derive(Deserialize)]
+    struct UsageOnly {
+        usage: Option<WireUsage>,
+    }
+    serde_json::from_slice::<UsageOnly>(body)
+        .ok()?
+        .usage
+        .map(WireUsage::to_ir)
+}
+
 fn usage_to_wire(usage: &Usage) -> Value {
     let cached = usage.cached_tokens();
     json!({
@@ -641,6 +653,19 @@ pub struct StreamEncoder {
 }
 
 impl StreamEncoder {
+    /// An encoder for the end of a stream whose events the provider wrote itself (passed
+    /// through): `open_block`, the content block it left open, is closed at the end.
+    pub fn continuing(open_block: Option<u32>) -> Self {
+        match open_block {
+            Some(index) => Self {
+                next_block: index.saturating_add(1),
+                open: Some(None),
+                ..Self::default()
+            },
+            None => Self::default(),
+        }
+    }
+
     pub fn encode(&mut self, event: StreamEvent, out: &mut BytesMut) {
         match event {
             StreamEvent::Start { id, model, usage } => {
@@ -852,9 +877,17 @@ pub struct StreamDecoder {
     /// Tool call index by content block index.
     tool_blocks: Vec<(u32, u32)>,
     usage: Option<WireUsage>,
+    /// The content block started and not yet stopped, of any type.
+    open_block: Option<u32>,
 }
 
 impl StreamDecoder {
+    /// The content block left open by the events read so far: what a gateway that ends
+    /// the stream early must close.
+    pub fn open_block(&self) -> Option<u32> {
+        self.open_block
+    }
+
     /// The IR events for one upstream event's data.
     pub fn decode(&mut self, data: &str, out: &mut Vec<StreamEvent>) {
         let event = match serde_json::from_str::<WireEvent>(data) {
@@ -880,21 +913,24 @@ impl StreamDecoder {
             WireEvent::ContentBlockStart {
                 index,
                 content_block,
-            } => match content_block {
-                WireStartBlock::Text { text } if !text.is_empty() => {
-                    out.push(StreamEvent::Text(text));
+            } => {
+                self.open_block = Some(index);
+                match content_block {
+                    WireStartBlock::Text { text } if !text.is_empty() => {
+                        out.push(StreamEvent::Text(text));
+                    }
+                    WireStartBlock::ToolUse { id, name } => {
+                        let tool = self.tool_blocks.len() as u32;
+                        self.tool_blocks.push((index, tool));
+                        out.push(StreamEvent::ToolCallStart {
+                            index: tool,
+                            id,
+                            name,
+                        });
+                    }
+                    _ => {}
                 }
-                WireStartBlock::ToolUse { id, name } => {
-                    let tool = self.tool_blocks.len() as u32;
-                    self.tool_blocks.push((index, tool));
-                    out.push(StreamEvent::ToolCallStart {
-                        index: tool,
-                        id,
-                        name,
-                    });
-                }
-                _ => {}
-            },
+            }
             WireEvent::ContentBlockDelta { index, delta } => match delta {
                 WireDelta::TextDelta { text } => out.push(StreamEvent::Text(text)),
                 WireDelta::InputJsonDelta { partial_json } if !partial_json.is_empty() => {
@@ -920,7 +956,8 @@ impl StreamDecoder {
             }
             WireEvent::MessageStop {} => out.push(StreamEvent::Done),
             WireEvent::Error { error } => out.push(StreamEvent::Error(stream_error(error))),
-            WireEvent::ContentBlockStop {} | WireEvent::Ping {} => {}
+            WireEvent::ContentBlockStop {} => self.open_block = None,
+            WireEvent::Ping {} => {}
         }
     }
 }

@@ -6,8 +6,8 @@ use super::chat::ChatResponse;
 use super::stream::{ChatStream, NativeStream};
 use super::usage::Usage;
 
-/// An answer on its way to the client. OpenAI-shaped providers answer OpenAI clients
-/// in their own bytes (`Native`, `NativeStream`), which pass through untouched; every
+/// An answer on its way to the client. A provider that speaks the client's API answers
+/// in its own bytes (`Native`, `NativeStream`), which pass through untouched; every
 /// other pairing goes through the IR (`Chat`, `ChatStream`), and the client API writes
 /// the answer in its own format.
 pub enum Reply {
@@ -19,6 +19,9 @@ pub enum Reply {
     Chat(ChatResponse),
     /// A streamed answer, for the client API to write as it arrives.
     ChatStream(ChatStream),
+    /// Input tokens the gateway estimated for a token count, for a provider that
+    /// cannot count them.
+    TokenEstimate(u64),
 }
 
 impl std::fmt::Debug for Reply {
@@ -28,6 +31,7 @@ impl std::fmt::Debug for Reply {
             Reply::NativeStream(_) => f.write_str("NativeStream"),
             Reply::Chat(response) => f.debug_tuple("Chat").field(response).finish(),
             Reply::ChatStream(_) => f.write_str("ChatStream"),
+            Reply::TokenEstimate(n) => f.debug_tuple("TokenEstimate").field(n).finish(),
         }
     }
 }

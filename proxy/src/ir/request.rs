@@ -1,10 +1,11 @@
 //! The client's request as the gateway reads it.
 //!
 //! Every request carries the few fields the gateway acts on (model, stream, usage).
-//! An OpenAI request also keeps its top-level fields as raw JSON, so that it reaches an
-//! OpenAI-shaped provider unchanged and new OpenAI fields pass through without a
-//! gateway release. Whenever a request must be translated (another client API, or a
-//! provider with another API), it is typed as a [`ChatRequest`].
+//! It also keeps its top-level fields as raw JSON, and the API headers its provider
+//! reads (Anthropic's `anthropic-version` and `anthropic-beta`), so that it reaches a
+//! provider of its own API unchanged and new fields pass through without a gateway
+//! release. Whenever a request must be translated (a provider with another API), it is
+//! typed as a [`ChatRequest`].
 
 use bytes::Bytes;
 use indexmap::IndexMap;
@@ -17,7 +18,7 @@ use super::chat::ChatRequest;
 pub enum ClientApi {
     /// OpenAI's `/v1/chat/completions`, `/v1/embeddings`, `/v1/models`.
     OpenAI,
-    /// Anthropic's `/v1/messages`.
+    /// Anthropic's `/v1/messages` and `/v1/messages/count_tokens`.
     Anthropic,
 }
 
@@ -26,6 +27,9 @@ pub enum ClientApi {
 pub enum Operation {
     ChatCompletions,
     Embeddings,
+    /// Anthropic's `count_tokens`: how many input tokens a Messages request would
+    /// take. Spends no tokens itself.
+    CountTokens,
 }
 
 /// A client's request, read and checked.
@@ -42,9 +46,12 @@ pub struct Request {
     pub client_wants_usage: bool,
     /// The body as received; forwarded as is when nothing needs rewriting.
     pub body: Bytes,
-    /// OpenAI requests: top-level fields of the body, in their original order, values
-    /// untouched. Empty for other client APIs.
+    /// Top-level fields of the body, in their original order, values untouched.
     pub fields: IndexMap<String, Box<RawValue>>,
+    /// Headers of the client's API that a provider of the same API reads, as the
+    /// client sent them (`anthropic-version`, each `anthropic-beta`). Sent only when
+    /// the request passes through; a translated request has no use for them.
+    pub api_headers: Vec<(http::HeaderName, http::HeaderValue)>,
     /// The typed chat request, when the request is translated.
     pub chat: Option<ChatRequest>,
     /// The client's W3C trace context, for the upstream request.
@@ -64,7 +71,7 @@ impl ClientApi {
     /// The API whose format answers (and errors) on `path` take.
     pub fn of_path(path: &str) -> Self {
         match path {
-            "/v1/messages" => ClientApi::Anthropic,
+            "/v1/messages" | "/v1/messages/count_tokens" => ClientApi::Anthropic,
             _ => ClientApi::OpenAI,
         }
     }
@@ -80,13 +87,19 @@ impl ClientApi {
 // === impl Operation ===
 
 impl Operation {
-    pub const ALL: [Operation; 2] = [Operation::ChatCompletions, Operation::Embeddings];
+    pub const ALL: [Operation; 3] = [
+        Operation::ChatCompletions,
+        Operation::Embeddings,
+        Operation::CountTokens,
+    ];
 
     /// `gen_ai.operation.name` in the OpenTelemetry GenAI conventions.
     pub fn name(self) -> &'static str {
         match self {
             Operation::ChatCompletions => "chat",
             Operation::Embeddings => "embeddings",
+            // Not in the GenAI conventions.
+            Operation::CountTokens => "count_tokens",
         }
     }
 
@@ -95,6 +108,7 @@ impl Operation {
         match self {
             Operation::ChatCompletions => "/chat/completions",
             Operation::Embeddings => "/embeddings",
+            Operation::CountTokens => "/messages/count_tokens",
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Streamed answers, and how a stream ended.
 //!
 //! A stream reaches the client in one of two forms: a provider's own events passed
-//! through (`NativeStream`: an OpenAI client on an OpenAI-shaped provider), or IR
+//! through (`NativeStream`: a client on a provider of its own API), or IR
 //! events that the client API writes in its own format (`ChatStream`). Either way the
 //! request's end learns once how the stream ended (`StreamEnd`).
 

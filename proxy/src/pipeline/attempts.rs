@@ -16,15 +16,15 @@ use futures_util::StreamExt;
 use switchboard_api::snapshot::{Backend, Model};
 use tracing::Instrument;
 
+use crate::client_api;
 use crate::error::ProxyError;
-use crate::formats;
 use crate::gateway::Gateway;
 use crate::health::{self, BackendHealth, CircuitView};
+use crate::ir::Request;
 use crate::ir::chat::StreamEvent;
 use crate::ir::record::Tried;
 use crate::ir::reply::Reply;
 use crate::ir::stream::NativeChunk;
-use crate::ir::{Operation, Request};
 use crate::metrics::AttemptOutcome;
 use crate::plan::{self, Candidate, RetryBudget};
 use crate::providers::{self, Call, Upstream, UpstreamLimits};
@@ -55,14 +55,9 @@ pub async fn run(
         {
             metrics.retry(route.id, attempts.is_fallback(next.index));
         }
-        if request.chat.is_none()
-            && request.operation == Operation::ChatCompletions
-            && !providers::speaks(next.upstream.config.kind, request.api)
-        {
-            // Only OpenAI requests arrive untyped; chat requests are typed when
-            // translated. Embeddings have no IR: a provider that has the operation
-            // (OpenAI-shaped, echo) reads them as they are.
-            request.chat = Some(formats::openai::parse_request(&request.body)?);
+        if request.chat.is_none() && providers::translates(next.upstream.config.kind, request) {
+            // Requests arrive untyped; they are typed when translated.
+            request.chat = Some(client_api::typed(request)?);
         }
         let result = attempt(gateway, &attempts, &next, request, tried.attempts).await;
         if let Some(done) = attempts.judge(next, result, tried.attempts) {
@@ -412,7 +407,7 @@ async fn first_event(reply: Reply, within: Option<Duration>) -> Result<Reply, Pr
                 None => Err(ProxyError::UpstreamProtocol),
             }
         }
-        whole @ (Reply::Native { .. } | Reply::Chat(_)) => Ok(whole),
+        whole @ (Reply::Native { .. } | Reply::Chat(_) | Reply::TokenEstimate(_)) => Ok(whole),
     }
 }
 

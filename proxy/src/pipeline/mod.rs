@@ -23,7 +23,7 @@ use crate::finish::{Pending, RequestEnd, Taps};
 use crate::gateway::Gateway;
 use crate::intake::{self, Limits};
 use crate::ir::record::{CacheResult, RequestRecord};
-use crate::ir::{ClientApi, Request as ClientRequest};
+use crate::ir::{ClientApi, Operation, Request as ClientRequest};
 use crate::routing::Selected;
 use crate::runtime::Runtime;
 use crate::{auth, routing, telemetry};
@@ -107,7 +107,7 @@ async fn dispatch(
     }
 }
 
-/// Chat completions, messages and embeddings: the gateway's main path.
+/// Chat completions, messages, embeddings and token counts: the gateway's main path.
 async fn proxy(
     gateway: &Gateway,
     runtime: &Runtime,
@@ -131,6 +131,9 @@ async fn proxy(
         &request.model,
         &head.headers,
     )?;
+    if request.operation == Operation::CountTokens {
+        return count_tokens(gateway, runtime, asked, request, pending).await;
+    }
     let recorder = match gateway
         .cache
         .look_up((asked.id, asked.route), caller.id, &request, &head.headers)
@@ -166,6 +169,32 @@ async fn proxy(
     .await?;
     let recorder = recorder.map(|r| r.priced(record.tried.pricing));
     Ok(pending.answer(reply, &request, Taps { budget, recorder }))
+}
+
+/// `count_tokens`: authenticated and routed like the messages it counts (so the
+/// consumer's allow-list applies), then counted by the route's backends. It is not
+/// admitted under quotas: it spends no tokens (Anthropic does not bill it), and
+/// reserving the tokens of the prompt it counts would refuse a count exactly when the
+/// caller needs one to fit its prompt to what is left. Nor is it cached.
+async fn count_tokens(
+    gateway: &Gateway,
+    runtime: &Runtime,
+    route: Selected<'_>,
+    mut request: ClientRequest,
+    pending: &mut Pending,
+) -> Result<Response<Body>, ProxyError> {
+    pending.record.route = Some(route.id.to_string());
+    let record = &mut pending.record;
+    let reply = attempts::run(
+        gateway,
+        runtime,
+        route,
+        &mut request,
+        &record.request_id,
+        &mut record.tried,
+    )
+    .await?;
+    Ok(pending.answer(reply, &request, Taps::default()))
 }
 
 /// A hit: the stored answer, which uses no allowance and costs nothing (its tokens and

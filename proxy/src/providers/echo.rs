@@ -27,6 +27,8 @@ pub(super) async fn call(call: Call<'_>) -> Result<Reply, ProxyError> {
     }
     match call.request.operation {
         Operation::Embeddings => embeddings(call.request, call.upstream_model),
+        // Estimated before any provider is called (`super::call`).
+        Operation::CountTokens => Ok(Reply::TokenEstimate(0)),
         Operation::ChatCompletions => {
             let answer = answer(call.request, call.upstream_model)?;
             if call.request.stream {

@@ -75,7 +75,9 @@ fn with_model(reply: Reply, asked: &str) -> Reply {
                 batch
             })))
         }
-        native @ (Reply::Native { .. } | Reply::NativeStream(_)) => native,
+        untouched @ (Reply::Native { .. } | Reply::NativeStream(_) | Reply::TokenEstimate(_)) => {
+            untouched
+        }
     }
 }
 
@@ -125,7 +127,7 @@ async fn post<A: Adapter>(call: &Call<'_>, body: Bytes) -> Result<reqwest::Respo
         builder = builder.header("tracestate", tracestate);
     }
     let key = upstream.config.api_key.as_ref();
-    let builder = A::authorize(builder, &upstream.config, key.map(ApiKey::expose));
+    let builder = A::authorize(builder, call, key.map(ApiKey::expose));
     let response = send(builder, request.stream, call.timeout).await?;
     check_status::<A>(response, key).await
 }

@@ -19,7 +19,7 @@ impl Adapter for Gemini {
 
     fn authorize(
         builder: reqwest::RequestBuilder,
-        _: &Provider,
+        _: &Call<'_>,
         key: Option<&str>,
     ) -> reqwest::RequestBuilder {
         match key {

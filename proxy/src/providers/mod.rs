@@ -3,15 +3,19 @@
 //! Every HTTP adapter has the same four steps (`Adapter`): the request body to send,
 //! the provider's credentials on it, the reply from a whole response, and the reply
 //! from a stream; how errors read is the fifth. The exchange itself (send within a
-//! deadline, map a failed status to a `ProxyError`) is shared (`exchange`). OpenAI-shaped
-//! providers answer OpenAI clients in their own bytes (`Reply::Native*`), which pass
-//! through untouched; every other pairing is translated through the IR.
+//! deadline, map a failed status to a `ProxyError`) is shared (`exchange`). A provider
+//! that speaks the client's API (`speaks`: OpenAI-shaped providers to OpenAI clients,
+//! Anthropic to Anthropic clients) answers in its own bytes (`Reply::Native*`), which
+//! pass through untouched (`relay` for streams); every other pairing is translated
+//! through the IR.
 
 mod anthropic;
+mod count;
 mod echo;
 mod exchange;
 mod gemini;
 mod openai;
+mod relay;
 mod scrub;
 
 use std::collections::HashMap;
@@ -89,10 +93,11 @@ impl std::fmt::Debug for Call<'_> {
 trait Adapter {
     /// request: the body to send upstream.
     fn request(call: &Call<'_>) -> Result<Bytes, ProxyError>;
-    /// The provider's credentials (and any headers its API requires) on the request.
+    /// The provider's credentials (and any headers its API requires, or the client
+    /// sent for it) on the request.
     fn authorize(
         builder: reqwest::RequestBuilder,
-        config: &Provider,
+        call: &Call<'_>,
         key: Option<&str>,
     ) -> reqwest::RequestBuilder;
     /// response: the reply in a whole response's body.
@@ -103,9 +108,14 @@ trait Adapter {
     fn error(body: &[u8]) -> exchange::ErrorBody;
 }
 
-/// Sends `call` to its provider.
+/// Sends `call` to its provider. A token count for a provider that cannot count is
+/// estimated here instead (`count`).
 pub async fn call(call: Call<'_>) -> Result<Reply, ProxyError> {
-    match call.upstream.config.kind {
+    let kind = call.upstream.config.kind;
+    if call.request.operation == Operation::CountTokens && kind != ProviderType::Anthropic {
+        return Ok(Reply::TokenEstimate(count::estimate(&call.request.body)));
+    }
+    match kind {
         ProviderType::Echo => echo::call(call).await,
         ProviderType::OpenAI | ProviderType::AzureOpenAI | ProviderType::OpenAICompatible => {
             exchange::call::<openai::OpenAI>(call).await
@@ -115,17 +125,34 @@ pub async fn call(call: Call<'_>) -> Result<Reply, ProxyError> {
     }
 }
 
-/// Whether a provider of `kind` takes requests from `api` clients as they are. When
-/// not, the pipeline types the request as a `ChatRequest` for the adapter to translate.
+/// Whether a provider of `kind` takes requests from `api` clients as they are (only
+/// the model and credentials rewritten) and answers in `api`'s own format.
 pub fn speaks(kind: ProviderType, api: ClientApi) -> bool {
     match kind {
         ProviderType::OpenAI | ProviderType::AzureOpenAI | ProviderType::OpenAICompatible => {
             api == ClientApi::OpenAI
         }
-        // Anthropic requests are translated too (see docs/translation.md), and echo
-        // answers from the IR.
-        ProviderType::Anthropic | ProviderType::Gemini | ProviderType::Echo => false,
+        ProviderType::Anthropic => api == ClientApi::Anthropic,
+        // Echo answers from the IR.
+        ProviderType::Gemini | ProviderType::Echo => false,
     }
+}
+
+/// Whether `call` passes through (its adapter sends the client's own request and
+/// answers in the provider's own bytes) rather than translates. Decided by the API
+/// pair, not by whether the request was typed: a request typed for one backend of its
+/// route still passes through to another that speaks its API.
+fn passes_through(call: &Call<'_>) -> bool {
+    speaks(call.upstream.config.kind, call.request.api)
+}
+
+/// Whether `request` must be typed as a `ChatRequest` for a provider of `kind` to
+/// translate it. Token counts never are: a provider that does not speak the client's
+/// API estimates them from the raw body.
+pub fn translates(kind: ProviderType, request: &Request) -> bool {
+    // Embeddings have no IR: a provider that has the operation (OpenAI-shaped, echo)
+    // reads them as they are. Token counts are passed through or estimated.
+    request.operation == Operation::ChatCompletions && !speaks(kind, request.api)
 }
 
 /// Whether a provider of `kind` has an API for `operation`.
@@ -133,6 +160,8 @@ pub fn supports(kind: ProviderType, operation: Operation) -> bool {
     match operation {
         Operation::ChatCompletions => true,
         Operation::Embeddings => !matches!(kind, ProviderType::Anthropic | ProviderType::Gemini),
+        // Counted by Anthropic, estimated for the others.
+        Operation::CountTokens => true,
     }
 }
 
@@ -180,18 +209,45 @@ pub enum Endpoint {
     Chat,
     ChatStream,
     Embeddings,
+    CountTokens,
 }
 
 impl Endpoint {
-    const COUNT: usize = 3;
+    const COUNT: usize = 4;
 
     pub fn of(request: &Request) -> Self {
         match (request.operation, request.stream) {
             (Operation::ChatCompletions, false) => Endpoint::Chat,
             (Operation::ChatCompletions, true) => Endpoint::ChatStream,
             (Operation::Embeddings, _) => Endpoint::Embeddings,
+            (Operation::CountTokens, _) => Endpoint::CountTokens,
         }
     }
+}
+
+/// The client's body with the value of its top-level `model` replaced by `model`, and
+/// every other byte as the client sent it (not re-serialized: whitespace, key order,
+/// number spellings and fields the gateway does not know all reach the provider).
+fn with_model(body: &Bytes, model: &str) -> Result<Bytes, ProxyError> {
+    #[derive(serde::Deserialize)]
+    struct Model<'a> {
+        #[serde(borrow)]
+        model: &'a serde_json::value::RawValue,
+    }
+    let unreadable = || ProxyError::BadRequest("request body has no readable 'model'".into());
+    let found: Model<'_> = serde_json::from_slice(body).map_err(|_| unreadable())?;
+    let raw = found.model.get().as_bytes();
+    // The raw value borrows from `body`: its place in it is where its bytes are.
+    let start = (raw.as_ptr() as usize)
+        .checked_sub(body.as_ptr() as usize)
+        .filter(|start| start + raw.len() <= body.len())
+        .ok_or_else(unreadable)?;
+    let name = serde_json::to_vec(model).map_err(|_| unreadable())?;
+    let mut out = Vec::with_capacity(body.len() - raw.len() + name.len());
+    out.extend_from_slice(&body[..start]);
+    out.extend_from_slice(&name);
+    out.extend_from_slice(&body[start + raw.len()..]);
+    Ok(Bytes::from(out))
 }
 
 /// One read of an upstream byte stream, within its bounds (`BoundedReads`).
@@ -367,4 +423,23 @@ fn typed(request: &Request) -> Result<&ChatRequest, ProxyError> {
         .chat
         .as_ref()
         .ok_or_else(|| ProxyError::BadRequest("this provider takes chat requests only".to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn with_model_changes_only_the_model_value() {
+        let body = Bytes::from_static(
+            b"{ \"max_tokens\": 1.0e3,\n \"model\" : \"smart\", \"x\":{\"model\":\"inner\"}}",
+        );
+        let out = with_model(&body, "claude-\"q\"").unwrap();
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            "{ \"max_tokens\": 1.0e3,\n \"model\" : \"claude-\\\"q\\\"\", \"x\":{\"model\":\"inner\"}}"
+        );
+        assert!(with_model(&Bytes::from_static(b"{\"model\":1"), "m").is_err());
+        assert!(with_model(&Bytes::from_static(b"{}"), "m").is_err());
+    }
 }

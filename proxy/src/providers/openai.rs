@@ -7,20 +7,17 @@
 //! Requests from other client APIs are translated through the IR.
 
 use bytes::Bytes;
-use futures_util::Stream;
 use serde::Deserialize;
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use switchboard_api::snapshot::{Provider, ProviderType};
 
 use super::exchange::{self, ErrorBody};
-use super::{Adapter, BoundedReads, Call, Endpoint, Read, UpstreamUrls, decode_stream, scrub};
+use super::{Adapter, Call, Endpoint, UpstreamUrls, decode_stream, relay};
 use crate::error::ProxyError;
 use crate::formats::openai as format;
-use crate::ir::chat::StreamError;
 use crate::ir::reply::Reply;
-use crate::ir::stream::{NativeChunk, NativeStream};
 use crate::ir::{ClientApi, Operation, Request, Usage};
-use crate::sse::{self, EventSplitter};
+use crate::sse;
 
 /// OpenAI's API, and every API shaped like it.
 pub(super) struct OpenAI;
@@ -28,34 +25,36 @@ pub(super) struct OpenAI;
 impl Adapter for OpenAI {
     fn request(call: &Call<'_>) -> Result<Bytes, ProxyError> {
         let request = call.request;
-        match &request.chat {
+        if !super::passes_through(call) {
             // Another client API: translated.
-            Some(chat) => Ok(format::write_request(
-                chat,
+            return Ok(format::write_request(
+                super::typed(request)?,
                 call.upstream_model,
                 request.stream,
-            )),
-            None if call.upstream_model == request.model && !injects_usage(request) => {
-                Ok(request.body.clone())
-            }
-            None => rewrite(request, call.upstream_model, injects_usage(request)),
+            ));
         }
+        if call.upstream_model == request.model && !injects_usage(request) {
+            return Ok(request.body.clone());
+        }
+        rewrite(request, call.upstream_model, injects_usage(request))
     }
 
     fn authorize(
         builder: reqwest::RequestBuilder,
-        config: &Provider,
+        call: &Call<'_>,
         key: Option<&str>,
     ) -> reqwest::RequestBuilder {
         match key {
-            Some(key) if config.kind == ProviderType::AzureOpenAI => builder.header("api-key", key),
+            Some(key) if call.upstream.config.kind == ProviderType::AzureOpenAI => {
+                builder.header("api-key", key)
+            }
             Some(key) => builder.bearer_auth(key),
             None => builder,
         }
     }
 
     fn response(call: &Call<'_>, body: Bytes) -> Result<Reply, ProxyError> {
-        if call.request.chat.is_some() {
+        if !super::passes_through(call) {
             return Ok(Reply::Chat(format::parse_response(&body)?));
         }
         let usage = serde_json::from_slice::<UsageOnly>(&body)
@@ -65,7 +64,7 @@ impl Adapter for OpenAI {
     }
 
     fn stream(call: &Call<'_>, response: reqwest::Response) -> Reply {
-        if call.request.chat.is_some() {
+        if !super::passes_through(call) {
             return Reply::ChatStream(decode_stream(
                 response.bytes_stream(),
                 format::StreamDecoder::default(),
@@ -73,15 +72,10 @@ impl Adapter for OpenAI {
                 exchange::key(call.upstream),
             ));
         }
-        let relay = EventRelay {
-            upstream: BoundedReads::new(response.bytes_stream(), &call.limits),
-            splitter: EventSplitter::with_limit(call.limits.max_event_bytes),
+        let events = Chunks {
             inject_usage: injects_usage(call.request),
-            key: exchange::key(call.upstream).map(str::to_string),
-            ended: false,
-            failed: None,
         };
-        Reply::NativeStream(relay.into_stream())
+        Reply::NativeStream(relay::stream(call, response, events))
     }
 
     fn error(body: &[u8]) -> ErrorBody {
@@ -102,97 +96,15 @@ fn injects_usage(request: &Request) -> bool {
     request.stream && !request.client_wants_usage
 }
 
-/// Relays upstream events as the client's connection asks for them: no task or
-/// channel in between, so each event costs one poll, not two task wake-ups. Splits the
-/// bytes into whole events, reads usage from them, and takes out the usage-only chunk
-/// the gateway asked for. Dropped early (the client left), it drops the upstream
-/// request with it.
-struct EventRelay<S> {
-    upstream: BoundedReads<S>,
-    splitter: EventSplitter,
+/// Reads usage from OpenAI's stream chunks.
+struct Chunks {
+    /// The gateway asked for the usage-only chunk, which is taken out.
     inject_usage: bool,
-    /// The provider key, scrubbed from every event (whole events: a key split across
-    /// reads is still seen).
-    key: Option<String>,
-    ended: bool,
-    /// The error to end with, after the events read before it.
-    failed: Option<StreamError>,
 }
 
-impl<S> EventRelay<S>
-where
-    S: Stream<Item = reqwest::Result<Bytes>> + Send + Unpin + 'static,
-{
-    fn into_stream(self) -> NativeStream {
-        Box::pin(futures_util::stream::unfold(self, |mut relay| async move {
-            let chunk = relay.next_chunk().await?;
-            Some((chunk, relay))
-        }))
-    }
-
-    /// The events of the next upstream read that carries any to forward (or usage).
-    async fn next_chunk(&mut self) -> Option<NativeChunk> {
-        if self.ended {
-            return self.failed.take().map(NativeChunk::Failed);
-        }
-        loop {
-            match self.upstream.next().await {
-                Read::Chunk(chunk) => {
-                    let mut usage = None;
-                    let mut events = Vec::new();
-                    let mut failed = None;
-                    for event in self.splitter.push(&chunk) {
-                        // Passed through, an event is still checked as a translated
-                        // one is read: one rule for every stream (and whole body).
-                        if sse::check_utf8(&event).is_err() {
-                            failed = Some(StreamError::upstream(sse::NOT_UTF8_MESSAGE));
-                            break;
-                        }
-                        if let Some(event) = stream_event(event, self.inject_usage, &mut usage) {
-                            events.push(scrub::bytes(event, self.key.as_deref()));
-                        }
-                    }
-                    if failed.is_none() && self.splitter.too_large() {
-                        failed = Some(StreamError::upstream(sse::too_large_message(
-                            self.splitter.max_event(),
-                        )));
-                    }
-                    if let Some(error) = failed {
-                        // What came before the event that failed is still the client's;
-                        // the error follows on the next poll.
-                        self.ended = true;
-                        self.failed = Some(error);
-                        if events.is_empty() && usage.is_none() {
-                            return self.failed.take().map(NativeChunk::Failed);
-                        }
-                    }
-                    if !events.is_empty() || usage.is_some() {
-                        return Some(NativeChunk::Events { events, usage });
-                    }
-                }
-                Read::Over(error) => {
-                    self.ended = true;
-                    return Some(NativeChunk::Failed(error));
-                }
-                Read::Broken => {
-                    self.ended = true;
-                    return Some(NativeChunk::Broken);
-                }
-                Read::End => {
-                    self.ended = true;
-                    let rest = self.splitter.remainder()?;
-                    if sse::check_utf8(&rest).is_err() {
-                        return Some(NativeChunk::Failed(StreamError::upstream(
-                            sse::NOT_UTF8_MESSAGE,
-                        )));
-                    }
-                    return Some(NativeChunk::Events {
-                        events: vec![scrub::bytes(rest, self.key.as_deref())],
-                        usage: None,
-                    });
-                }
-            }
-        }
+impl relay::Events for Chunks {
+    fn read(&mut self, event: Bytes, usage: &mut Option<Usage>) -> Option<Bytes> {
+        stream_event(event, self.inject_usage, usage)
     }
 }
 

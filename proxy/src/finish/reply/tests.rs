@@ -26,6 +26,7 @@ fn request() -> Request {
         client_wants_usage: true,
         body: Bytes::from_static(&[b' '; 40]),
         fields: Default::default(),
+        api_headers: Vec::new(),
         chat: None,
         trace: Default::default(),
     }
