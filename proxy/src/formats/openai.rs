@@ -731,7 +731,16 @@ struct WireChunk {
     #[serde(default, deserialize_with = "null_as_default")]
     choices: Vec<WireChunkChoice>,
     usage: Option<Usage>,
+    #[serde(default, deserialize_with = "null_as_default")]
+    x_groq: ProviderExtension,
     error: Option<WireStreamError>,
+}
+
+/// Where a provider puts a stream's usage besides `usage`: Groq sends it in
+/// `x_groq.usage` on the finish chunk (console.groq.com/docs/api-reference).
+#[derive(Deserialize, Default)]
+pub(crate) struct ProviderExtension {
+    pub usage: Option<Usage>,
 }
 
 #[derive(Deserialize)]
@@ -861,7 +870,7 @@ impl StreamDecoder {
                 }));
             }
         }
-        if let Some(usage) = chunk.usage {
+        if let Some(usage) = chunk.usage.or(chunk.x_groq.usage) {
             out.push(StreamEvent::Usage(usage));
         }
     }

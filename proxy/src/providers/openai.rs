@@ -122,8 +122,8 @@ fn stream_event(event: Bytes, injected_usage: bool, usage: &mut Option<Usage>) -
     let Some(chunk) = chunk else {
         return Some(event);
     };
-    if chunk.usage.is_some() {
-        *usage = chunk.usage;
+    if let Some(found) = chunk.usage.or(chunk.x_groq.usage) {
+        *usage = Some(found);
     }
     let usage_only = chunk.choices.is_none_or(|c| c.is_empty());
     (!(injected_usage && usage_only)).then_some(event)
@@ -141,6 +141,8 @@ struct UsageOnly {
 #[derive(Deserialize)]
 struct UsageChunk {
     usage: Option<Usage>,
+    #[serde(default, deserialize_with = "crate::ir::tolerant::null_as_default")]
+    x_groq: format::ProviderExtension,
     choices: Option<Vec<serde::de::IgnoredAny>>,
 }
 
