@@ -63,6 +63,22 @@ const CORPUS: &[Sample] = &[
         usage: (82, 17),
     },
     Sample {
+        file: "openai-whole-refusal.json",
+        kind: OPENAI,
+        source: "https://platform.openai.com/docs/guides/structured-outputs#refusals",
+        text: "I'm sorry, I can't assist with that request.",
+        tool: None,
+        usage: (25, 11),
+    },
+    Sample {
+        file: "azure-whole-filtered.json",
+        kind: OPENAI,
+        source: "https://learn.microsoft.com/azure/ai-foundry/openai/concepts/content-filter (finish_reason content_filter, a filtered category)",
+        text: "The story begins",
+        tool: None,
+        usage: (16, 3),
+    },
+    Sample {
         file: "azure-whole-content-filter.json",
         kind: OPENAI,
         source: "https://learn.microsoft.com/azure/ai-foundry/openai/concepts/content-filter",
@@ -294,7 +310,9 @@ fn read_openai(body: &str, stream: bool) -> Read {
             } else {
                 &choice["message"]
             };
-            read.text += part["content"].as_str().unwrap_or_default();
+            // A refusal is the answer's text, in its own field.
+            let text = part["content"].as_str().or(part["refusal"].as_str());
+            read.text += text.unwrap_or_default();
             for (n, call) in part["tool_calls"]
                 .as_array()
                 .into_iter()
@@ -495,4 +513,137 @@ async fn every_recorded_answer_reaches_every_client_api_intact() {
         CORPUS.len() * 2,
         failures.join("\n")
     );
+}
+
+/// A recorded provider error and what a client must still learn from it.
+struct ErrorSample {
+    file: &'static str,
+    kind: &'static str,
+    source: &'static str,
+    status: u16,
+    /// Part of the provider's message the client must see.
+    message: &'static str,
+}
+
+const ERRORS: &[ErrorSample] = &[
+    ErrorSample {
+        file: "openai-error-429.json",
+        kind: OPENAI,
+        source: "https://platform.openai.com/docs/guides/error-codes",
+        status: 429,
+        message: "Rate limit reached",
+    },
+    ErrorSample {
+        file: "anthropic-error-529.json",
+        kind: "anthropic",
+        source: "https://docs.anthropic.com/en/api/errors",
+        status: 529,
+        message: "Overloaded",
+    },
+    ErrorSample {
+        file: "gemini-error-400.json",
+        kind: "gemini",
+        source: "https://ai.google.dev/gemini-api/docs/troubleshooting#error-codes",
+        status: 400,
+        message: "contents is not specified",
+    },
+    ErrorSample {
+        file: "anthropic-stream-error.sse",
+        kind: "anthropic",
+        source: "https://docs.anthropic.com/en/docs/build-with-claude/streaming#error-events",
+        status: 200,
+        message: "Overloaded",
+    },
+];
+
+#[tokio::test]
+async fn every_recorded_error_reaches_every_client_api_in_its_format() {
+    let manifests = Manifests::new();
+    manifests.write("consumer.yaml", &consumer_yaml("app", ""));
+    let mut fakes = Vec::new();
+    for (i, sample) in ERRORS.iter().enumerate() {
+        let path = format!(
+            "{}/tests/corpus/{}",
+            env!("CARGO_MANIFEST_DIR"),
+            sample.file
+        );
+        let body = Bytes::from(std::fs::read(&path).unwrap());
+        let status = StatusCode::from_u16(sample.status).unwrap();
+        let stream = sample.file.ends_with(".sse");
+        let fake = FakeProvider::start(move |_| match stream {
+            true => Reply::Pieces(status, "text/event-stream", vec![body.clone()]),
+            false => Reply::Json(status, body.clone()),
+        })
+        .await;
+        let name = sample.file.replace('.', "-");
+        manifests.write(
+            &format!("p{i}.yaml"),
+            &provider_yaml(
+                &format!("p{i}"),
+                sample.kind,
+                &fake.url(),
+                &[(&name, "m")],
+                "",
+            ),
+        );
+        manifests.write(
+            &format!("r{i}.yaml"),
+            &route_yaml(
+                &format!("r{i}"),
+                &[&name],
+                &format!("p{i}"),
+                &name,
+                "  retry: {attempts: 1}",
+            ),
+        );
+        fakes.push(fake);
+    }
+    let proxy = proxy(&manifests).await;
+    let mut failures = Vec::new();
+    for sample in ERRORS {
+        let name = sample.file.replace('.', "-");
+        let stream = sample.file.ends_with(".sse");
+        for (api, path, body) in [
+            (
+                "openai",
+                "/v1/chat/completions",
+                json!({"model": name, "stream": stream, "messages": [{"role": "user", "content": "hi"}]}),
+            ),
+            (
+                "anthropic",
+                "/v1/messages",
+                json!({"model": name, "stream": stream, "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]}),
+            ),
+        ] {
+            let response = post(&proxy, path, body.to_string()).await;
+            let status = response.status().as_u16();
+            let text = response.text().await.unwrap_or_default();
+            // The error object the client API defines: OpenAI's `{"error": {...}}`
+            // (in a stream, as an event's data), Anthropic's `{"type": "error", ...}`.
+            let error = text
+                .lines()
+                .filter_map(|l| l.strip_prefix("data: ").or(Some(l)))
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .find(|v| v.get("error").is_some());
+            let shaped = match (&error, api) {
+                (Some(e), "openai") => e["error"]["message"].is_string(),
+                (Some(e), _) => e["type"] == "error" && e["error"]["type"].is_string(),
+                (None, _) => false,
+            };
+            let carried = error
+                .as_ref()
+                .and_then(|e| e["error"]["message"].as_str())
+                .is_some_and(|m| m.contains(sample.message));
+            // A stream that fails before the client got anything fails its attempt:
+            // the client gets an error status instead of an error event then.
+            let failed_status = status >= 400 || (stream && status == 200);
+            if !(shaped && carried && failed_status) {
+                failures.push(format!(
+                    "{} ({}) -> {api}: status {status}: {text}",
+                    sample.file, sample.source
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

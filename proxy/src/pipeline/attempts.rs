@@ -21,7 +21,7 @@ use crate::error::ProxyError;
 use crate::gateway::Gateway;
 use crate::health::{self, BackendHealth, CircuitView};
 use crate::ir::Request;
-use crate::ir::chat::StreamEvent;
+use crate::ir::chat::{StreamError, StreamErrorKind, StreamEvent};
 use crate::ir::record::Tried;
 use crate::ir::reply::Reply;
 use crate::ir::stream::NativeChunk;
@@ -360,6 +360,25 @@ async fn attempt(
 /// Waits for a stream's first event, so that a stream which fails or stays silent
 /// before sending anything can still fail over: the client has received nothing yet.
 /// Whole replies pass through.
+/// A stream that failed before the client got anything fails its attempt with what the
+/// provider said: an overloaded or rate-limited provider is told as such (and its
+/// message kept), anything else is a bad response.
+fn failed_before_first_event(error: StreamError) -> ProxyError {
+    match error.kind {
+        StreamErrorKind::Overloaded => ProxyError::UpstreamOverloaded {
+            retry_after: None,
+            message: Some(error.message),
+        },
+        StreamErrorKind::RateLimited => ProxyError::UpstreamRefused {
+            status: http::StatusCode::TOO_MANY_REQUESTS,
+            retry_after: None,
+            message: Some(error.message),
+            native: None,
+        },
+        StreamErrorKind::Upstream => ProxyError::UpstreamProtocol,
+    }
+}
+
 async fn first_event(reply: Reply, within: Option<Duration>) -> Result<Reply, ProxyError> {
     let deadline = async {
         match within {
@@ -378,9 +397,8 @@ async fn first_event(reply: Reply, within: Option<Duration>) -> Result<Reply, Pr
                 Some(first @ NativeChunk::Events { .. }) => Ok(Reply::NativeStream(Box::pin(
                     futures_util::stream::once(async { first }).chain(chunks),
                 ))),
-                Some(NativeChunk::Broken | NativeChunk::Failed(_)) | None => {
-                    Err(ProxyError::UpstreamProtocol)
-                }
+                Some(NativeChunk::Failed(error)) => Err(failed_before_first_event(error)),
+                Some(NativeChunk::Broken) | None => Err(ProxyError::UpstreamProtocol),
             }
         }
         Reply::ChatStream(mut events) => {
@@ -397,10 +415,16 @@ async fn first_event(reply: Reply, within: Option<Duration>) -> Result<Reply, Pr
                 first = first_batch => first,
                 () = deadline => return Err(silent()),
             };
+            let failed = first.as_ref().and_then(|batch| {
+                batch.iter().find_map(|e| match e {
+                    StreamEvent::Error(error) => Some(error.clone()),
+                    _ => None,
+                })
+            });
+            if let Some(error) = failed {
+                return Err(failed_before_first_event(error));
+            }
             match first {
-                Some(batch) if batch.iter().any(|e| matches!(e, StreamEvent::Error(_))) => {
-                    Err(ProxyError::UpstreamProtocol)
-                }
                 Some(batch) => Ok(Reply::ChatStream(Box::pin(
                     futures_util::stream::once(async { batch }).chain(events),
                 ))),
