@@ -68,19 +68,37 @@ pub struct Pricing {
     pub input_per_million: f64,
     pub output_per_million: f64,
     pub cached_input_per_million: f64,
+    /// Compiled with its default; `None` only in a snapshot written before the field
+    /// existed, read with the same default.
+    #[serde(default)]
+    pub cache_write_per_million: Option<f64>,
 }
+
+/// What a cache write costs when its price is not set, times the input price:
+/// Anthropic's 5-minute cache write price ($3.75 for $3 of input on Claude Sonnet).
+pub const DEFAULT_CACHE_WRITE_FACTOR: f64 = 1.25;
 
 impl Pricing {
     /// The price in USD of a request that used `input` prompt tokens (of which
-    /// `cached_input` were read from the provider's prompt cache) and `output`
-    /// completion tokens. Cached tokens are priced at the cached rate, the rest of the
-    /// input at the input rate.
-    pub fn cost_usd(&self, input: u64, cached_input: u64, output: u64) -> f64 {
-        let cached = cached_input.min(input);
+    /// `cache_reads` were read from the provider's prompt cache and `cache_writes`
+    /// written to it) and `output` completion tokens (reasoning included: it is billed
+    /// as output). Cache reads are priced at the cached rate, cache writes at the write
+    /// rate, the rest of the input at the input rate.
+    pub fn cost_usd(&self, input: u64, cache_reads: u64, cache_writes: u64, output: u64) -> f64 {
+        // A provider's counts may not add up: the parts never exceed the whole.
+        let reads = cache_reads.min(input);
+        let writes = cache_writes.min(input - reads);
         let per_token = |tokens: u64, per_million: f64| tokens as f64 * per_million / 1e6;
-        per_token(input - cached, self.input_per_million)
-            + per_token(cached, self.cached_input_per_million)
+        per_token(input - reads - writes, self.input_per_million)
+            + per_token(reads, self.cached_input_per_million)
+            + per_token(writes, self.cache_write_per_million())
             + per_token(output, self.output_per_million)
+    }
+
+    /// USD per million cache-write tokens, the default when unset.
+    pub fn cache_write_per_million(&self) -> f64 {
+        self.cache_write_per_million
+            .unwrap_or(self.input_per_million * DEFAULT_CACHE_WRITE_FACTOR)
     }
 }
 
@@ -374,12 +392,81 @@ mod tests {
             input_per_million: 2.5,
             output_per_million: 10.0,
             cached_input_per_million: 1.25,
+            cache_write_per_million: None,
         };
         // 1,000 input of which 400 cached, 500 output:
         // 600 * 2.5 + 400 * 1.25 + 500 * 10 = 1,500 + 500 + 5,000 per million.
-        let cost = pricing.cost_usd(1_000, 400, 500);
+        let cost = pricing.cost_usd(1_000, 400, 0, 500);
         assert!((cost - 0.007).abs() < 1e-12, "{cost}");
         // More cached than input (a provider's rounding) never goes negative.
-        assert!((pricing.cost_usd(10, 20, 0) - 10.0 * 1.25 / 1e6).abs() < 1e-15);
+        assert!((pricing.cost_usd(10, 20, 0, 0) - 10.0 * 1.25 / 1e6).abs() < 1e-15);
+        assert!((pricing.cost_usd(10, 4, 20, 0) - (4.0 * 1.25 + 6.0 * 3.125) / 1e6).abs() < 1e-15);
+    }
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-12
+    }
+
+    /// Claude Sonnet 4 on https://www.anthropic.com/pricing (and
+    /// docs.anthropic.com/en/docs/about-claude/pricing): $3/MTok input, $3.75 5-minute
+    /// cache write, $0.30 cache hit, $15 output.
+    #[test]
+    fn cost_of_an_anthropic_answer_with_cache_reads_and_writes() {
+        let sonnet = Pricing {
+            input_per_million: 3.0,
+            output_per_million: 15.0,
+            cached_input_per_million: 0.30,
+            cache_write_per_million: Some(3.75),
+        };
+        // usage: input_tokens 100, cache_creation_input_tokens 2,000,
+        // cache_read_input_tokens 10,000, output_tokens 500; the IR's input is all
+        // 12,100. 100 * 3 + 2,000 * 3.75 + 10,000 * 0.30 + 500 * 15
+        // = 300 + 7,500 + 3,000 + 7,500 = 18,300 per million = $0.0183.
+        assert!(close(sonnet.cost_usd(12_100, 10_000, 2_000, 500), 0.0183));
+        // Without a write price, writes cost 1.25 x input: 3.75, the same.
+        let default_write = Pricing {
+            cache_write_per_million: None,
+            ..sonnet
+        };
+        assert_eq!(default_write.cache_write_per_million(), 3.75);
+        assert!(close(
+            default_write.cost_usd(12_100, 10_000, 2_000, 500),
+            0.0183
+        ));
+    }
+
+    /// gpt-4o on https://openai.com/api/pricing/: $2.50/MTok input, $1.25 cached
+    /// input, $10 output. o-series reasoning tokens are billed as output and counted
+    /// in `completion_tokens`.
+    #[test]
+    fn cost_of_an_openai_answer_with_cached_and_reasoning_tokens() {
+        let gpt_4o = Pricing {
+            input_per_million: 2.5,
+            output_per_million: 10.0,
+            cached_input_per_million: 1.25,
+            cache_write_per_million: None,
+        };
+        // prompt_tokens 2,000 of which cached_tokens 1,536; completion_tokens 300 of
+        // which reasoning_tokens 200: 464 * 2.50 + 1,536 * 1.25 + 300 * 10
+        // = 1,160 + 1,920 + 3,000 = 6,080 per million = $0.00608.
+        assert!(close(gpt_4o.cost_usd(2_000, 1_536, 0, 300), 0.00608));
+    }
+
+    /// Gemini 2.5 Pro on https://ai.google.dev/gemini-api/docs/pricing (prompts up to
+    /// 200k tokens): $1.25/MTok input, $10 output "including thinking tokens", $0.31
+    /// context caching (reads).
+    #[test]
+    fn cost_of_a_gemini_answer_with_thoughts() {
+        let pro = Pricing {
+            input_per_million: 1.25,
+            output_per_million: 10.0,
+            cached_input_per_million: 0.31,
+            cache_write_per_million: None,
+        };
+        // promptTokenCount 10,000 of which cachedContentTokenCount 8,000;
+        // candidatesTokenCount 1,000 and thoughtsTokenCount 3,000 (output 4,000):
+        // 2,000 * 1.25 + 8,000 * 0.31 + 4,000 * 10 = 2,500 + 2,480 + 40,000
+        // = 44,980 per million = $0.04498.
+        assert!(close(pro.cost_usd(10_000, 8_000, 0, 4_000), 0.04498));
     }
 }

@@ -62,6 +62,10 @@ struct JsonLine<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     cached_tokens: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    cache_write_tokens: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reasoning_tokens: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     cost_usd: Option<f64>,
     /// Present (true) when tokens were used on a model without prices.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -103,6 +107,14 @@ impl Line<'_> {
     }
 
     fn write_json(&self) {
+        if let Some(line) = self.json() {
+            // One whole line, queued: a slow log pipe costs lines, not requests.
+            log_output::write_line(&line);
+        }
+    }
+
+    /// The JSON line, newline included.
+    fn json(&self) -> Option<Vec<u8>> {
         let record = self.0;
         let line = JsonLine {
             timestamp: humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
@@ -129,6 +141,8 @@ impl Line<'_> {
             input_tokens: record.usage.map(|u| u.prompt_tokens),
             output_tokens: record.usage.map(|u| u.completion_tokens),
             cached_tokens: record.usage.map(|u| u.cached_tokens()),
+            cache_write_tokens: record.usage.map(|u| u.cache_write_tokens()),
+            reasoning_tokens: record.usage.map(|u| u.reasoning_tokens()),
             cost_usd: record.cost_usd,
             unpriced: record.unpriced(),
             quota_fallback: record.quota_fallback.as_deref(),
@@ -140,11 +154,9 @@ impl Line<'_> {
             response_body_truncated: record.response_body.as_ref().is_some_and(|b| b.truncated),
         };
         let mut buf = Vec::with_capacity(512);
-        if serde_json::to_writer(&mut buf, &line).is_ok() {
-            buf.push(b'\n');
-            // One whole line, queued: a slow log pipe costs lines, not requests.
-            log_output::write_line(&buf);
-        }
+        serde_json::to_writer(&mut buf, &line).ok()?;
+        buf.push(b'\n');
+        Some(buf)
     }
 
     fn trace(&self) {
@@ -171,6 +183,8 @@ impl Line<'_> {
             input_tokens = record.usage.map(|_| usage.prompt_tokens),
             output_tokens = record.usage.map(|_| usage.completion_tokens),
             cached_tokens = record.usage.map(|_| usage.cached_tokens()),
+            cache_write_tokens = record.usage.map(|_| usage.cache_write_tokens()),
+            reasoning_tokens = record.usage.map(|_| usage.reasoning_tokens()),
             cost_usd = record.cost_usd,
             unpriced = record.unpriced().then_some(true),
             quota_fallback = record.quota_fallback.as_deref(),
@@ -183,5 +197,48 @@ impl Line<'_> {
             response_body_truncated = record.response_body.as_ref().and_then(|b| b.truncated.then_some(true)),
             "request"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use switchboard_api::snapshot::Pricing;
+
+    use super::*;
+    use crate::ir::Usage;
+
+    /// Each kind of token has its own count on the line, and the cost prices each at
+    /// its rate.
+    #[test]
+    fn the_line_shows_each_token_count_and_the_cost() {
+        let mut record = RequestRecord::new(
+            "r1".into(),
+            http::Method::POST,
+            "/v1/messages".parse().unwrap(),
+        );
+        let sonnet = Pricing {
+            input_per_million: 3.0,
+            output_per_million: 15.0,
+            cached_input_per_million: 0.30,
+            cache_write_per_million: Some(3.75),
+        };
+        record.tried.attempt("up", "claude", Some(sonnet));
+        // Anthropic's input_tokens 100, cache writes 2,000, cache reads 10,000, output
+        // 500 of which (say) 200 thinking: $0.0183 (see snapshot.rs).
+        record.usage = Some(
+            Usage::new(12_100, 500, 10_000)
+                .with_cache_writes(2_000)
+                .with_reasoning(200),
+        );
+        record.cost_usd = record.price();
+        let line = Line(&record).json().unwrap();
+        let line: serde_json::Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!(line["input_tokens"], 12_100);
+        assert_eq!(line["cached_tokens"], 10_000);
+        assert_eq!(line["cache_write_tokens"], 2_000);
+        assert_eq!(line["output_tokens"], 500);
+        assert_eq!(line["reasoning_tokens"], 200);
+        let cost = line["cost_usd"].as_f64().unwrap();
+        assert!((cost - 0.0183).abs() < 1e-12, "{cost}");
     }
 }

@@ -28,8 +28,8 @@ use prometheus::{
 use switchboard_api::Snapshot;
 use switchboard_metrics::Family;
 
-use crate::ir::Operation;
 use crate::ir::record::RequestRecord;
+use crate::ir::{Operation, Usage};
 
 /// Label names.
 mod label {
@@ -177,13 +177,13 @@ impl Metrics {
             )?,
             token_usage: histogram(
                 "gen_ai_client_token_usage",
-                "Tokens per request, by type (input, output).",
+                "Tokens per request, by type: input and output (all of them), and their parts cache_read and cache_creation (of input) and reasoning (of output), when there are some.",
                 TOKEN_BUCKETS,
                 [ROUTE, PROVIDER, RESPONSE_MODEL, OPERATION, TOKEN_TYPE],
             )?,
             tokens: counter(
                 "switchboard_tokens_total",
-                "Tokens by type: input (cached included), output, and cached_input (the part of input read from the provider's prompt cache).",
+                "Tokens by type: input (cache reads and writes included), output (reasoning included), and their parts cache_read and cache_creation (input read from and written to the provider's prompt cache) and reasoning (output spent thinking).",
                 [ROUTE, PROVIDER, RESPONSE_MODEL, CONSUMER, TOKEN_TYPE],
             )?,
             cost: Family::new(
@@ -367,10 +367,22 @@ impl Metrics {
                 .with([route, provider, response_model, operation, token_type])
                 .observe(count as f64);
         }
+        // The parts of input and output, observed only when there are some: a request
+        // without prompt caching or reasoning would otherwise fill their lowest bucket.
+        for (token_type, count) in token_parts(&usage) {
+            if count > 0 {
+                self.token_usage
+                    .with([route, provider, response_model, operation, token_type])
+                    .observe(count as f64);
+            }
+        }
+        let [cache_read, cache_creation, reasoning] = token_parts(&usage);
         for (token_type, count) in [
             ("input", usage.prompt_tokens),
             ("output", output),
-            ("cached_input", usage.cached_tokens()),
+            cache_read,
+            cache_creation,
+            reasoning,
         ] {
             self.tokens
                 .with([route, provider, response_model, consumer, token_type])
@@ -538,6 +550,18 @@ fn consumer_info(snapshot: &Snapshot) -> prometheus::proto::MetricFamily {
 
 /// A Kubernetes label name as a Prometheus label name: every character that is not a
 /// letter, digit or underscore becomes `_`.
+/// The parts of a request's input and output, by `gen_ai_token_type`, named after
+/// OpenTelemetry's GenAI attributes `gen_ai.usage.cache_read.input_tokens` and
+/// `gen_ai.usage.cache_creation.input_tokens` (and `reasoning`, which they do not name
+/// yet). Parts, not extra tokens: each is already counted in `input` or `output`.
+fn token_parts(usage: &Usage) -> [(&'static str, u64); 3] {
+    [
+        ("cache_read", usage.cached_tokens()),
+        ("cache_creation", usage.cache_write_tokens()),
+        ("reasoning", usage.reasoning_tokens()),
+    ]
+}
+
 fn sanitize_label(name: &str) -> String {
     name.chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })

@@ -169,6 +169,8 @@ pub fn request_span(method: &http::Method, path: &str, headers: &HeaderMap) -> S
         gen_ai.response.model = tracing::field::Empty,
         gen_ai.usage.input_tokens = tracing::field::Empty,
         gen_ai.usage.output_tokens = tracing::field::Empty,
+        gen_ai.usage.cache_read.input_tokens = tracing::field::Empty,
+        gen_ai.usage.cache_creation.input_tokens = tracing::field::Empty,
         switchboard.request_id = tracing::field::Empty,
         switchboard.route = tracing::field::Empty,
         switchboard.consumer = tracing::field::Empty,
@@ -214,6 +216,14 @@ pub fn record_request(span: &Span, log: &RequestRecord) {
     if let Some(usage) = log.usage {
         span.record("gen_ai.usage.input_tokens", usage.prompt_tokens);
         span.record("gen_ai.usage.output_tokens", usage.completion_tokens);
+        span.record(
+            "gen_ai.usage.cache_read.input_tokens",
+            usage.cached_tokens(),
+        );
+        span.record(
+            "gen_ai.usage.cache_creation.input_tokens",
+            usage.cache_write_tokens(),
+        );
     }
     if let Some(cost) = log.cost_usd {
         span.record("switchboard.cost_usd", cost);

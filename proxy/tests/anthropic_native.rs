@@ -82,12 +82,19 @@ async fn gateway(
     manifests
         .write(
             "up.yaml",
+            // Claude Sonnet's prices (anthropic.com/pricing): $3/MTok input, $3.75
+            // 5-minute cache write, $0.30 cache read, $15 output.
             &provider_yaml(
                 "up",
                 "anthropic",
                 &anthropic.url(),
                 &[("m", "claude-up")],
                 "",
+            )
+            .replacen(
+                "upstreamName: claude-up}",
+                "upstreamName: claude-up, pricing: {inputPerMillion: 3, cacheWritePerMillion: 3.75, cachedInputPerMillion: 0.3, outputPerMillion: 15}}",
+                1,
             ),
         )
         .write(
@@ -130,6 +137,19 @@ fn as_sent(request: &str) -> String {
     let renamed = request.replacen(r#""model": "m" "#, r#""model": "claude-up" "#, 1);
     assert_ne!(renamed, request, "the test request names model m");
     renamed
+}
+
+/// What the answer (and the stream) cost: input_tokens 12, cache writes 1,000, cache
+/// reads 2,000, output 50: 12 * 3 + 1,000 * 3.75 + 2,000 * 0.30 + 50 * 15
+/// = 36 + 3,750 + 600 + 750 = 5,136 per million (4,386 if writes cost as input).
+const ANSWER_COST: f64 = 0.005_136;
+
+fn cost(scrape: &Scrape) -> f64 {
+    metric_or_zero(
+        scrape,
+        "switchboard_cost_usd_total",
+        &[("route", "default/r")],
+    )
 }
 
 fn tokens(scrape: &Scrape, kind: &str) -> f64 {
@@ -177,8 +197,14 @@ async fn an_agent_request_passes_through_byte_for_byte() {
     // Usage: input counts cache reads and writes; cache reads are the cached input.
     let scrape = scrape(&proxy).await;
     assert_eq!(tokens(&scrape, "input"), 3012.0);
-    assert_eq!(tokens(&scrape, "cached_input"), 2000.0);
+    assert_eq!(tokens(&scrape, "cache_read"), 2000.0);
+    assert_eq!(tokens(&scrape, "cache_creation"), 1000.0);
     assert_eq!(tokens(&scrape, "output"), 50.0);
+    assert!(
+        (cost(&scrape) - ANSWER_COST).abs() < 1e-12,
+        "{}",
+        cost(&scrape)
+    );
     proxy.shutdown().await;
 }
 
@@ -230,8 +256,14 @@ async fn an_agent_stream_passes_through_byte_for_byte() {
         scrape_now = scrape(&proxy).await;
     }
     assert_eq!(tokens(&scrape_now, "input"), 3012.0);
-    assert_eq!(tokens(&scrape_now, "cached_input"), 2000.0);
+    assert_eq!(tokens(&scrape_now, "cache_read"), 2000.0);
+    assert_eq!(tokens(&scrape_now, "cache_creation"), 1000.0);
     assert_eq!(tokens(&scrape_now, "output"), 50.0);
+    assert!(
+        (cost(&scrape_now) - ANSWER_COST).abs() < 1e-12,
+        "{}",
+        cost(&scrape_now)
+    );
     proxy.shutdown().await;
 }
 

@@ -200,7 +200,7 @@ async fn counts_tokens_and_cost_follow_a_known_sequence_of_requests() {
     assert_eq!(
         m(
             "switchboard_tokens_total",
-            &[priced[0], ("gen_ai_token_type", "cached_input")]
+            &[priced[0], ("gen_ai_token_type", "cache_read")]
         ),
         1600.0
     );

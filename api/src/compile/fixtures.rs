@@ -197,6 +197,7 @@ impl ProviderBuilder {
             input_per_million: input,
             output_per_million: output,
             cached_input_per_million: cached_input,
+            cache_write_per_million: None,
         });
         self
     }

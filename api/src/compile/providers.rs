@@ -7,7 +7,9 @@ use url::Url;
 use super::inputs::{Inputs, ObjectKey};
 use super::refs::{cel_rules, duration_ms, secret_value};
 use super::status::{Problem, Verdict};
-use crate::snapshot::{Anthropic, ApiKey, Echo, Model, Pricing, Provider, Tls};
+use crate::snapshot::{
+    Anthropic, ApiKey, DEFAULT_CACHE_WRITE_FACTOR, Echo, Model, Pricing, Provider, Tls,
+};
 use crate::v1alpha1::condition::reasons;
 use crate::v1alpha1::{AIProvider, ObjectStatus, ProviderType};
 
@@ -96,12 +98,17 @@ fn compile_one(
             input_per_million: p.input_per_million,
             output_per_million: p.output_per_million,
             cached_input_per_million: p.cached_input_per_million.unwrap_or(p.input_per_million),
+            cache_write_per_million: Some(
+                p.cache_write_per_million
+                    .unwrap_or(p.input_per_million * DEFAULT_CACHE_WRITE_FACTOR),
+            ),
         });
         if let Some(p) = &pricing {
             let prices = [
                 p.input_per_million,
                 p.output_per_million,
                 p.cached_input_per_million,
+                p.cache_write_per_million(),
             ];
             if prices.iter().any(|v| !v.is_finite() || *v < 0.0) {
                 verdict.reject(Problem::new(

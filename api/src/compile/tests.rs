@@ -337,6 +337,8 @@ fn provider_fields_compile_into_the_snapshot() {
     );
     let qwen = vllm.models["qwen"].pricing.expect("pricing");
     assert_eq!(qwen.cached_input_per_million, 0.5);
+    // Unset: 1.25 x input, Anthropic's 5-minute write price, compiled in.
+    assert_eq!(llama.cache_write_per_million, Some(1.25));
     assert_eq!(vllm.connect_timeout_ms, 90_000);
     assert_eq!(vllm.request_timeout_ms, 500);
     assert!(vllm.tls.insecure_skip_verify);

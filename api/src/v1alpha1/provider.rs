@@ -194,6 +194,12 @@ pub struct ModelPricing {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0.0, max = 100000.0))]
     pub cached_input_per_million: Option<f64>,
+    /// USD per million input tokens written to the provider's prompt cache (Anthropic's
+    /// `cache_creation_input_tokens`); defaults to 1.25 times the input price, Anthropic's
+    /// 5-minute cache write price.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 100000.0))]
+    pub cache_write_per_million: Option<f64>,
 }
 
 /// Timeouts towards a provider.

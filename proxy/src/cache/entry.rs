@@ -39,16 +39,21 @@ struct Header {
     input: u64,
     output: u64,
     cached: u64,
+    /// Absent in entries stored before cache writes and reasoning were told apart.
+    #[serde(default)]
+    cache_write: u64,
+    #[serde(default)]
+    reasoning: u64,
     cost: Option<f64>,
 }
 
 /// Leads every stored value: a value of another format is a miss, not an error.
 const MAGIC: &[u8] = b"SBC1";
 
-/// The most bytes the magic, the header line and its newline take: six numbers of at
-/// most 24 characters (`u64::MAX` has 20, an `f64` at most 24) and their names come to
-/// under 200 (`the_largest_header_fits` checks it).
-const MAX_HEADER: usize = 256;
+/// The most bytes the magic, the header line and its newline take: eight numbers of
+/// at most 24 characters (`u64::MAX` has 20, an `f64` at most 24) and their names come
+/// to under 300 (`the_largest_header_fits` checks it).
+const MAX_HEADER: usize = 320;
 
 /// LZ4 (block format) grows what it cannot compress by at most this, over 10%
 /// (`lz4_flex::block::get_maximum_output_size`), and the value leads with the
@@ -84,6 +89,8 @@ impl Entry {
             input: self.usage.prompt_tokens,
             output: self.usage.completion_tokens,
             cached: self.usage.cached_tokens(),
+            cache_write: self.usage.cache_write_tokens(),
+            reasoning: self.usage.reasoning_tokens(),
             cost: self.cost_usd,
         };
         let mut plain = Vec::with_capacity(self.body.len() + 128);
@@ -121,7 +128,9 @@ impl Entry {
         let header: Header = serde_json::from_slice(&rest[..newline]).ok()?;
         Some(Self {
             body: Bytes::copy_from_slice(&rest[newline + 1..]),
-            usage: Usage::new(header.input, header.output, header.cached),
+            usage: Usage::new(header.input, header.output, header.cached)
+                .with_cache_writes(header.cache_write)
+                .with_reasoning(header.reasoning),
             cost_usd: header.cost,
             created: header.created,
             ttl: Duration::from_millis(header.ttl_ms),
@@ -200,7 +209,7 @@ mod tests {
     fn an_entry_survives_redis() {
         let entry = Entry::new(
             Bytes::from_static(br#"{"id":"x","choices":[]}"#),
-            Usage::new(12, 5, 4),
+            Usage::new(12, 5, 4).with_cache_writes(3).with_reasoning(2),
             Some(0.000_125),
             Duration::from_secs(60),
         );
@@ -218,7 +227,9 @@ mod tests {
     fn largest_header(body: Bytes) -> Entry {
         Entry {
             body,
-            usage: Usage::new(u64::MAX, u64::MAX, u64::MAX),
+            usage: Usage::new(u64::MAX, u64::MAX, u64::MAX)
+                .with_cache_writes(u64::MAX)
+                .with_reasoning(u64::MAX),
             cost_usd: Some(-f64::MAX / 3.0),
             created: u64::MAX,
             ttl: Duration::from_millis(u64::MAX),

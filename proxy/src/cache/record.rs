@@ -93,13 +93,7 @@ impl Recorder {
             self.cache.too_large(&self.route);
             return;
         }
-        let cost = self.pricing.map(|p| {
-            p.cost_usd(
-                usage.prompt_tokens,
-                usage.cached_tokens(),
-                usage.completion_tokens,
-            )
-        });
+        let cost = self.pricing.map(|p| usage.cost_usd(&p));
         let entry = Arc::new(Entry::new(body, usage, cost, self.ttl));
         self.cache.store(&self.route, self.key, entry.clone());
         if let Some(flight) = self.flight {

@@ -515,12 +515,17 @@ impl WireUsage {
             .or(self.cache_read_input_tokens);
     }
 
-    /// IR usage: input counts every prompt token, cached ones included.
+    /// IR usage (see `ir::usage`): input counts every prompt token, cache reads and
+    /// writes included, each also told apart. Saturating: counts come from a provider.
     fn to_ir(self) -> Usage {
         let cached = self.cache_read_input_tokens.unwrap_or(0);
-        let input =
-            self.input_tokens.unwrap_or(0) + cached + self.cache_creation_input_tokens.unwrap_or(0);
-        Usage::new(input, self.output_tokens.unwrap_or(0), cached)
+        let writes = self.cache_creation_input_tokens.unwrap_or(0);
+        let input = self
+            .input_tokens
+            .unwrap_or(0)
+            .saturating_add(cached)
+            .saturating_add(writes);
+        Usage::new(input, self.output_tokens.unwrap_or(0), cached).with_cache_writes(writes)
     }
 }
 
@@ -536,13 +541,15 @@ pub fn response_usage(body: &[u8]) -> Option<Usage> {
         .map(WireUsage::to_ir)
 }
 
+/// Anthropic's usage from the IR's: `input_tokens` without cache reads and writes,
+/// which have their own fields. Reasoning stays in `output_tokens`, as Anthropic counts
+/// thinking.
 fn usage_to_wire(usage: &Usage) -> Value {
-    let cached = usage.cached_tokens();
     json!({
-        "input_tokens": usage.prompt_tokens.saturating_sub(cached),
+        "input_tokens": usage.uncached_input_tokens(),
         "output_tokens": usage.completion_tokens,
-        "cache_creation_input_tokens": 0,
-        "cache_read_input_tokens": cached,
+        "cache_creation_input_tokens": usage.cache_write_tokens(),
+        "cache_read_input_tokens": usage.cached_tokens(),
     })
 }
 

@@ -258,12 +258,17 @@ struct WireUsage {
 }
 
 impl WireUsage {
+    /// IR usage (see `ir::usage`): output adds the thoughts, which Gemini bills as
+    /// output but leaves out of `candidatesTokenCount`. Saturating: counts come from a
+    /// provider.
     fn to_ir(self) -> Usage {
         Usage::new(
             self.prompt_token_count,
-            self.candidates_token_count + self.thoughts_token_count,
+            self.candidates_token_count
+                .saturating_add(self.thoughts_token_count),
             self.cached_content_token_count,
         )
+        .with_reasoning(self.thoughts_token_count)
     }
 }
 

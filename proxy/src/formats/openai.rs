@@ -514,8 +514,12 @@ fn usage_to_wire(usage: &Usage) -> Value {
         "completion_tokens": usage.completion_tokens,
         "total_tokens": usage.total_tokens,
     });
-    if let Some(details) = usage.prompt_tokens_details {
-        wire["prompt_tokens_details"] = json!({"cached_tokens": details.cached_tokens});
+    // OpenAI has no field for cache writes: they stay in `prompt_tokens`, as input.
+    if usage.prompt_tokens_details.is_some() {
+        wire["prompt_tokens_details"] = json!({"cached_tokens": usage.cached_tokens()});
+    }
+    if usage.completion_tokens_details.is_some() {
+        wire["completion_tokens_details"] = json!({"reasoning_tokens": usage.reasoning_tokens()});
     }
     wire
 }

@@ -128,11 +128,7 @@ impl RequestRecord {
     pub fn price(&self) -> Option<f64> {
         let usage = self.usage?;
         let pricing = self.tried.pricing?;
-        Some(pricing.cost_usd(
-            usage.prompt_tokens,
-            usage.cached_tokens(),
-            usage.completion_tokens,
-        ))
+        Some(usage.cost_usd(&pricing))
     }
 
     /// Tokens were used on a model without prices: its cost is unknown, not zero.

@@ -162,12 +162,7 @@ fn embeddings(request: &Request, model: &str) -> Result<Reply, ProxyError> {
             json!({"object": "embedding", "index": index, "embedding": vector(input, dimensions)})
         })
         .collect();
-    let usage = Usage {
-        prompt_tokens,
-        completion_tokens: 0,
-        total_tokens: prompt_tokens,
-        prompt_tokens_details: None,
-    };
+    let usage = Usage::new(prompt_tokens, 0, 0);
     let body = json!({
         "object": "list",
         "data": data,

@@ -191,6 +191,7 @@ fn reads_the_documented_responses() {
     // input_tokens excludes cache reads and writes; the IR counts every prompt token.
     assert_eq!(text.usage.prompt_tokens, 2095 + 2051 + 2051);
     assert_eq!(text.usage.cached_tokens(), 2051);
+    assert_eq!(text.usage.cache_write_tokens(), 2051);
     assert_eq!(text.usage.completion_tokens, 503);
 
     let tool = parse_response(read("anthropic/response_tool_use.json").as_bytes()).unwrap();
@@ -236,12 +237,17 @@ fn written_responses_read_back_the_same() {
             reason: FinishReason::ToolCalls,
             stop_sequence: None,
         },
-        usage: Usage::new(120, 30, 100),
+        usage: Usage::new(120, 30, 100).with_cache_writes(15),
     };
+    let written = write_response(&response);
+    // Anthropic's terms: input_tokens without cache reads and writes.
+    let usage = &serde_json::from_slice::<Value>(&written).unwrap()["usage"];
     assert_eq!(
-        parse_response(&write_response(&response)).unwrap(),
-        response
+        *usage,
+        json!({"input_tokens": 5, "output_tokens": 30,
+               "cache_read_input_tokens": 100, "cache_creation_input_tokens": 15})
     );
+    assert_eq!(parse_response(&written).unwrap(), response);
 }
 
 #[test]
@@ -447,4 +453,24 @@ fn null_optional_fields_of_stream_events_read_as_absent() {
         &mut out,
     );
     assert!(matches!(out.as_slice(), [StreamEvent::Error(_)]), "{out:?}");
+}
+
+/// `message_start` carries input, cache reads and writes; `message_delta` the output
+/// (and, in newer streams, the input counts again): merged, never double counted.
+#[test]
+fn stream_usage_merges_message_start_and_message_delta() {
+    let stream = concat!(
+        "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"c\",\"content\":[],\"usage\":{\"input_tokens\":12,\"cache_creation_input_tokens\":1000,\"cache_read_input_tokens\":2000,\"output_tokens\":1}}}\n\n",
+        "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"input_tokens\":12,\"cache_creation_input_tokens\":1000,\"cache_read_input_tokens\":null,\"output_tokens\":50}}\n\n",
+        "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+    );
+    let events = decode_split(&mut StreamDecoder::default(), stream.as_bytes(), &[]);
+    let usage = events.iter().rev().find_map(|e| match e {
+        StreamEvent::Usage(u) => Some(*u),
+        _ => None,
+    });
+    assert_eq!(
+        usage,
+        Some(Usage::new(3012, 50, 2000).with_cache_writes(1000))
+    );
 }

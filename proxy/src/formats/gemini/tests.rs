@@ -152,6 +152,10 @@ fn reads_the_documented_responses() {
             + usage["thoughtsTokenCount"].as_u64().unwrap(),
         "thinking tokens are output tokens"
     );
+    assert_eq!(
+        call.usage.reasoning_tokens(),
+        usage["thoughtsTokenCount"].as_u64().unwrap()
+    );
 
     let cached = parse_response(read("gemini/response_text_cached.json").as_bytes()).unwrap();
     assert_eq!(cached.usage.prompt_tokens, 12013);

@@ -138,13 +138,17 @@ fn written_responses_read_back_the_same() {
             reason: FinishReason::ToolCalls,
             stop_sequence: None,
         },
-        usage: Usage::new(50, 10, 20),
+        usage: Usage::new(50, 10, 20).with_reasoning(4),
     };
     let written = write_response(&response, 1_700_000_000);
     let json: Value = serde_json::from_slice(&written).unwrap();
     assert_eq!(json["choices"][0]["message"]["content"], Value::Null);
     assert_eq!(json["choices"][0]["finish_reason"], "tool_calls");
     assert_eq!(json["usage"]["prompt_tokens_details"]["cached_tokens"], 20);
+    assert_eq!(
+        json["usage"]["completion_tokens_details"]["reasoning_tokens"],
+        4
+    );
     assert_eq!(parse_response(&written).unwrap(), response);
 }
 
