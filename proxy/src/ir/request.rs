@@ -20,6 +20,9 @@ pub enum ClientApi {
     OpenAI,
     /// Anthropic's `/v1/messages` and `/v1/messages/count_tokens`.
     Anthropic,
+    /// Google's Gemini API: `/v1beta/models/{model}:generateContent` and
+    /// `:streamGenerateContent`.
+    Gemini,
 }
 
 /// The API operation a request asks for.
@@ -65,6 +68,9 @@ pub struct TraceHeaders {
     pub tracestate: Option<http::HeaderValue>,
 }
 
+/// Where Gemini's API lives on the gateway, as on Google's endpoint.
+pub const GEMINI_PREFIX: &str = "/v1beta/";
+
 // === impl ClientApi ===
 
 impl ClientApi {
@@ -72,6 +78,9 @@ impl ClientApi {
     pub fn of_path(path: &str) -> Self {
         match path {
             "/v1/messages" | "/v1/messages/count_tokens" => ClientApi::Anthropic,
+            // Everything under Gemini's API version, unknown methods included: a
+            // Gemini SDK reads errors only in Google's format.
+            _ if path.starts_with(GEMINI_PREFIX) => ClientApi::Gemini,
             _ => ClientApi::OpenAI,
         }
     }
@@ -80,6 +89,7 @@ impl ClientApi {
         match self {
             ClientApi::OpenAI => "openai",
             ClientApi::Anthropic => "anthropic",
+            ClientApi::Gemini => "gemini",
         }
     }
 }
