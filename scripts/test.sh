@@ -21,7 +21,7 @@ if ! python3 -c "import anthropic" >/dev/null 2>&1; then
   python3 -m pip install --quiet --disable-pip-version-check "anthropic>=0.40,<3"
 fi
 if ! python3 -c "from google import genai" >/dev/null 2>&1; then
-  python3 -m pip install --quiet --disable-pip-version-check "google-genai>=1.0,<2"
+  python3 -m pip install --quiet --disable-pip-version-check "google-genai>=1.0,<4"
 fi
 # kubernetes-validate checks the rendered Helm chart against Kubernetes' schemas offline.
 if ! python3 -c "import kubernetes_validate" >/dev/null 2>&1; then

@@ -111,6 +111,8 @@ mod tests {
             key(&HeaderMap::new(), Some(&gemini)).as_deref(),
             Some("a+b")
         );
+        let v1: Uri = "/v1/models/m:generateContent?key=k".parse().unwrap();
+        assert_eq!(key(&HeaderMap::new(), Some(&v1)).as_deref(), Some("k"));
         let openai: Uri = "/v1/chat/completions?key=abc".parse().unwrap();
         assert_eq!(key(&HeaderMap::new(), Some(&openai)), None);
         // A header wins over the query.

@@ -10,24 +10,8 @@ use super::{MAX_MODEL_NAME, bad, top_level_fields};
 use crate::body::{self, Body};
 use crate::error::ProxyError;
 use crate::formats::gemini as format;
+use crate::ir::request::gemini_method;
 use crate::ir::{ClientApi, Operation, Request};
-
-/// Where the models' methods are.
-const MODELS: &str = "/v1beta/models/";
-
-/// The model and whether the client streams, for a path of Gemini's API that the
-/// gateway serves (`generateContent`, `streamGenerateContent`); `None` for any other.
-pub(super) fn method_of_path(path: &str) -> Option<bool> {
-    let (model, method) = path.strip_prefix(MODELS)?.rsplit_once(':')?;
-    if model.is_empty() {
-        return None;
-    }
-    match method {
-        "generateContent" => Some(false),
-        "streamGenerateContent" => Some(true),
-        _ => None,
-    }
-}
 
 /// Reads and checks a `generateContent` request. The model is the path's; the body
 /// is the provider's to judge when it passes through, and `super::typed`'s when it is
@@ -79,11 +63,7 @@ fn model_name(path: &str) -> Result<String, ProxyError> {
             "the model in the path must be a non-empty name of at most {MAX_MODEL_NAME} bytes"
         ))
     };
-    let raw = path
-        .strip_prefix(MODELS)
-        .and_then(|rest| rest.rsplit_once(':'))
-        .map(|(model, _)| model)
-        .ok_or_else(invalid)?;
+    let (raw, _) = gemini_method(path).ok_or_else(invalid)?;
     let model = percent_decode(raw).ok_or_else(invalid)?;
     if model.is_empty() || model.len() > MAX_MODEL_NAME {
         return Err(invalid());
@@ -125,16 +105,35 @@ mod tests {
 
     #[test]
     fn reads_the_model_and_method_from_the_path() {
+        let method = |path| gemini_method(path).map(|(_, stream)| stream);
         assert_eq!(
-            method_of_path("/v1beta/models/gemini-2.5-flash:generateContent"),
+            method("/v1beta/models/gemini-2.5-flash:generateContent"),
             Some(false)
         );
         assert_eq!(
-            method_of_path("/v1beta/models/a:b:streamGenerateContent"),
+            method("/v1/models/gemini-2.5-flash:generateContent"),
+            Some(false)
+        );
+        assert_eq!(
+            method("/v1beta/models/a:b:streamGenerateContent"),
             Some(true)
         );
-        assert_eq!(method_of_path("/v1beta/models/m:countTokens"), None);
-        assert_eq!(method_of_path("/v1beta/models/:generateContent"), None);
+        assert_eq!(method("/v1beta/models/m:countTokens"), None);
+        assert_eq!(method("/v1beta/models/:generateContent"), None);
+        // OpenAI's model lookup, for a model whose name has a colon.
+        assert_eq!(method("/v1/models/llama3:8b"), None);
+        assert_eq!(
+            ClientApi::of_path("/v1/models/llama3:8b"),
+            ClientApi::OpenAI
+        );
+        assert_eq!(
+            ClientApi::of_path("/v1/models/m:generateContent"),
+            ClientApi::Gemini
+        );
+        assert_eq!(
+            ClientApi::of_path("/v1beta/models/m:countTokens"),
+            ClientApi::Gemini
+        );
         assert_eq!(
             model_name("/v1beta/models/my%20model:generateContent").unwrap(),
             "my model"

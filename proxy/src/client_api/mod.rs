@@ -33,7 +33,7 @@ pub enum Endpoint {
     /// `/v1/messages/count_tokens`.
     AnthropicCountTokens,
     /// `/v1beta/models/{model}:generateContent` (`stream: false`) or
-    /// `:streamGenerateContent` (`stream: true`).
+    /// `:streamGenerateContent` (`stream: true`), and the same under `/v1`.
     Gemini { stream: bool },
 }
 
@@ -47,7 +47,8 @@ impl Endpoint {
             "/v1/embeddings" => Some(Endpoint::OpenAI(Operation::Embeddings)),
             "/v1/messages" => Some(Endpoint::AnthropicMessages),
             "/v1/messages/count_tokens" => Some(Endpoint::AnthropicCountTokens),
-            _ => gemini::method_of_path(path).map(|stream| Endpoint::Gemini { stream }),
+            _ => crate::ir::request::gemini_method(path)
+                .map(|(_, stream)| Endpoint::Gemini { stream }),
         }
     }
 }
