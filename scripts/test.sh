@@ -12,13 +12,16 @@ fi
 if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install cargo-nextest --locked
 fi
-# The OpenAI and Anthropic Python SDKs, for the end-to-end tests that drive the proxy
-# like a user would.
+# The OpenAI, Anthropic and Google GenAI Python SDKs, for the end-to-end tests that
+# drive the proxy like a user would.
 if ! python3 -c "import openai" >/dev/null 2>&1; then
   python3 -m pip install --quiet --disable-pip-version-check "openai>=1.40,<4"
 fi
 if ! python3 -c "import anthropic" >/dev/null 2>&1; then
   python3 -m pip install --quiet --disable-pip-version-check "anthropic>=0.40,<3"
+fi
+if ! python3 -c "from google import genai" >/dev/null 2>&1; then
+  python3 -m pip install --quiet --disable-pip-version-check "google-genai>=1.0,<4"
 fi
 # kubernetes-validate checks the rendered Helm chart against Kubernetes' schemas offline.
 if ! python3 -c "import kubernetes_validate" >/dev/null 2>&1; then

@@ -11,7 +11,9 @@ use crate::ir::ClientApi;
 /// A request failure. Messages never contain keys or upstream internals.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
-    #[error("missing API key: send it as 'Authorization: Bearer <key>' or 'x-api-key: <key>'")]
+    #[error(
+        "missing API key: send it as 'Authorization: Bearer <key>', 'x-api-key: <key>' or 'x-goog-api-key: <key>'"
+    )]
     MissingKey,
     #[error("invalid API key")]
     InvalidKey,

@@ -4,16 +4,19 @@
 //! format.
 
 pub mod anthropic;
+pub mod gemini;
 pub mod openai;
 
 use bytes::{Bytes, BytesMut};
-use http::{HeaderMap, Response, StatusCode, header};
+use http::{HeaderMap, Response, StatusCode, Uri, header};
 use indexmap::IndexMap;
 use serde_json::value::RawValue;
 
 use crate::body::{self, Body};
 use crate::error::ProxyError;
-use crate::formats::{self, anthropic as anthropic_format, openai as openai_format};
+use crate::formats::{
+    self, anthropic as anthropic_format, gemini as gemini_format, openai as openai_format,
+};
 use crate::ir::chat::{ChatRequest, ChatResponse, StreamEvent};
 use crate::ir::{ClientApi, Operation, Request, TraceHeaders};
 
@@ -29,6 +32,9 @@ pub enum Endpoint {
     AnthropicMessages,
     /// `/v1/messages/count_tokens`.
     AnthropicCountTokens,
+    /// `/v1beta/models/{model}:generateContent` (`stream: false`) or
+    /// `:streamGenerateContent` (`stream: true`), and the same under `/v1`.
+    Gemini { stream: bool },
 }
 
 // === impl Endpoint ===
@@ -41,16 +47,18 @@ impl Endpoint {
             "/v1/embeddings" => Some(Endpoint::OpenAI(Operation::Embeddings)),
             "/v1/messages" => Some(Endpoint::AnthropicMessages),
             "/v1/messages/count_tokens" => Some(Endpoint::AnthropicCountTokens),
-            _ => None,
+            _ => crate::ir::request::gemini_method(path)
+                .map(|(_, stream)| Endpoint::Gemini { stream }),
         }
     }
 }
 
-/// Reads and checks a request body sent to `endpoint`; `headers` carry its trace
-/// context and its API's headers.
+/// Reads and checks a request body sent to `endpoint` at `uri` (Gemini names the model
+/// there); `headers` carry its trace context and its API's headers.
 pub fn read_request(
     endpoint: Endpoint,
     body: Bytes,
+    uri: &Uri,
     headers: &HeaderMap,
 ) -> Result<Request, ProxyError> {
     let mut request = match endpoint {
@@ -61,6 +69,7 @@ pub fn read_request(
         Endpoint::AnthropicCountTokens => {
             anthropic::read_request(Operation::CountTokens, body, headers)?
         }
+        Endpoint::Gemini { stream } => gemini::read_request(body, uri, stream)?,
     };
     request.trace = TraceHeaders::from_headers(headers);
     Ok(request)
@@ -72,6 +81,7 @@ pub fn typed(request: &Request) -> Result<ChatRequest, ProxyError> {
     match request.api {
         ClientApi::OpenAI => openai_format::parse_request(&request.body),
         ClientApi::Anthropic => anthropic_format::parse_request(&request.body),
+        ClientApi::Gemini => gemini_format::parse_request(&request.body),
     }
 }
 
@@ -162,6 +172,7 @@ pub fn error_response(api: ClientApi, error: &ProxyError) -> Response<Body> {
         _ => match api {
             ClientApi::OpenAI => openai::error_response(error),
             ClientApi::Anthropic => anthropic::error_response(error),
+            ClientApi::Gemini => gemini::error_response(error),
         },
     };
     if let Some(value) = error.retry_after() {
@@ -177,6 +188,7 @@ pub fn write_response(api: ClientApi, response: &ChatResponse) -> Response<Body>
     let body = match api {
         ClientApi::OpenAI => openai_format::write_response(response, formats::unix_now()),
         ClientApi::Anthropic => anthropic_format::write_response(response),
+        ClientApi::Gemini => gemini_format::write_response(response),
     };
     body::json(StatusCode::OK, body)
 }
@@ -186,6 +198,7 @@ pub fn write_response(api: ClientApi, response: &ChatResponse) -> Response<Body>
 pub enum StreamEncoder {
     OpenAI(openai_format::StreamEncoder),
     Anthropic(anthropic_format::StreamEncoder),
+    Gemini(gemini_format::StreamEncoder),
 }
 
 // === impl StreamEncoder ===
@@ -201,6 +214,7 @@ impl StreamEncoder {
             ClientApi::Anthropic => {
                 StreamEncoder::Anthropic(anthropic_format::StreamEncoder::default())
             }
+            ClientApi::Gemini => StreamEncoder::Gemini(gemini_format::StreamEncoder::default()),
         }
     }
 
@@ -209,6 +223,7 @@ impl StreamEncoder {
         match self {
             StreamEncoder::OpenAI(encoder) => encoder.encode(event, out),
             StreamEncoder::Anthropic(encoder) => encoder.encode(event, out),
+            StreamEncoder::Gemini(encoder) => encoder.encode(event, out),
         }
     }
 }

@@ -19,7 +19,9 @@ use crate::body::{self, Body, BoxError};
 use crate::cache::Recorder;
 use crate::client_api::{self, StreamEncoder};
 use crate::formats::SseDecoder;
-use crate::formats::{anthropic as anthropic_format, openai as openai_format};
+use crate::formats::{
+    anthropic as anthropic_format, gemini as gemini_format, openai as openai_format,
+};
 use crate::ir::chat::{StreamError, StreamEvent};
 use crate::ir::reply::Reply;
 use crate::ir::stream::{ChatStream, NativeChunk, NativeStream, StreamEnd, StreamOutcome};
@@ -123,6 +125,7 @@ enum Source {
 enum Tap {
     OpenAI(SseDecoder<openai_format::StreamDecoder>),
     Anthropic(SseDecoder<anthropic_format::StreamDecoder>),
+    Gemini(SseDecoder<gemini_format::StreamDecoder>),
 }
 
 // === impl Tap ===
@@ -132,6 +135,7 @@ impl Tap {
         match api {
             ClientApi::OpenAI => Tap::OpenAI(SseDecoder::default()),
             ClientApi::Anthropic => Tap::Anthropic(SseDecoder::default()),
+            ClientApi::Gemini => Tap::Gemini(SseDecoder::default()),
         }
     }
 
@@ -139,12 +143,14 @@ impl Tap {
         match self {
             Tap::OpenAI(tap) => tap.decode_event(event, out),
             Tap::Anthropic(tap) => tap.decode_event(event, out),
+            Tap::Gemini(tap) => tap.decode_event(event, out),
         }
     }
 
     /// An encoder that goes on from the events read so far, for what the gateway adds
     /// at the end (a cut's closing events, an error): OpenAI chunks carry the
-    /// provider's id and model; Anthropic's close the content block left open.
+    /// provider's id and model; Anthropic's close the content block left open; Gemini's
+    /// events each stand alone.
     fn continuing(&self, include_usage: bool) -> StreamEncoder {
         match self {
             Tap::OpenAI(tap) => StreamEncoder::OpenAI(openai_format::StreamEncoder::continuing(
@@ -154,6 +160,7 @@ impl Tap {
             Tap::Anthropic(tap) => StreamEncoder::Anthropic(
                 anthropic_format::StreamEncoder::continuing(tap.decoder().open_block()),
             ),
+            Tap::Gemini(_) => StreamEncoder::Gemini(gemini_format::StreamEncoder::default()),
         }
     }
 }

@@ -1,7 +1,12 @@
 //! Google's Generative Language API (Gemini) wire format, to and from the IR.
 //!
-//! Provider side only: `generateContent` requests out, `GenerateContentResponse`s in,
+//! Provider side here: `generateContent` requests out, `GenerateContentResponse`s in,
 //! whole or streamed (`streamGenerateContent?alt=sse` sends one response per event).
+//! Client side (Gemini's API served to clients) in `client`.
+
+mod client;
+
+pub use self::client::{StreamEncoder, parse_request, response_usage, write_error, write_response};
 
 use bytes::Bytes;
 use serde::Deserialize;

@@ -3,7 +3,7 @@
 //! knows a wire format.
 //!
 //! Every module has the same shape, in both directions where the API is spoken on
-//! that side (Gemini is only ever a provider):
+//! that side:
 //!
 //! | step | client side (what a client sends and gets) | provider side (what we send and get) |
 //! |---|---|---|

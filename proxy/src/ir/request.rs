@@ -20,6 +20,9 @@ pub enum ClientApi {
     OpenAI,
     /// Anthropic's `/v1/messages` and `/v1/messages/count_tokens`.
     Anthropic,
+    /// Google's Gemini API: `/v1beta/models/{model}:generateContent` and
+    /// `:streamGenerateContent`.
+    Gemini,
 }
 
 /// The API operation a request asks for.
@@ -65,6 +68,26 @@ pub struct TraceHeaders {
     pub tracestate: Option<http::HeaderValue>,
 }
 
+/// Gemini's beta API version, the one Google's SDKs long defaulted to.
+const GEMINI_BETA: &str = "/v1beta/";
+
+/// The model (as in the path, still percent-encoded) and whether it streams, for a
+/// Gemini method the gateway serves: `{version}/models/{model}:generateContent` or
+/// `:streamGenerateContent`, under `/v1beta` or `/v1` (newer google-genai SDKs default
+/// to `v1`), as on Google's endpoint.
+pub fn gemini_method(path: &str) -> Option<(&str, bool)> {
+    let rest = path
+        .strip_prefix("/v1beta/models/")
+        .or_else(|| path.strip_prefix("/v1/models/"))?;
+    let (model, method) = rest.rsplit_once(':')?;
+    let stream = match method {
+        "generateContent" => false,
+        "streamGenerateContent" => true,
+        _ => return None,
+    };
+    (!model.is_empty()).then_some((model, stream))
+}
+
 // === impl ClientApi ===
 
 impl ClientApi {
@@ -72,6 +95,12 @@ impl ClientApi {
     pub fn of_path(path: &str) -> Self {
         match path {
             "/v1/messages" | "/v1/messages/count_tokens" => ClientApi::Anthropic,
+            // Everything under Gemini's beta version, unknown methods included: a
+            // Gemini SDK reads errors only in Google's format. Under `/v1`, only the
+            // methods served: `/v1/models/{id}` is also OpenAI's.
+            _ if path.starts_with(GEMINI_BETA) || gemini_method(path).is_some() => {
+                ClientApi::Gemini
+            }
             _ => ClientApi::OpenAI,
         }
     }
@@ -80,6 +109,7 @@ impl ClientApi {
         match self {
             ClientApi::OpenAI => "openai",
             ClientApi::Anthropic => "anthropic",
+            ClientApi::Gemini => "gemini",
         }
     }
 }

@@ -116,12 +116,12 @@ async fn proxy(
     pending: &mut Pending,
 ) -> Result<Response<Body>, ProxyError> {
     let snapshot = &runtime.snapshot;
-    let caller = auth::authenticate(&runtime.keys, snapshot, http.headers())?;
+    let caller = auth::authenticate(&runtime.keys, snapshot, http.headers(), Some(http.uri()))?;
     pending.record.called_by(caller.id, &caller.consumer.labels);
 
     let (head, body) = intake::read(http, limits(gateway)).await?;
     pending.capture_request_body(&body);
-    let mut request = client_api::read_request(endpoint, body, &head.headers)?;
+    let mut request = client_api::read_request(endpoint, body, &head.uri, &head.headers)?;
     pending.record.asked(&request);
 
     let asked = routing::select(

@@ -16,7 +16,7 @@ pub fn list(
     id: Option<&str>,
     pending: &mut Pending,
 ) -> Result<Response<Body>, ProxyError> {
-    let caller = auth::authenticate(&runtime.keys, &runtime.snapshot, headers)?;
+    let caller = auth::authenticate(&runtime.keys, &runtime.snapshot, headers, None)?;
     pending.record.consumer = Some(caller.id.to_string());
     let visible = routing::visible_models(&runtime.snapshot, caller.consumer);
     match id {

@@ -1,19 +1,30 @@
-//! The `gemini` provider: Google's Generative Language API, translated through the IR.
+//! The `gemini` provider: Google's Generative Language API.
+//!
+//! Gemini clients' requests pass through byte for byte (the model is in the URL, which
+//! the gateway writes; the provider key replaces the client's); answers and stream
+//! events come back as sent (scrubbed of the key), their `usageMetadata` read on the
+//! way. Requests from other client APIs are translated through the IR.
 
 use bytes::Bytes;
 use switchboard_api::snapshot::Provider;
 
 use super::exchange::{self, ErrorBody};
-use super::{Adapter, Call, Endpoint, UpstreamUrls, decode_stream};
+use super::{Adapter, Call, Endpoint, UpstreamUrls, decode_stream, relay};
 use crate::error::ProxyError;
 use crate::formats::gemini as format;
 use crate::ir::reply::Reply;
+use crate::ir::{ClientApi, Usage};
+use crate::sse;
 
 /// Google's Generative Language API.
 pub(super) struct Gemini;
 
 impl Adapter for Gemini {
     fn request(call: &Call<'_>) -> Result<Bytes, ProxyError> {
+        if super::passes_through(call) {
+            // The body names no model (the URL does): nothing in it changes.
+            return Ok(call.request.body.clone());
+        }
         format::write_request(super::typed(call.request)?)
     }
 
@@ -28,29 +39,53 @@ impl Adapter for Gemini {
         }
     }
 
-    fn response(_: &Call<'_>, body: Bytes) -> Result<Reply, ProxyError> {
-        Ok(Reply::Chat(format::parse_response(&body)?))
+    fn response(call: &Call<'_>, body: Bytes) -> Result<Reply, ProxyError> {
+        if !super::passes_through(call) {
+            return Ok(Reply::Chat(format::parse_response(&body)?));
+        }
+        let usage = format::response_usage(&body);
+        Ok(Reply::Native { body, usage })
     }
 
     fn stream(call: &Call<'_>, response: reqwest::Response) -> Reply {
-        Reply::ChatStream(decode_stream(
-            response.bytes_stream(),
-            format::StreamDecoder::default(),
-            call.limits,
-            exchange::key(call.upstream),
-        ))
+        if !super::passes_through(call) {
+            return Reply::ChatStream(decode_stream(
+                response.bytes_stream(),
+                format::StreamDecoder::default(),
+                call.limits,
+                exchange::key(call.upstream),
+            ));
+        }
+        Reply::NativeStream(relay::stream(call, response, Events))
     }
 
     fn error(body: &[u8]) -> ErrorBody {
+        let message = format::parse_error(body);
         ErrorBody {
-            message: format::parse_error(body),
-            // No client speaks Google's format.
-            native: None,
+            // Gemini clients get Google's own error body.
+            native: message.is_some().then_some(ClientApi::Gemini),
+            message,
             bad_key: format::is_bad_key(body),
         }
     }
 }
 
+/// Reads usage from a passed-through stream: Gemini puts `usageMetadata` (so far) in
+/// its events, the last one the whole. Every event is forwarded.
+struct Events;
+
+impl relay::Events for Events {
+    fn read(&mut self, event: Bytes, usage: &mut Option<Usage>) -> Option<Bytes> {
+        // Cheap test first: only events with usage are parsed.
+        if memchr::memmem::find(&event, b"\"usageMetadata\"").is_some()
+            && let Ok(Some(data)) = sse::data(&event)
+            && let Some(read) = format::response_usage(data.as_bytes())
+        {
+            *usage = Some(read);
+        }
+        Some(event)
+    }
+}
 /// `{endpoint}/models/{model}:generateContent`, and `:streamGenerateContent?alt=sse`
 /// for streams (server-sent events rather than one JSON array).
 pub(super) fn urls(config: &Provider) -> Result<UpstreamUrls, url::ParseError> {

@@ -5,7 +5,7 @@
 //! from a stream; how errors read is the fifth. The exchange itself (send within a
 //! deadline, map a failed status to a `ProxyError`) is shared (`exchange`). A provider
 //! that speaks the client's API (`speaks`: OpenAI-shaped providers to OpenAI clients,
-//! Anthropic to Anthropic clients) answers in its own bytes (`Reply::Native*`), which
+//! Anthropic to Anthropic clients, Gemini to Gemini clients) answers in its own bytes (`Reply::Native*`), which
 //! pass through untouched (`relay` for streams); every other pairing is translated
 //! through the IR.
 
@@ -133,8 +133,9 @@ pub fn speaks(kind: ProviderType, api: ClientApi) -> bool {
             api == ClientApi::OpenAI
         }
         ProviderType::Anthropic => api == ClientApi::Anthropic,
+        ProviderType::Gemini => api == ClientApi::Gemini,
         // Echo answers from the IR.
-        ProviderType::Gemini | ProviderType::Echo => false,
+        ProviderType::Echo => false,
     }
 }
 
