@@ -406,6 +406,42 @@ fn read_anthropic(body: &str, stream: bool) -> Read {
     read
 }
 
+/// The answer a Gemini client reads.
+fn read_gemini(body: &str, stream: bool) -> Read {
+    let mut read = Read::default();
+    let responses: Vec<Value> = if stream {
+        body.lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .map(|d| serde_json::from_str(d).unwrap_or_else(|e| panic!("{e}: {d}")))
+            .collect()
+    } else {
+        vec![serde_json::from_str(body).unwrap()]
+    };
+    for response in &responses {
+        assert!(response.get("error").is_none(), "an error: {response}");
+        for candidate in response["candidates"].as_array().into_iter().flatten() {
+            for part in candidate["content"]["parts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                read.text += part["text"].as_str().unwrap_or_default();
+                if let Some(call) = part.get("functionCall") {
+                    let name = call["name"].as_str().unwrap_or_default().to_string();
+                    read.tools.insert(name, call["args"].to_string());
+                }
+            }
+        }
+        let usage = &response["usageMetadata"];
+        if usage.is_object() {
+            let output =
+                tokens(&usage["candidatesTokenCount"]) + tokens(&usage["thoughtsTokenCount"]);
+            read.usage = (tokens(&usage["promptTokenCount"]), output);
+        }
+    }
+    read
+}
+
 /// Tool calls by name with their arguments as JSON values (whitespace is the
 /// provider's, not part of the call).
 fn calls(tools: &BTreeMap<String, String>) -> BTreeMap<String, Value> {
@@ -434,9 +470,16 @@ async fn every_recorded_answer_reaches_every_client_api_intact() {
             "model": name, "stream": stream, "max_tokens": 256,
             "messages": [{"role": "user", "content": "hi"}],
         });
+        let gemini = json!({"contents": [{"role": "user", "parts": [{"text": "hi"}]}]});
+        let gemini_path = if stream {
+            format!("/v1beta/models/{name}:streamGenerateContent?alt=sse")
+        } else {
+            format!("/v1beta/models/{name}:generateContent")
+        };
         for (api, path, body) in [
             ("openai", "/v1/chat/completions", openai),
             ("anthropic", "/v1/messages", anthropic),
+            ("gemini", gemini_path.as_str(), gemini),
         ] {
             let response = post(&proxy, path, body.to_string()).await;
             let status = response.status();
@@ -445,10 +488,10 @@ async fn every_recorded_answer_reaches_every_client_api_intact() {
                 failures.push(format!("{} -> {api}: status {status}: {text}", sample.file));
                 continue;
             }
-            let reader = if api == "openai" {
-                read_openai
-            } else {
-                read_anthropic
+            let reader = match api {
+                "openai" => read_openai,
+                "anthropic" => read_anthropic,
+                _ => read_gemini,
             };
             let read = std::panic::catch_unwind(|| reader(&text, stream));
             let Ok(read) = read else {
@@ -486,7 +529,7 @@ async fn every_recorded_answer_reaches_every_client_api_intact() {
             }
         }
     }
-    // The gateway metered what the provider billed, through both client APIs (for
+    // The gateway metered what the provider billed, through every client API (for
     // passed-through answers too, whose usage it reads without changing them).
     let scrape = scrape(&proxy).await;
     for (i, sample) in CORPUS.iter().enumerate() {
@@ -497,11 +540,11 @@ async fn every_recorded_answer_reaches_every_client_api_intact() {
                 "gen_ai_client_token_usage_sum",
                 &[("route", &route), ("gen_ai_token_type", kind)],
             );
-            if metered != (2 * expected) as f64 {
+            if metered != (3 * expected) as f64 {
                 failures.push(format!(
                     "{}: {kind} tokens metered {metered}, expected {}",
                     sample.file,
-                    2 * expected
+                    3 * expected
                 ));
             }
         }
@@ -510,7 +553,7 @@ async fn every_recorded_answer_reaches_every_client_api_intact() {
         failures.is_empty(),
         "{} of {} readings failed:\n{}",
         failures.len(),
-        CORPUS.len() * 2,
+        CORPUS.len() * 3,
         failures.join("\n")
     );
 }
@@ -614,7 +657,23 @@ async fn every_recorded_error_reaches_every_client_api_in_its_format() {
                 "/v1/messages",
                 json!({"model": name, "stream": stream, "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]}),
             ),
+            (
+                "gemini",
+                if stream {
+                    "streamGenerateContent?alt=sse"
+                } else {
+                    "generateContent"
+                },
+                json!({"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}),
+            ),
         ] {
+            let gemini_path;
+            let path = if api == "gemini" {
+                gemini_path = format!("/v1beta/models/{name}:{path}");
+                gemini_path.as_str()
+            } else {
+                path
+            };
             let response = post(&proxy, path, body.to_string()).await;
             let status = response.status().as_u16();
             let text = response.text().await.unwrap_or_default();
@@ -627,6 +686,7 @@ async fn every_recorded_error_reaches_every_client_api_in_its_format() {
                 .find(|v| v.get("error").is_some());
             let shaped = match (&error, api) {
                 (Some(e), "openai") => e["error"]["message"].is_string(),
+                (Some(e), "gemini") => e["error"]["status"].is_string(),
                 (Some(e), _) => e["type"] == "error" && e["error"]["type"].is_string(),
                 (None, _) => false,
             };
