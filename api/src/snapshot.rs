@@ -210,6 +210,9 @@ pub struct Retry {
     pub max_backoff_ms: u64,
     /// Retries may add at most this percentage of the route's requests.
     pub budget_percent: u32,
+    /// Whether a success that cannot be read may move on to the next backend.
+    #[serde(default)]
+    pub fallback_on_unreadable: bool,
 }
 
 impl Default for Retry {
@@ -219,6 +222,7 @@ impl Default for Retry {
             backoff_ms: 100,
             max_backoff_ms: 2_000,
             budget_percent: 20,
+            fallback_on_unreadable: false,
         }
     }
 }

@@ -222,9 +222,10 @@ async fn an_unreadable_success_is_not_retried_on_the_same_backend() {
     }
 }
 
-/// ...but the route's next backend is tried (it may read fine, and was not paid yet).
+/// ...nor of the next backend unless the route says so (it would be paid twice); when
+/// it does, the next backend is tried (it may read fine).
 #[tokio::test]
-async fn an_unreadable_success_falls_over_to_the_next_backend() {
+async fn an_unreadable_success_falls_over_only_when_the_route_says_so() {
     let broken = FakeProvider::json(200, "{not json").await;
     let good = FakeProvider::json(
         200,
@@ -248,10 +249,19 @@ async fn an_unreadable_success_falls_over_to_the_next_backend() {
         .write("consumer.yaml", &consumer_yaml("app", ""));
     let proxy = proxy(&manifests).await;
     let response = post_messages(&proxy, &hello(false)).await;
+    assert_eq!(response.status(), 502);
+    assert_eq!((broken.received().len(), good.received().len()), (1, 0));
+
+    manifests.write(
+        "route.yaml",
+        "apiVersion: switchboard.dev/v1alpha1\nkind: AIRoute\nmetadata: {name: r}\nspec:\n  models: [m]\n  backends: [{provider: a, model: m}, {provider: b, model: m, priority: 1}]\n  retry: {attempts: 3, backoff: 10ms, fallbackOnUnreadable: true}\n",
+    );
+    let proxy = proxy_with(&manifests, |_| {}).await;
+    let response = post_messages(&proxy, &hello(false)).await;
     assert_eq!(response.status(), 200);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["content"][0]["text"], "Hello!", "{body}");
-    assert_eq!((broken.received().len(), good.received().len()), (1, 1));
+    assert_eq!((broken.received().len(), good.received().len()), (2, 1));
 }
 
 /// `POST /v1/embeddings` on the `echo` provider: unit vectors of 8 dimensions (or

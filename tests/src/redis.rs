@@ -85,8 +85,12 @@ impl RedisServer {
     }
 
     async fn connection(&self) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+        // The client's default response timeout is short; a test's own command (a
+        // 128 MiB SETRANGE on a busy machine) may take longer.
+        let config =
+            redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(30)));
         redis::Client::open(self.url())?
-            .get_multiplexed_async_connection()
+            .get_multiplexed_async_connection_with_config(&config)
             .await
     }
 

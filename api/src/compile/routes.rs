@@ -168,6 +168,7 @@ fn compile_one(
             .budget_percent
             .unwrap_or(defaults.budget_percent)
             .min(100),
+        fallback_on_unreadable: retry_spec.fallback_on_unreadable.unwrap_or(false),
     };
 
     let circuit_defaults = Circuit::default();

@@ -2427,6 +2427,7 @@ fn retry_policy_and_total_timeout_compile_with_defaults() {
                     backoff: Some("250ms".into()),
                     max_backoff: Some("5s".into()),
                     budget_percent: Some(50),
+                    fallback_on_unreadable: Some(true),
                 }),
         )
         .with(
@@ -2449,7 +2450,8 @@ fn retry_policy_and_total_timeout_compile_with_defaults() {
             attempts: 5,
             backoff_ms: 250,
             max_backoff_ms: 5_000,
-            budget_percent: 50
+            budget_percent: 50,
+            fallback_on_unreadable: true,
         }
     );
     assert_eq!(tuned.total_timeout_ms, Some(45_000));

@@ -286,6 +286,13 @@ pub struct RouteRetry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 100))]
     pub budget_percent: Option<u32>,
+
+    /// Whether a success whose body cannot be read may be tried on the route's next
+    /// backend. The provider answered it (and billed it), so it is never asked again
+    /// of the same backend; by default the request then fails (502
+    /// `upstream_unreadable_response`) rather than paying a second provider.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback_on_unreadable: Option<bool>,
 }
 
 /// A request header condition.

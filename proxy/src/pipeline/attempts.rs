@@ -243,16 +243,6 @@ impl<'r> Attempts<'r> {
             }
             Err(error) if error.is_retryable() => {
                 next.tracked.failed(&self.route.route.circuit);
-                let max_backoff = Duration::from_millis(self.route.route.retry.max_backoff_ms);
-                let entry = &mut self.plan[next.index];
-                match error.retry_after_delay() {
-                    Some(asked) if asked > max_backoff => entry.given_up = true,
-                    Some(asked) => entry.not_before = Some(Instant::now() + asked),
-                    None => {}
-                }
-                if !error.retries_same_backend() {
-                    entry.given_up = true;
-                }
                 if let ProxyError::UpstreamUnreadable(what) = &error {
                     // Warned, not debugged: the provider billed an answer nobody got.
                     // `what` is a category and position, never the body's content.
@@ -264,6 +254,19 @@ impl<'r> Attempts<'r> {
                         problem = %what,
                         "provider answered with a success whose body cannot be read; not retried on this backend"
                     );
+                    if !self.route.route.retry.fallback_on_unreadable {
+                        return Some(Err(error));
+                    }
+                }
+                let max_backoff = Duration::from_millis(self.route.route.retry.max_backoff_ms);
+                let entry = &mut self.plan[next.index];
+                match error.retry_after_delay() {
+                    Some(asked) if asked > max_backoff => entry.given_up = true,
+                    Some(asked) => entry.not_before = Some(Instant::now() + asked),
+                    None => {}
+                }
+                if !error.retries_same_backend() {
+                    entry.given_up = true;
                 }
                 tracing::debug!(
                     request_id = self.request_id,
