@@ -431,7 +431,34 @@ struct WireResponseMessage {
     content: Option<String>,
     refusal: Option<String>,
     #[serde(default, deserialize_with = "null_as_default")]
-    tool_calls: Vec<WireToolCall>,
+    tool_calls: Vec<WireAnswerToolCall>,
+}
+
+/// A tool call in an answer. Unlike one in a client's request, a missing or `null` id
+/// is tolerated (some OpenAI-compatible servers leave it out): the call gets one.
+#[derive(Deserialize)]
+struct WireAnswerToolCall {
+    #[serde(default, deserialize_with = "null_as_default")]
+    id: String,
+    function: WireFunctionCall,
+}
+
+/// The answer's tool calls, each with an id (`call_<n>` where the provider gave none:
+/// an Anthropic or Gemini client must be able to answer the call by its id).
+fn answer_tool_calls(calls: Vec<WireAnswerToolCall>) -> Vec<ToolCall> {
+    calls
+        .into_iter()
+        .enumerate()
+        .map(|(n, call)| ToolCall {
+            id: if call.id.is_empty() {
+                format!("call_{n}")
+            } else {
+                call.id
+            },
+            name: call.function.name,
+            arguments: call.function.arguments,
+        })
+        .collect()
 }
 
 /// Reads an OpenAI chat completion (the first choice).
@@ -448,7 +475,7 @@ pub fn parse_response(body: &[u8]) -> Result<ChatResponse, ProxyError> {
         id: wire.id,
         model: wire.model,
         text: message.content.or(message.refusal).unwrap_or_default(),
-        tool_calls: message.tool_calls.into_iter().map(ToolCall::from).collect(),
+        tool_calls: answer_tool_calls(message.tool_calls),
         finish: Finish {
             reason: if refused {
                 FinishReason::ContentFilter

@@ -318,6 +318,7 @@ fn null_optional_fields_of_an_answer_read_as_absent() {
         "finish_reason":"tool_calls"}],"usage":null}"#;
     let response = parse_response(body.as_bytes()).unwrap();
     assert_eq!(response.text, "");
+    assert_eq!(response.tool_calls[0].id, "call_1");
     assert_eq!(response.tool_calls[0].name, "f");
     assert_eq!(response.tool_calls[0].arguments, "");
     assert_eq!(response.usage, Usage::default());
@@ -377,4 +378,15 @@ fn an_unreadable_answer_says_where_not_what() {
         parse_response(br#"{"choices":[]}"#),
         Err(ProxyError::UpstreamUnreadable(_))
     ));
+}
+
+#[test]
+fn a_tool_call_without_an_id_in_an_answer_gets_one() {
+    let body = r#"{"id":"x","model":"m","choices":[{"message":{"content":null,"tool_calls":[
+        {"id":null,"type":"function","function":{"name":"f","arguments":"{}"}},
+        {"type":"function","function":{"name":"g","arguments":"{}"}}]},
+        "finish_reason":"tool_calls"}]}"#;
+    let response = parse_response(body.as_bytes()).unwrap();
+    let ids: Vec<&str> = response.tool_calls.iter().map(|c| c.id.as_str()).collect();
+    assert_eq!(ids, ["call_0", "call_1"]);
 }
