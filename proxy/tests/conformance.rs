@@ -232,38 +232,37 @@ struct Read {
     usage: (u64, u64),
 }
 
-fn model(sample: &Sample) -> String {
-    sample.file.replace('.', "-")
+fn model_of(file: &str) -> String {
+    file.replace('.', "-")
 }
 
 fn is_stream(sample: &Sample) -> bool {
     sample.file.ends_with(".sse")
 }
 
-/// Every sample behind its own provider, each under a model named after its file.
-async fn serve_corpus() -> (Vec<FakeProvider>, Manifests, switchboard_proxy::Proxy) {
+/// Each recorded file (`file`, provider type, status) behind its own provider, under a
+/// model named after the file (`model_of`), with one attempt per request.
+async fn serve_recorded(
+    recorded: &[(&str, &str, StatusCode)],
+) -> (Vec<FakeProvider>, Manifests, switchboard_proxy::Proxy) {
     let manifests = Manifests::new();
     manifests.write("consumer.yaml", &consumer_yaml("app", ""));
     let mut fakes = Vec::new();
-    for (i, sample) in CORPUS.iter().enumerate() {
-        let path = format!(
-            "{}/tests/corpus/{}",
-            env!("CARGO_MANIFEST_DIR"),
-            sample.file
-        );
+    for (i, &(file, kind, status)) in recorded.iter().enumerate() {
+        let path = format!("{}/tests/corpus/{file}", env!("CARGO_MANIFEST_DIR"));
         let body = Bytes::from(std::fs::read(&path).unwrap());
-        let stream = is_stream(sample);
+        let stream = file.ends_with(".sse");
         let fake = FakeProvider::start(move |_| match stream {
-            true => Reply::Pieces(StatusCode::OK, "text/event-stream", vec![body.clone()]),
-            false => Reply::Json(StatusCode::OK, body.clone()),
+            true => Reply::Pieces(status, "text/event-stream", vec![body.clone()]),
+            false => Reply::Json(status, body.clone()),
         })
         .await;
-        let name = model(sample);
+        let name = model_of(file);
         manifests.write(
             &format!("p{i}.yaml"),
             &provider_yaml(
                 &format!("p{i}"),
-                sample.kind,
+                kind,
                 &fake.url(),
                 &[(&name, "upstream-model")],
                 "",
@@ -283,6 +282,15 @@ async fn serve_corpus() -> (Vec<FakeProvider>, Manifests, switchboard_proxy::Pro
     }
     let proxy = proxy(&manifests).await;
     (fakes, manifests, proxy)
+}
+
+/// Every answer of the corpus, served as recorded.
+async fn serve_corpus() -> (Vec<FakeProvider>, Manifests, switchboard_proxy::Proxy) {
+    let recorded: Vec<_> = CORPUS
+        .iter()
+        .map(|s| (s.file, s.kind, StatusCode::OK))
+        .collect();
+    serve_recorded(&recorded).await
 }
 
 fn tokens(value: &Value) -> u64 {
@@ -460,7 +468,7 @@ async fn every_recorded_answer_reaches_every_client_api_intact() {
     let mut failures = Vec::new();
     for sample in CORPUS {
         let stream = is_stream(sample);
-        let name = model(sample);
+        let name = model_of(sample.file);
         let openai = json!({
             "model": name, "stream": stream,
             "stream_options": if stream { json!({"include_usage": true}) } else { Value::Null },
@@ -601,50 +609,14 @@ const ERRORS: &[ErrorSample] = &[
 
 #[tokio::test]
 async fn every_recorded_error_reaches_every_client_api_in_its_format() {
-    let manifests = Manifests::new();
-    manifests.write("consumer.yaml", &consumer_yaml("app", ""));
-    let mut fakes = Vec::new();
-    for (i, sample) in ERRORS.iter().enumerate() {
-        let path = format!(
-            "{}/tests/corpus/{}",
-            env!("CARGO_MANIFEST_DIR"),
-            sample.file
-        );
-        let body = Bytes::from(std::fs::read(&path).unwrap());
-        let status = StatusCode::from_u16(sample.status).unwrap();
-        let stream = sample.file.ends_with(".sse");
-        let fake = FakeProvider::start(move |_| match stream {
-            true => Reply::Pieces(status, "text/event-stream", vec![body.clone()]),
-            false => Reply::Json(status, body.clone()),
-        })
-        .await;
-        let name = sample.file.replace('.', "-");
-        manifests.write(
-            &format!("p{i}.yaml"),
-            &provider_yaml(
-                &format!("p{i}"),
-                sample.kind,
-                &fake.url(),
-                &[(&name, "m")],
-                "",
-            ),
-        );
-        manifests.write(
-            &format!("r{i}.yaml"),
-            &route_yaml(
-                &format!("r{i}"),
-                &[&name],
-                &format!("p{i}"),
-                &name,
-                "  retry: {attempts: 1}",
-            ),
-        );
-        fakes.push(fake);
-    }
-    let proxy = proxy(&manifests).await;
+    let recorded: Vec<_> = ERRORS
+        .iter()
+        .map(|s| (s.file, s.kind, StatusCode::from_u16(s.status).unwrap()))
+        .collect();
+    let (_fakes, _manifests, proxy) = serve_recorded(&recorded).await;
     let mut failures = Vec::new();
     for sample in ERRORS {
-        let name = sample.file.replace('.', "-");
+        let name = model_of(sample.file);
         let stream = sample.file.ends_with(".sse");
         for (api, path, body) in [
             (
