@@ -78,6 +78,15 @@ async fn gateway(
     anthropic: &FakeProvider,
     other: &FakeProvider,
 ) -> (Manifests, switchboard_proxy::Proxy) {
+    gateway_with(anthropic, other, "").await
+}
+
+/// `gateway`, with `route` added to route `r`'s spec.
+async fn gateway_with(
+    anthropic: &FakeProvider,
+    other: &FakeProvider,
+    route: &str,
+) -> (Manifests, switchboard_proxy::Proxy) {
     let manifests = Manifests::new();
     manifests
         .write(
@@ -107,7 +116,7 @@ async fn gateway(
                 "",
             ),
         )
-        .write("r.yaml", &route_yaml("r", &["m"], "up", "m", ""))
+        .write("r.yaml", &route_yaml("r", &["m"], "up", "m", route))
         .write("ro.yaml", &route_yaml("ro", &["o"], "oc", "o", ""))
         .write("consumer.yaml", &consumer_yaml("app", ""));
     let proxy = proxy(&manifests).await;
@@ -265,6 +274,122 @@ async fn an_agent_stream_passes_through_byte_for_byte() {
         cost(&scrape_now)
     );
     proxy.shutdown().await;
+}
+
+/// A passed-through answer is cached whole, in Anthropic's format: a repeat gets the
+/// provider's bytes again, and a client that streams gets events that spell the same
+/// message (thinking, signature and citations included). A streamed answer is put
+/// back together and cached the same way.
+#[tokio::test]
+async fn passed_through_answers_are_cached_whole() {
+    let anthropic = anthropic_fake().await;
+    let other = FakeProvider::json(500, "{}").await;
+    let (_m, proxy) = gateway_with(&anthropic, &other, "  cache: {ttl: 1h}").await;
+    let stream_request = AGENT_REQUEST.replacen(
+        "\"temperature\":1.0",
+        "\"temperature\":1.0,\"stream\":true",
+        1,
+    );
+    let post = |body: &str| post_as_agent(&proxy, "/v1/messages", body.to_string(), &[]);
+
+    let first = post(AGENT_REQUEST).await;
+    assert_eq!(first.headers()["x-switchboard-cache"], "miss");
+    assert_eq!(first.text().await.unwrap(), ANSWER);
+    let again = post(AGENT_REQUEST).await;
+    assert_eq!(again.headers()["x-switchboard-cache"], "hit");
+    assert_eq!(again.text().await.unwrap(), ANSWER);
+    // Streamed from the cache: Anthropic's events, put back together the same message.
+    let streamed = post(&stream_request).await;
+    assert_eq!(streamed.headers()["x-switchboard-cache"], "hit");
+    assert_eq!(streamed.headers()["content-type"], "text/event-stream");
+    let message = assembled(&streamed.text().await.unwrap());
+    assert_eq!(
+        message,
+        serde_json::from_str::<serde_json::Value>(ANSWER).unwrap()
+    );
+    assert_eq!(anthropic.received().len(), 1);
+
+    // A streamed answer (another request: another key) is put back together and cached.
+    let other_stream = stream_request.replacen("Summarize,", "Summarize again,", 1);
+    let whole_request = other_stream.replacen(",\"stream\":true", "", 1);
+    let first = post(&other_stream).await;
+    assert_eq!(first.headers()["x-switchboard-cache"], "miss");
+    assert_eq!(first.text().await.unwrap(), STREAM.concat());
+    let mut cached = None;
+    for _ in 0..50 {
+        let again = post(&whole_request).await;
+        if again.headers()["x-switchboard-cache"] == "hit" {
+            cached = Some(again.text().await.unwrap());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let cached: serde_json::Value = serde_json::from_str(&cached.expect("never a hit")).unwrap();
+    // The message the stream spelled: the same as the whole answer, but for the
+    // `container` field only the whole answer has.
+    let mut expected: serde_json::Value = serde_json::from_str(ANSWER).unwrap();
+    expected.as_object_mut().unwrap().remove("container");
+    expected["content"][1]
+        .as_object_mut()
+        .unwrap()
+        .remove("citations");
+    expected["usage"]
+        .as_object_mut()
+        .unwrap()
+        .remove("service_tier");
+    assert_eq!(cached, expected);
+    proxy.shutdown().await;
+}
+
+/// The message a Messages API stream spells, put together as Anthropic's SDKs do.
+fn assembled(stream: &str) -> serde_json::Value {
+    use serde_json::Value;
+    let mut message = Value::Null;
+    let mut partial = String::new();
+    for event in stream.split("\n\n").filter(|e| !e.is_empty()) {
+        let data = event
+            .lines()
+            .find_map(|l| l.strip_prefix("data: "))
+            .unwrap();
+        let event: Value = serde_json::from_str(data).unwrap();
+        let index = event["index"].as_u64().unwrap_or(0) as usize;
+        match event["type"].as_str().unwrap() {
+            "message_start" => message = event["message"].clone(),
+            "content_block_start" => message["content"]
+                .as_array_mut()
+                .unwrap()
+                .push(event["content_block"].clone()),
+            "content_block_delta" => {
+                let block = &mut message["content"][index];
+                let delta = &event["delta"];
+                let mut append = |field: &str, key: &str| {
+                    let text = block[field].as_str().unwrap_or("").to_string();
+                    block[field] = format!("{text}{}", delta[key].as_str().unwrap()).into();
+                };
+                match delta["type"].as_str().unwrap() {
+                    "text_delta" => append("text", "text"),
+                    "thinking_delta" => append("thinking", "thinking"),
+                    "signature_delta" => append("signature", "signature"),
+                    "citations_delta" => block["citations"]
+                        .as_array_mut()
+                        .unwrap()
+                        .push(delta["citation"].clone()),
+                    "input_json_delta" => partial.push_str(delta["partial_json"].as_str().unwrap()),
+                    other => panic!("unexpected delta {other}"),
+                }
+            }
+            "message_delta" => {
+                for (name, value) in event["delta"].as_object().unwrap() {
+                    message[name] = value.clone();
+                }
+                for (name, value) in event["usage"].as_object().unwrap() {
+                    message["usage"][name] = value.clone();
+                }
+            }
+            _ => {}
+        }
+    }
+    message
 }
 
 #[tokio::test]

@@ -49,13 +49,22 @@ async fn fake(whole: &str, stream: &str) -> FakeProvider {
 
 /// Model `m` on `upstream`, a provider of `kind` (as `up-model`).
 async fn gateway(upstream: &FakeProvider, kind: &str) -> (Manifests, switchboard_proxy::Proxy) {
+    gateway_with(upstream, kind, "").await
+}
+
+/// `gateway`, with `route` added to the route's spec.
+async fn gateway_with(
+    upstream: &FakeProvider,
+    kind: &str,
+    route: &str,
+) -> (Manifests, switchboard_proxy::Proxy) {
     let manifests = Manifests::new();
     manifests
         .write(
             "provider.yaml",
             &provider_yaml("up", kind, &upstream.url(), &[("m", "up-model")], ""),
         )
-        .write("route.yaml", &route_yaml("r", &["m"], "up", "m", ""))
+        .write("route.yaml", &route_yaml("r", &["m"], "up", "m", route))
         .write("consumer.yaml", &consumer_yaml("app", ""));
     let proxy = proxy(&manifests).await;
     (manifests, proxy)
@@ -207,6 +216,57 @@ async fn a_gemini_stream_passes_through_to_gemini_byte_for_byte() {
     let scrape = settled(&proxy).await;
     assert_eq!(tokens(&scrape, "input"), 7.0);
     assert!(tokens(&scrape, "output") > 0.0);
+    proxy.shutdown().await;
+}
+
+/// A passed-through Gemini answer is cached whole in Gemini's format: a streamed one
+/// put back together (its text in one part, its final usage), answered whole to the
+/// next request; a whole one answered as a stream of one event to a client that streams.
+#[tokio::test]
+async fn passed_through_answers_are_cached_in_geminis_format() {
+    let upstream = fake("gemini/response_text.json", "gemini/stream_text_crlf.sse").await;
+    let (_m, proxy) = gateway_with(&upstream, "gemini", "  cache: {ttl: 1h}").await;
+    let streamed = events(&golden("gemini/stream_text_crlf.sse"));
+
+    let first = post_gemini(&proxy, "m", "streamGenerateContent?alt=sse", NATIVE_REQUEST).await;
+    assert_eq!(first.headers()["x-switchboard-cache"], "miss");
+    assert_eq!(
+        first.text().await.unwrap(),
+        golden("gemini/stream_text_crlf.sse")
+    );
+    let mut cached = None;
+    for _ in 0..50 {
+        let again = post_gemini(&proxy, "m", "generateContent", NATIVE_REQUEST).await;
+        if again.headers()["x-switchboard-cache"] == "hit" {
+            cached = Some(again.json::<Value>().await.unwrap());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let cached = cached.expect("never a hit");
+    let parts = cached["candidates"][0]["content"]["parts"]
+        .as_array()
+        .unwrap();
+    assert_eq!(parts.len(), 1, "{cached}");
+    assert_eq!(parts[0]["text"].as_str().unwrap(), joined_text(&streamed));
+    let last = streamed.last().unwrap();
+    assert_eq!(cached["usageMetadata"], last["usageMetadata"]);
+    assert_eq!(
+        cached["candidates"][0]["finishReason"],
+        last["candidates"][0]["finishReason"]
+    );
+
+    // Whole first, then streamed from the cache.
+    let other = NATIVE_REQUEST.replacen("headquarters", "campus", 1);
+    let whole = post_gemini(&proxy, "m", "generateContent", other.clone()).await;
+    assert_eq!(whole.headers()["x-switchboard-cache"], "miss");
+    let whole: Value = whole.json().await.unwrap();
+    let replayed = post_gemini(&proxy, "m", "streamGenerateContent?alt=sse", other).await;
+    assert_eq!(replayed.headers()["x-switchboard-cache"], "hit");
+    assert_eq!(replayed.headers()["content-type"], "text/event-stream");
+    let replayed = events(&replayed.text().await.unwrap());
+    assert_eq!(replayed, [whole]);
+    assert_eq!(upstream.received().len(), 2);
     proxy.shutdown().await;
 }
 

@@ -1,27 +1,38 @@
 //! A cached answer, how it is stored, and how it is replayed to a client.
 //!
-//! Every answer is kept as an OpenAI-format JSON body (a chat completion or an
-//! embeddings response), whatever API the provider spoke: one format to store, and the
-//! gateway already reads and writes it. An OpenAI client asking for a whole answer gets
-//! the body as stored; any other client, or a client asking for a stream, gets it
+//! An answer the gateway translated (or an OpenAI client's) is kept as an OpenAI-format
+//! JSON body (a chat completion or an embeddings response): one format to store, and
+//! the gateway already reads and writes it. An OpenAI client asking for a whole answer
+//! gets the body as stored; any other client, or a client asking for a stream, gets it
 //! through the IR, a stream as one burst of well-formed events.
+//!
+//! An answer passed through in Anthropic's or Gemini's own format is kept whole in
+//! that format, every block the IR has no place for (thinking, citations, server tool
+//! results) included: a stream put back together as the one answer it spelled
+//! (`formats::*::StreamAssembler`). Only a client of that API asks under its key (the
+//! key holds the client API), and it gets the body as stored, or, streaming, the
+//! events that spell it.
 
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::formats::openai as openai_format;
+use crate::formats::{
+    anthropic as anthropic_format, gemini as gemini_format, openai as openai_format,
+};
 use crate::ir::chat::{ChatResponse, StreamEvent};
 use crate::ir::reply::Reply;
-use crate::ir::stream::ChatStream;
+use crate::ir::stream::{ChatStream, NativeChunk};
 use crate::ir::{ClientApi, Operation, Request, Usage};
 
 /// A stored answer.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Entry {
-    /// OpenAI-format JSON.
+    /// A whole answer, as JSON in `api`'s format.
     pub body: Bytes,
+    /// OpenAI for answers stored from the IR; the client's API for answers passed through.
+    pub api: ClientApi,
     pub usage: Usage,
     /// What the answer cost when it was made (none when unpriced): what a hit saves.
     pub cost_usd: Option<f64>,
@@ -45,15 +56,19 @@ struct Header {
     #[serde(default)]
     reasoning: u64,
     cost: Option<f64>,
+    /// The body's format: absent (OpenAI) in entries stored before passed-through
+    /// answers were.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    api: Option<String>,
 }
 
 /// Leads every stored value: a value of another format is a miss, not an error.
 const MAGIC: &[u8] = b"SBC1";
 
 /// The most bytes the magic, the header line and its newline take: eight numbers of
-/// at most 24 characters (`u64::MAX` has 20, an `f64` at most 24) and their names come
-/// to under 300 (`the_largest_header_fits` checks it).
-const MAX_HEADER: usize = 320;
+/// at most 24 characters (`u64::MAX` has 20, an `f64` at most 24), the API's name and
+/// their names come to under 330 (`the_largest_header_fits` checks it).
+const MAX_HEADER: usize = 352;
 
 /// LZ4 (block format) grows what it cannot compress by at most this, over 10%
 /// (`lz4_flex::block::get_maximum_output_size`), and the value leads with the
@@ -61,9 +76,16 @@ const MAX_HEADER: usize = 320;
 const LZ4_OVERHEAD: usize = 16 + 4 + 4;
 
 impl Entry {
-    pub fn new(body: Bytes, usage: Usage, cost_usd: Option<f64>, ttl: Duration) -> Self {
+    pub fn new(
+        body: Bytes,
+        api: ClientApi,
+        usage: Usage,
+        cost_usd: Option<f64>,
+        ttl: Duration,
+    ) -> Self {
         Self {
             body,
+            api,
             usage,
             cost_usd,
             created: unix_now(),
@@ -92,6 +114,7 @@ impl Entry {
             cache_write: self.usage.cache_write_tokens(),
             reasoning: self.usage.reasoning_tokens(),
             cost: self.cost_usd,
+            api: (self.api != ClientApi::OpenAI).then(|| self.api.name().to_string()),
         };
         let mut plain = Vec::with_capacity(self.body.len() + 128);
         plain.extend_from_slice(MAGIC);
@@ -126,8 +149,13 @@ impl Entry {
         let rest = plain.strip_prefix(MAGIC)?;
         let newline = rest.iter().position(|b| *b == b'\n')?;
         let header: Header = serde_json::from_slice(&rest[..newline]).ok()?;
+        let api = match header.api.as_deref() {
+            None => ClientApi::OpenAI,
+            Some(name) => ClientApi::from_name(name)?,
+        };
         Some(Self {
             body: Bytes::copy_from_slice(&rest[newline + 1..]),
+            api,
             usage: Usage::new(header.input, header.output, header.cached)
                 .with_cache_writes(header.cache_write)
                 .with_reasoning(header.reasoning),
@@ -137,11 +165,15 @@ impl Entry {
         })
     }
 
-    /// The stored answer as the reply to `request`: the body as stored for an OpenAI
-    /// client that wants it whole (and for embeddings), else the answer in the IR,
-    /// whole or as a stream. `None` if the stored body cannot be read (then the
-    /// request is a miss).
+    /// The stored answer as the reply to `request`: the body as stored for a client
+    /// of its format that wants it whole (and for embeddings); a passed-through answer
+    /// as its own API's events to a client that streams; else the answer in the IR,
+    /// whole or as a stream. `None` if the stored body cannot be read, or is in
+    /// another API's format (then the request is a miss).
     pub fn reply(&self, request: &Request) -> Option<Reply> {
+        if self.api != ClientApi::OpenAI {
+            return self.native_reply(request);
+        }
         if request.operation == Operation::Embeddings
             || (request.api == ClientApi::OpenAI && !request.stream)
         {
@@ -155,6 +187,29 @@ impl Entry {
             true => Reply::ChatStream(as_stream(answer)),
             false => Reply::Chat(answer),
         })
+    }
+}
+
+impl Entry {
+    /// A passed-through answer, to a client of its API.
+    fn native_reply(&self, request: &Request) -> Option<Reply> {
+        if request.api != self.api {
+            return None;
+        }
+        let usage = Some(self.usage);
+        if !request.stream {
+            let body = self.body.clone();
+            return Some(Reply::Native { body, usage });
+        }
+        let events = match self.api {
+            ClientApi::Anthropic => anthropic_format::message_as_stream(&self.body)?,
+            ClientApi::Gemini => gemini_format::response_as_stream(&self.body)?,
+            ClientApi::OpenAI => return None,
+        };
+        let chunk = NativeChunk::Events { events, usage };
+        Some(Reply::NativeStream(Box::pin(futures_util::stream::iter([
+            chunk,
+        ]))))
     }
 }
 
@@ -209,12 +264,19 @@ mod tests {
     fn an_entry_survives_redis() {
         let entry = Entry::new(
             Bytes::from_static(br#"{"id":"x","choices":[]}"#),
+            ClientApi::OpenAI,
             Usage::new(12, 5, 4).with_cache_writes(3).with_reasoning(2),
             Some(0.000_125),
             Duration::from_secs(60),
         );
         let stored = entry.encode();
-        assert_eq!(Entry::decode(&stored, 1 << 20), Some(entry));
+        assert_eq!(Entry::decode(&stored, 1 << 20), Some(entry.clone()));
+        let passed_through = Entry {
+            api: ClientApi::Anthropic,
+            ..entry
+        };
+        let stored = passed_through.encode();
+        assert_eq!(Entry::decode(&stored, 1 << 20), Some(passed_through));
         assert_eq!(Entry::decode(b"not ours", 1 << 20), None);
         assert_eq!(Entry::decode(b"", 1 << 20), None);
         assert_eq!(
@@ -227,6 +289,7 @@ mod tests {
     fn largest_header(body: Bytes) -> Entry {
         Entry {
             body,
+            api: ClientApi::Anthropic,
             usage: Usage::new(u64::MAX, u64::MAX, u64::MAX)
                 .with_cache_writes(u64::MAX)
                 .with_reasoning(u64::MAX),

@@ -1,6 +1,9 @@
 //! Storing an answer as it reaches the client: a whole answer at once, a stream once
 //! it has ended complete. Nothing is stored from an error, a stream cut short (by the
 //! provider, the client leaving, or a quota), or an answer over the size limit.
+//!
+//! A stream of IR events is put together here; a stream passed through in Anthropic's
+//! or Gemini's format by that format's assembler, so that it is stored whole.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,14 +13,17 @@ use switchboard_api::snapshot::Pricing;
 
 use super::entry::Entry;
 use super::{Cache, Flight, Key};
-use crate::formats::openai as openai_format;
 use crate::formats::unix_now;
-use crate::ir::Usage;
+use crate::formats::{
+    anthropic as anthropic_format, gemini as gemini_format, openai as openai_format,
+};
 use crate::ir::chat::{ChatResponse, Finish, StreamEvent, ToolCall};
+use crate::ir::{ClientApi, Usage};
 
 /// Stores the answer of one cache miss. Whoever writes the answer to the client feeds
 /// it here: a whole answer with `record_native` or `record_chat`, a stream event by
-/// event with `observe` and, once it ended complete, `complete`.
+/// event with `observe` (IR events) or `observe_native` (events passed through, after
+/// `passed_through`) and, once it ended complete, `complete`.
 #[derive(Debug)]
 pub struct Recorder {
     cache: Arc<Cache>,
@@ -50,8 +56,23 @@ impl Recorder {
             max_bytes,
             flight,
             pricing: None,
-            collector: Box::new(Collector::new(max_bytes)),
+            collector: Box::new(Collector::Chat(ChatCollector::new(max_bytes))),
         }
+    }
+
+    /// The stream to record is passed through in `api`'s format: it is put together
+    /// from its own events (`observe_native`), not from IR events.
+    pub fn passed_through(mut self, api: ClientApi) -> Self {
+        let max = usize::try_from(self.max_bytes).unwrap_or(usize::MAX);
+        *self.collector = match api {
+            ClientApi::Anthropic => {
+                Collector::Anthropic(anthropic_format::StreamAssembler::new(max))
+            }
+            ClientApi::Gemini => Collector::Gemini(gemini_format::StreamAssembler::new(max)),
+            // OpenAI's events are read into the IR and stored in OpenAI's format anyway.
+            ClientApi::OpenAI => return self,
+        };
+        self
     }
 
     /// The answering model's prices.
@@ -60,41 +81,64 @@ impl Recorder {
         self
     }
 
-    /// Stores a whole answer in the client's (OpenAI's) own format.
-    pub fn record_native(self, body: &Bytes, usage: Option<Usage>) {
-        self.store(body.clone(), usage.unwrap_or_default());
+    /// Stores a whole answer passed through in the client's (`api`'s) own format.
+    pub fn record_native(self, body: &Bytes, api: ClientApi, usage: Option<Usage>) {
+        self.store(body.clone(), api, usage.unwrap_or_default());
     }
 
     /// Stores a whole answer from the IR.
     pub fn record_chat(self, answer: &ChatResponse) {
         let body = openai_format::write_response(answer, unix_now());
-        self.store(body, answer.usage);
+        self.store(body, ClientApi::OpenAI, answer.usage);
     }
 
-    /// Takes in one event of a streamed answer.
+    /// Takes in one IR event of a streamed answer.
     pub fn observe(&mut self, event: &StreamEvent) {
-        self.collector.push(event);
+        if let Collector::Chat(collector) = &mut *self.collector {
+            collector.push(event);
+        }
+    }
+
+    /// Takes in one event of a passed-through stream, as received.
+    pub fn observe_native(&mut self, event: &[u8]) {
+        match &mut *self.collector {
+            Collector::Chat(_) => {}
+            Collector::Anthropic(assembler) => assembler.push(event),
+            Collector::Gemini(assembler) => assembler.push(event),
+        }
     }
 
     /// The stream ended complete, having reported `usage` (the usage it reported in
     /// its events otherwise): stores the answer, unless it failed or grew too large.
     pub fn complete(mut self, usage: Option<Usage>) {
-        if let Some(mut answer) = self.collector.answer() {
-            if let Some(usage) = usage {
-                answer.usage = usage;
+        let collector =
+            std::mem::replace(&mut *self.collector, Collector::Chat(ChatCollector::new(0)));
+        let (api, body) = match collector {
+            Collector::Chat(mut collector) => {
+                let Some(mut answer) = collector.answer() else {
+                    return;
+                };
+                if let Some(usage) = usage {
+                    answer.usage = usage;
+                }
+                let body = openai_format::write_response(&answer, unix_now());
+                return self.store(body, ClientApi::OpenAI, answer.usage);
             }
-            let body = openai_format::write_response(&answer, unix_now());
-            self.store(body, answer.usage);
+            Collector::Anthropic(assembler) => (ClientApi::Anthropic, assembler.finish()),
+            Collector::Gemini(assembler) => (ClientApi::Gemini, assembler.finish()),
+        };
+        if let Some(body) = body {
+            self.store(body, api, usage.unwrap_or_default());
         }
     }
 
-    fn store(self, body: Bytes, usage: Usage) {
+    fn store(self, body: Bytes, api: ClientApi, usage: Usage) {
         if body.len() as u64 > self.max_bytes {
             self.cache.too_large(&self.route);
             return;
         }
         let cost = self.pricing.map(|p| usage.cost_usd(&p));
-        let entry = Arc::new(Entry::new(body, usage, cost, self.ttl));
+        let entry = Arc::new(Entry::new(body, api, usage, cost, self.ttl));
         self.cache.store(&self.route, self.key, entry.clone());
         if let Some(flight) = self.flight {
             flight.land(entry);
@@ -102,9 +146,17 @@ impl Recorder {
     }
 }
 
-/// A streamed answer put back together.
+/// What puts a streamed answer together.
 #[derive(Debug)]
-struct Collector {
+enum Collector {
+    Chat(ChatCollector),
+    Anthropic(anthropic_format::StreamAssembler),
+    Gemini(gemini_format::StreamAssembler),
+}
+
+/// A stream of IR events put back together.
+#[derive(Debug)]
+struct ChatCollector {
     id: String,
     model: String,
     text: String,
@@ -120,7 +172,7 @@ struct Collector {
     done: bool,
 }
 
-impl Collector {
+impl ChatCollector {
     fn new(max_bytes: u64) -> Self {
         Self {
             id: String::new(),

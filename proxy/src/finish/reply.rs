@@ -40,21 +40,17 @@ pub struct Taps {
 
 /// `reply` as the response to `request`; a stream reports its end to `end`.
 pub fn response(reply: Reply, request: &Request, taps: Taps, end: &RequestEnd) -> Response<Body> {
-    let Taps { budget, recorder } = taps;
-    // The cache keeps answers in OpenAI's format (`cache::entry`): an answer passed
-    // through in another API's format, with blocks the IR has no place for, is not
-    // stored rather than stored in part.
-    let recorder = match &reply {
-        Reply::Native { .. } | Reply::NativeStream(_) if request.api != ClientApi::OpenAI => None,
-        _ => recorder,
-    };
+    let Taps {
+        budget,
+        mut recorder,
+    } = taps;
     let source = match reply {
         Reply::TokenEstimate(input_tokens) => {
             return client_api::anthropic::estimate_response(input_tokens);
         }
         Reply::Native { body, usage } => {
             if let Some(recorder) = recorder {
-                recorder.record_native(&body, usage);
+                recorder.record_native(&body, request.api, usage);
             }
             return body::json(StatusCode::OK, body);
         }
@@ -64,12 +60,15 @@ pub fn response(reply: Reply, request: &Request, taps: Taps, end: &RequestEnd) -
             }
             return client_api::write_response(request.api, &answer);
         }
-        Reply::NativeStream(events) => Source::Native {
-            events,
-            api: request.api,
-            // Reading the events is only needed to meter or record them.
-            tap: (budget.is_some() || recorder.is_some()).then(|| Tap::new(request.api)),
-        },
+        Reply::NativeStream(events) => {
+            recorder = recorder.map(|r| r.passed_through(request.api));
+            Source::Native {
+                events,
+                api: request.api,
+                // Reading the events is only needed to meter or record them.
+                tap: (budget.is_some() || recorder.is_some()).then(|| Tap::new(request.api)),
+            }
+        }
         Reply::ChatStream(events) => Source::Translated {
             events,
             encoder: StreamEncoder::new(request.api, request.client_wants_usage),
@@ -176,6 +175,9 @@ impl Writer {
         };
         let mut read = Vec::new();
         for (i, event) in events.iter().enumerate() {
+            if let Some(recorder) = &mut self.recorder {
+                recorder.observe_native(event);
+            }
             read.clear();
             tap.decode_event(event, &mut read);
             for event in &read {

@@ -3,6 +3,8 @@
 //! Used both ways: as a client API (`POST /v1/messages`: requests in, messages and
 //! stream events out) and as a provider API (requests out, messages and events in).
 
+mod assembled;
+
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
@@ -17,6 +19,8 @@ use crate::ir::chat::{
     StreamError, StreamErrorKind, StreamEvent, Tool, ToolCall, ToolChoice,
 };
 use crate::ir::tolerant::null_as_default;
+
+pub use self::assembled::{StreamAssembler, message_as_stream};
 
 // ---------------------------------------------------------------------------------
 // Requests in (client side)
@@ -854,9 +858,11 @@ enum WireStartBlock {
 #[serde(tag = "type", rename_all = "snake_case")]
 enum WireDelta {
     TextDelta {
+        #[serde(default, deserialize_with = "null_as_default")]
         text: String,
     },
     InputJsonDelta {
+        #[serde(default, deserialize_with = "null_as_default")]
         partial_json: String,
     },
     /// Thinking and signature deltas: the IR has no place for them.
@@ -939,7 +945,9 @@ impl StreamDecoder {
                 }
             }
             WireEvent::ContentBlockDelta { index, delta } => match delta {
-                WireDelta::TextDelta { text } => out.push(StreamEvent::Text(text)),
+                WireDelta::TextDelta { text } if !text.is_empty() => {
+                    out.push(StreamEvent::Text(text));
+                }
                 WireDelta::InputJsonDelta { partial_json } if !partial_json.is_empty() => {
                     if let Some(&(_, tool)) = self.tool_blocks.iter().find(|(b, _)| *b == index) {
                         out.push(StreamEvent::ToolCallArguments {

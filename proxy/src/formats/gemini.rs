@@ -4,8 +4,10 @@
 //! whole or streamed (`streamGenerateContent?alt=sse` sends one response per event).
 //! Client side (Gemini's API served to clients) in `client`.
 
+mod assembled;
 mod client;
 
+pub use self::assembled::{StreamAssembler, response_as_stream};
 pub use self::client::{StreamEncoder, parse_request, response_usage, write_error, write_response};
 
 use bytes::Bytes;

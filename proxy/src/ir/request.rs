@@ -112,6 +112,13 @@ impl ClientApi {
             ClientApi::Gemini => "gemini",
         }
     }
+
+    /// The API `name` names.
+    pub fn from_name(name: &str) -> Option<Self> {
+        [ClientApi::OpenAI, ClientApi::Anthropic, ClientApi::Gemini]
+            .into_iter()
+            .find(|api| api.name() == name)
+    }
 }
 
 // === impl Operation ===

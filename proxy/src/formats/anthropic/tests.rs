@@ -412,9 +412,11 @@ fn null_optional_fields_of_stream_events_read_as_absent() {
     let events = [
         r#"{"type":"message_start","message":{"id":null,"type":"message","role":"assistant","model":null,"content":[],"stop_reason":null,"stop_sequence":null,"usage":null}}"#,
         r#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":null,"citations":null}}"#,
+        r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":null}}"#,
         r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"hi"}}"#,
         r#"{"type":"content_block_stop","index":0}"#,
         r#"{"type":"content_block_start","index":1,"content_block":{"type":"tool_use","id":"toolu_1","name":"f","input":null}}"#,
+        r#"{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":null}}"#,
         r#"{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"{}"}}"#,
         r#"{"type":"content_block_stop","index":1}"#,
         r#"{"type":"message_delta","delta":{"stop_reason":"tool_use","stop_sequence":null},"usage":null}"#,
