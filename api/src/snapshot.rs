@@ -72,33 +72,61 @@ pub struct Pricing {
     /// existed, read with the same default.
     #[serde(default)]
     pub cache_write_per_million: Option<f64>,
+    /// The same for writes kept an hour (Anthropic's `ttl: "1h"`).
+    #[serde(default)]
+    pub cache_write_1h_per_million: Option<f64>,
 }
 
 /// What a cache write costs when its price is not set, times the input price:
 /// Anthropic's 5-minute cache write price ($3.75 for $3 of input on Claude Sonnet).
 pub const DEFAULT_CACHE_WRITE_FACTOR: f64 = 1.25;
 
+/// The same for a write kept an hour: Anthropic's 1-hour cache write price ($6 for $3
+/// of input on Claude Sonnet).
+pub const DEFAULT_CACHE_WRITE_1H_FACTOR: f64 = 2.0;
+
+/// The tokens of one request, by how each kind is billed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BilledTokens {
+    /// Every prompt token, cache reads and writes included.
+    pub input: u64,
+    /// Of `input`, read from the provider's prompt cache.
+    pub cache_reads: u64,
+    /// Of `input`, written to the provider's prompt cache.
+    pub cache_writes: u64,
+    /// Of `cache_writes`, kept an hour.
+    pub cache_writes_1h: u64,
+    /// Completion tokens, reasoning included: it is billed as output.
+    pub output: u64,
+}
+
 impl Pricing {
-    /// The price in USD of a request that used `input` prompt tokens (of which
-    /// `cache_reads` were read from the provider's prompt cache and `cache_writes`
-    /// written to it) and `output` completion tokens (reasoning included: it is billed
-    /// as output). Cache reads are priced at the cached rate, cache writes at the write
-    /// rate, the rest of the input at the input rate.
-    pub fn cost_usd(&self, input: u64, cache_reads: u64, cache_writes: u64, output: u64) -> f64 {
+    /// The price in USD of `tokens`: cache reads at the cached rate, cache writes at
+    /// the write rate of their lifetime, the rest of the input at the input rate.
+    pub fn cost_usd(&self, tokens: BilledTokens) -> f64 {
         // A provider's counts may not add up: the parts never exceed the whole.
-        let reads = cache_reads.min(input);
-        let writes = cache_writes.min(input - reads);
+        let input = tokens.input;
+        let reads = tokens.cache_reads.min(input);
+        let writes = tokens.cache_writes.min(input - reads);
+        let writes_1h = tokens.cache_writes_1h.min(writes);
         let per_token = |tokens: u64, per_million: f64| tokens as f64 * per_million / 1e6;
         per_token(input - reads - writes, self.input_per_million)
             + per_token(reads, self.cached_input_per_million)
-            + per_token(writes, self.cache_write_per_million())
-            + per_token(output, self.output_per_million)
+            + per_token(writes - writes_1h, self.cache_write_per_million())
+            + per_token(writes_1h, self.cache_write_1h_per_million())
+            + per_token(tokens.output, self.output_per_million)
     }
 
     /// USD per million cache-write tokens, the default when unset.
     pub fn cache_write_per_million(&self) -> f64 {
         self.cache_write_per_million
             .unwrap_or(self.input_per_million * DEFAULT_CACHE_WRITE_FACTOR)
+    }
+
+    /// USD per million tokens of cache writes kept an hour, the default when unset.
+    pub fn cache_write_1h_per_million(&self) -> f64 {
+        self.cache_write_1h_per_million
+            .unwrap_or(self.input_per_million * DEFAULT_CACHE_WRITE_1H_FACTOR)
     }
 }
 
@@ -388,7 +416,18 @@ pub fn hash_key(key: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::Pricing;
+    use super::{BilledTokens, Pricing};
+
+    /// `input` tokens of which `reads` cached and `writes` written (none kept an hour), and `output`.
+    fn tokens(input: u64, reads: u64, writes: u64, output: u64) -> BilledTokens {
+        BilledTokens {
+            input,
+            cache_reads: reads,
+            cache_writes: writes,
+            cache_writes_1h: 0,
+            output,
+        }
+    }
 
     #[test]
     fn cost_prices_cached_input_at_its_own_rate() {
@@ -397,14 +436,18 @@ mod tests {
             output_per_million: 10.0,
             cached_input_per_million: 1.25,
             cache_write_per_million: None,
+            cache_write_1h_per_million: None,
         };
         // 1,000 input of which 400 cached, 500 output:
         // 600 * 2.5 + 400 * 1.25 + 500 * 10 = 1,500 + 500 + 5,000 per million.
-        let cost = pricing.cost_usd(1_000, 400, 0, 500);
+        let cost = pricing.cost_usd(tokens(1_000, 400, 0, 500));
         assert!((cost - 0.007).abs() < 1e-12, "{cost}");
         // More cached than input (a provider's rounding) never goes negative.
-        assert!((pricing.cost_usd(10, 20, 0, 0) - 10.0 * 1.25 / 1e6).abs() < 1e-15);
-        assert!((pricing.cost_usd(10, 4, 20, 0) - (4.0 * 1.25 + 6.0 * 3.125) / 1e6).abs() < 1e-15);
+        assert!((pricing.cost_usd(tokens(10, 20, 0, 0)) - 10.0 * 1.25 / 1e6).abs() < 1e-15);
+        assert!(
+            (pricing.cost_usd(tokens(10, 4, 20, 0)) - (4.0 * 1.25 + 6.0 * 3.125) / 1e6).abs()
+                < 1e-15
+        );
     }
 
     fn close(a: f64, b: f64) -> bool {
@@ -421,12 +464,16 @@ mod tests {
             output_per_million: 15.0,
             cached_input_per_million: 0.30,
             cache_write_per_million: Some(3.75),
+            cache_write_1h_per_million: Some(6.0),
         };
         // usage: input_tokens 100, cache_creation_input_tokens 2,000,
         // cache_read_input_tokens 10,000, output_tokens 500; the IR's input is all
         // 12,100. 100 * 3 + 2,000 * 3.75 + 10,000 * 0.30 + 500 * 15
         // = 300 + 7,500 + 3,000 + 7,500 = 18,300 per million = $0.0183.
-        assert!(close(sonnet.cost_usd(12_100, 10_000, 2_000, 500), 0.0183));
+        assert!(close(
+            sonnet.cost_usd(tokens(12_100, 10_000, 2_000, 500)),
+            0.0183
+        ));
         // Without a write price, writes cost 1.25 x input: 3.75, the same.
         let default_write = Pricing {
             cache_write_per_million: None,
@@ -434,8 +481,38 @@ mod tests {
         };
         assert_eq!(default_write.cache_write_per_million(), 3.75);
         assert!(close(
-            default_write.cost_usd(12_100, 10_000, 2_000, 500),
+            default_write.cost_usd(tokens(12_100, 10_000, 2_000, 500)),
             0.0183
+        ));
+    }
+
+    /// The same Sonnet prices, with 1-hour cache writes at $6/MTok (2x input).
+    #[test]
+    fn cost_of_an_anthropic_answer_with_one_hour_cache_writes() {
+        let sonnet = Pricing {
+            input_per_million: 3.0,
+            output_per_million: 15.0,
+            cached_input_per_million: 0.30,
+            cache_write_per_million: None,
+            cache_write_1h_per_million: None,
+        };
+        // usage: input_tokens 100, cache_creation_input_tokens 2,000 of which
+        // cache_creation.ephemeral_1h_input_tokens 1,500, cache_read_input_tokens 0,
+        // output_tokens 500: 100 * 3 + 500 * 3.75 + 1,500 * 6 + 500 * 15
+        // = 300 + 1,875 + 9,000 + 7,500 = 18,675 per million = $0.018675.
+        let used = BilledTokens {
+            cache_writes_1h: 1_500,
+            ..tokens(2_100, 0, 2_000, 500)
+        };
+        assert!(close(sonnet.cost_usd(used), 0.018_675));
+        // More 1-hour writes than writes (a provider's rounding) are capped at the writes.
+        let over = BilledTokens {
+            cache_writes_1h: 9_000,
+            ..tokens(2_100, 0, 2_000, 0)
+        };
+        assert!(close(
+            sonnet.cost_usd(over),
+            (100.0 * 3.0 + 2_000.0 * 6.0) / 1e6
         ));
     }
 
@@ -449,11 +526,15 @@ mod tests {
             output_per_million: 10.0,
             cached_input_per_million: 1.25,
             cache_write_per_million: None,
+            cache_write_1h_per_million: None,
         };
         // prompt_tokens 2,000 of which cached_tokens 1,536; completion_tokens 300 of
         // which reasoning_tokens 200: 464 * 2.50 + 1,536 * 1.25 + 300 * 10
         // = 1,160 + 1,920 + 3,000 = 6,080 per million = $0.00608.
-        assert!(close(gpt_4o.cost_usd(2_000, 1_536, 0, 300), 0.00608));
+        assert!(close(
+            gpt_4o.cost_usd(tokens(2_000, 1_536, 0, 300)),
+            0.00608
+        ));
     }
 
     /// Gemini 2.5 Pro on https://ai.google.dev/gemini-api/docs/pricing (prompts up to
@@ -466,11 +547,15 @@ mod tests {
             output_per_million: 10.0,
             cached_input_per_million: 0.31,
             cache_write_per_million: None,
+            cache_write_1h_per_million: None,
         };
         // promptTokenCount 10,000 of which cachedContentTokenCount 8,000;
         // candidatesTokenCount 1,000 and thoughtsTokenCount 3,000 (output 4,000):
         // 2,000 * 1.25 + 8,000 * 0.31 + 4,000 * 10 = 2,500 + 2,480 + 40,000
         // = 44,980 per million = $0.04498.
-        assert!(close(pro.cost_usd(10_000, 8_000, 0, 4_000), 0.04498));
+        assert!(close(
+            pro.cost_usd(tokens(10_000, 8_000, 0, 4_000)),
+            0.04498
+        ));
     }
 }

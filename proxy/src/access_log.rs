@@ -64,6 +64,8 @@ struct JsonLine<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     cache_write_tokens: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    cache_write_1h_tokens: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     reasoning_tokens: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     cost_usd: Option<f64>,
@@ -142,6 +144,7 @@ impl Line<'_> {
             output_tokens: record.usage.map(|u| u.completion_tokens),
             cached_tokens: record.usage.map(|u| u.cached_tokens()),
             cache_write_tokens: record.usage.map(|u| u.cache_write_tokens()),
+            cache_write_1h_tokens: record.usage.map(|u| u.cache_write_1h_tokens()),
             reasoning_tokens: record.usage.map(|u| u.reasoning_tokens()),
             cost_usd: record.cost_usd,
             unpriced: record.unpriced(),
@@ -184,6 +187,7 @@ impl Line<'_> {
             output_tokens = record.usage.map(|_| usage.completion_tokens),
             cached_tokens = record.usage.map(|_| usage.cached_tokens()),
             cache_write_tokens = record.usage.map(|_| usage.cache_write_tokens()),
+            cache_write_1h_tokens = record.usage.map(|_| usage.cache_write_1h_tokens()),
             reasoning_tokens = record.usage.map(|_| usage.reasoning_tokens()),
             cost_usd = record.cost_usd,
             unpriced = record.unpriced().then_some(true),
@@ -221,13 +225,16 @@ mod tests {
             output_per_million: 15.0,
             cached_input_per_million: 0.30,
             cache_write_per_million: Some(3.75),
+            cache_write_1h_per_million: Some(6.0),
         };
         record.tried.attempt("up", "claude", Some(sonnet));
-        // Anthropic's input_tokens 100, cache writes 2,000, cache reads 10,000, output
-        // 500 of which (say) 200 thinking: $0.0183 (see snapshot.rs).
+        // Anthropic's input_tokens 100, cache writes 2,000 (500 of them kept an hour),
+        // cache reads 10,000, output 500 of which (say) 200 thinking: $0.0183 (see
+        // snapshot.rs) and 500 * (6 - 3.75) per million more for the 1-hour writes.
         record.usage = Some(
             Usage::new(12_100, 500, 10_000)
                 .with_cache_writes(2_000)
+                .with_cache_writes_1h(500)
                 .with_reasoning(200),
         );
         record.cost_usd = record.price();
@@ -236,9 +243,10 @@ mod tests {
         assert_eq!(line["input_tokens"], 12_100);
         assert_eq!(line["cached_tokens"], 10_000);
         assert_eq!(line["cache_write_tokens"], 2_000);
+        assert_eq!(line["cache_write_1h_tokens"], 500);
         assert_eq!(line["output_tokens"], 500);
         assert_eq!(line["reasoning_tokens"], 200);
         let cost = line["cost_usd"].as_f64().unwrap();
-        assert!((cost - 0.0183).abs() < 1e-12, "{cost}");
+        assert!((cost - 0.019_425).abs() < 1e-12, "{cost}");
     }
 }

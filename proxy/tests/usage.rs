@@ -219,3 +219,66 @@ async fn usage_reported_only_at_a_streams_end_counts_for_an_anthropic_client() {
     );
     proxy.shutdown().await;
 }
+
+/// Anthropic bills cache writes kept an hour (`cache_control: {ttl: "1h"}`) at twice
+/// the input price, 5-minute writes at 1.25 times: a coding agent's stream that writes
+/// both, passed through, is priced at each rate; the same answer translated for an
+/// OpenAI client (whose usage has no place for cache writes) is priced the same.
+#[tokio::test]
+async fn one_hour_cache_writes_are_priced_at_their_own_rate() {
+    const EVENTS: [&str; 6] = [
+        r#"{"type":"message_start","message":{"id":"msg_1","type":"message","role":"assistant","model":"claude-up","content":[],"stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":100,"cache_creation_input_tokens":2000,"cache_read_input_tokens":10000,"cache_creation":{"ephemeral_5m_input_tokens":500,"ephemeral_1h_input_tokens":1500},"output_tokens":1}}}"#,
+        r#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#,
+        r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Done."}}"#,
+        r#"{"type":"content_block_stop","index":0}"#,
+        r#"{"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},"usage":{"output_tokens":500}}"#,
+        r#"{"type":"message_stop"}"#,
+    ];
+    let upstream = FakeProvider::start(|_| stream(&EVENTS)).await;
+    // Claude Sonnet (anthropic.com/pricing): $3 input, $3.75 5-minute writes, $6
+    // 1-hour writes, $0.30 cache reads, $15 output; the 1-hour price left to its
+    // default (2 x input).
+    let (_m, proxy) = gateway(
+        &upstream,
+        "anthropic",
+        "{inputPerMillion: 3, cacheWritePerMillion: 3.75, cachedInputPerMillion: 0.3, outputPerMillion: 15}",
+    )
+    .await;
+    // 100 * 3 + 500 * 3.75 + 1,500 * 6 + 10,000 * 0.30 + 500 * 15
+    // = 300 + 1,875 + 9,000 + 3,000 + 7,500 = 21,675 per million.
+    const COST: f64 = 0.021_675;
+
+    let agent = client()
+        .post(url(&proxy, "/v1/messages"))
+        .header("x-api-key", KEY)
+        .body(r#"{"model":"m","max_tokens":1000,"stream":true,"messages":[{"role":"user","content":"go"}]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(agent.status(), StatusCode::OK);
+    agent.text().await.unwrap();
+    let scrape = settled(&proxy).await;
+    assert_eq!(tokens(&scrape, "input"), 12_100.0);
+    assert_eq!(tokens(&scrape, "cache_creation"), 2_000.0);
+    assert!((cost(&scrape) - COST).abs() < 1e-12, "{}", cost(&scrape));
+
+    // Translated for an OpenAI client: the same price again.
+    let openai = post(
+        &proxy,
+        "/v1/chat/completions",
+        r#"{"model":"m","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"go"}]}"#,
+    )
+    .await;
+    assert_eq!(openai.status(), StatusCode::OK);
+    openai.text().await.unwrap();
+    let mut now = scrape;
+    for _ in 0..50 {
+        if tokens(&now, "output") >= 1000.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        now = support::scrape(&proxy).await;
+    }
+    assert!((cost(&now) - 2.0 * COST).abs() < 1e-12, "{}", cost(&now));
+    proxy.shutdown().await;
+}

@@ -198,6 +198,7 @@ impl ProviderBuilder {
             output_per_million: output,
             cached_input_per_million: cached_input,
             cache_write_per_million: None,
+            cache_write_1h_per_million: None,
         });
         self
     }

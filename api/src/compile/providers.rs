@@ -8,7 +8,8 @@ use super::inputs::{Inputs, ObjectKey};
 use super::refs::{cel_rules, duration_ms, secret_value};
 use super::status::{Problem, Verdict};
 use crate::snapshot::{
-    Anthropic, ApiKey, DEFAULT_CACHE_WRITE_FACTOR, Echo, Model, Pricing, Provider, Tls,
+    Anthropic, ApiKey, DEFAULT_CACHE_WRITE_1H_FACTOR, DEFAULT_CACHE_WRITE_FACTOR, Echo, Model,
+    Pricing, Provider, Tls,
 };
 use crate::v1alpha1::condition::reasons;
 use crate::v1alpha1::{AIProvider, ObjectStatus, ProviderType};
@@ -102,6 +103,10 @@ fn compile_one(
                 p.cache_write_per_million
                     .unwrap_or(p.input_per_million * DEFAULT_CACHE_WRITE_FACTOR),
             ),
+            cache_write_1h_per_million: Some(
+                p.cache_write_1h_per_million
+                    .unwrap_or(p.input_per_million * DEFAULT_CACHE_WRITE_1H_FACTOR),
+            ),
         });
         if let Some(p) = &pricing {
             let prices = [
@@ -109,6 +114,7 @@ fn compile_one(
                 p.output_per_million,
                 p.cached_input_per_million,
                 p.cache_write_per_million(),
+                p.cache_write_1h_per_million(),
             ];
             if prices.iter().any(|v| !v.is_finite() || *v < 0.0) {
                 verdict.reject(Problem::new(

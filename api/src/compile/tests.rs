@@ -339,6 +339,8 @@ fn provider_fields_compile_into_the_snapshot() {
     assert_eq!(qwen.cached_input_per_million, 0.5);
     // Unset: 1.25 x input, Anthropic's 5-minute write price, compiled in.
     assert_eq!(llama.cache_write_per_million, Some(1.25));
+    // And 2 x input for writes kept an hour.
+    assert_eq!(llama.cache_write_1h_per_million, Some(2.0));
     assert_eq!(vllm.connect_timeout_ms, 90_000);
     assert_eq!(vllm.request_timeout_ms, 500);
     assert!(vllm.tls.insecure_skip_verify);

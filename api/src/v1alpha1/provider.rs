@@ -200,6 +200,13 @@ pub struct ModelPricing {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0.0, max = 100000.0))]
     pub cache_write_per_million: Option<f64>,
+    /// USD per million input tokens written to the prompt cache to be kept an hour
+    /// (Anthropic's `cache_control: {ttl: "1h"}`, reported as
+    /// `cache_creation.ephemeral_1h_input_tokens`); defaults to twice the input price,
+    /// Anthropic's 1-hour cache write price.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 100000.0))]
+    pub cache_write_1h_per_million: Option<f64>,
 }
 
 /// Timeouts towards a provider.

@@ -55,6 +55,8 @@ struct Header {
     cache_write: u64,
     #[serde(default)]
     reasoning: u64,
+    #[serde(default)]
+    cache_write_1h: u64,
     cost: Option<f64>,
     /// The body's format: absent (OpenAI) in entries stored before passed-through
     /// answers were.
@@ -65,10 +67,10 @@ struct Header {
 /// Leads every stored value: a value of another format is a miss, not an error.
 const MAGIC: &[u8] = b"SBC1";
 
-/// The most bytes the magic, the header line and its newline take: eight numbers of
+/// The most bytes the magic, the header line and its newline take: nine numbers of
 /// at most 24 characters (`u64::MAX` has 20, an `f64` at most 24), the API's name and
-/// their names come to under 330 (`the_largest_header_fits` checks it).
-const MAX_HEADER: usize = 352;
+/// their names come to under 380 (`the_largest_header_fits` checks it).
+const MAX_HEADER: usize = 384;
 
 /// LZ4 (block format) grows what it cannot compress by at most this, over 10%
 /// (`lz4_flex::block::get_maximum_output_size`), and the value leads with the
@@ -113,6 +115,7 @@ impl Entry {
             cached: self.usage.cached_tokens(),
             cache_write: self.usage.cache_write_tokens(),
             reasoning: self.usage.reasoning_tokens(),
+            cache_write_1h: self.usage.cache_write_1h_tokens(),
             cost: self.cost_usd,
             api: (self.api != ClientApi::OpenAI).then(|| self.api.name().to_string()),
         };
@@ -158,6 +161,7 @@ impl Entry {
             api,
             usage: Usage::new(header.input, header.output, header.cached)
                 .with_cache_writes(header.cache_write)
+                .with_cache_writes_1h(header.cache_write_1h)
                 .with_reasoning(header.reasoning),
             cost_usd: header.cost,
             created: header.created,
@@ -265,7 +269,10 @@ mod tests {
         let entry = Entry::new(
             Bytes::from_static(br#"{"id":"x","choices":[]}"#),
             ClientApi::OpenAI,
-            Usage::new(12, 5, 4).with_cache_writes(3).with_reasoning(2),
+            Usage::new(12, 5, 4)
+                .with_cache_writes(3)
+                .with_cache_writes_1h(1)
+                .with_reasoning(2),
             Some(0.000_125),
             Duration::from_secs(60),
         );
@@ -292,6 +299,7 @@ mod tests {
             api: ClientApi::Anthropic,
             usage: Usage::new(u64::MAX, u64::MAX, u64::MAX)
                 .with_cache_writes(u64::MAX)
+                .with_cache_writes_1h(u64::MAX)
                 .with_reasoning(u64::MAX),
             cost_usd: Some(-f64::MAX / 3.0),
             created: u64::MAX,

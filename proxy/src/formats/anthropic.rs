@@ -505,6 +505,13 @@ struct WireUsage {
     output_tokens: Option<u64>,
     cache_creation_input_tokens: Option<u64>,
     cache_read_input_tokens: Option<u64>,
+    /// The writes by lifetime (in answers since 1-hour caching).
+    cache_creation: Option<WireCacheCreation>,
+}
+
+#[derive(Deserialize, Debug, Default, Clone, Copy)]
+struct WireCacheCreation {
+    ephemeral_1h_input_tokens: Option<u64>,
 }
 
 impl WireUsage {
@@ -517,6 +524,7 @@ impl WireUsage {
         self.cache_read_input_tokens = newer
             .cache_read_input_tokens
             .or(self.cache_read_input_tokens);
+        self.cache_creation = newer.cache_creation.or(self.cache_creation);
     }
 
     /// IR usage (see `ir::usage`): input counts every prompt token, cache reads and
@@ -529,7 +537,13 @@ impl WireUsage {
             .unwrap_or(0)
             .saturating_add(cached)
             .saturating_add(writes);
-        Usage::new(input, self.output_tokens.unwrap_or(0), cached).with_cache_writes(writes)
+        let writes_1h = self
+            .cache_creation
+            .and_then(|c| c.ephemeral_1h_input_tokens)
+            .unwrap_or(0);
+        Usage::new(input, self.output_tokens.unwrap_or(0), cached)
+            .with_cache_writes(writes)
+            .with_cache_writes_1h(writes_1h)
     }
 }
 
@@ -549,12 +563,21 @@ pub fn response_usage(body: &[u8]) -> Option<Usage> {
 /// which have their own fields. Reasoning stays in `output_tokens`, as Anthropic counts
 /// thinking.
 fn usage_to_wire(usage: &Usage) -> Value {
-    json!({
+    let mut wire = json!({
         "input_tokens": usage.uncached_input_tokens(),
         "output_tokens": usage.completion_tokens,
         "cache_creation_input_tokens": usage.cache_write_tokens(),
         "cache_read_input_tokens": usage.cached_tokens(),
-    })
+    });
+    let writes = usage.cache_write_tokens();
+    if writes > 0 {
+        let long = usage.cache_write_1h_tokens().min(writes);
+        wire["cache_creation"] = json!({
+            "ephemeral_5m_input_tokens": writes - long,
+            "ephemeral_1h_input_tokens": long,
+        });
+    }
+    wire
 }
 
 /// Reads a Messages API response.

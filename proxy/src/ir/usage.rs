@@ -10,7 +10,8 @@
 //!   `cache_creation_input_tokens`.
 //! - `prompt_tokens_details.cached_tokens` is the part of `prompt_tokens` read from the
 //!   provider's prompt cache; `cache_write_tokens` the part written to it (Anthropic
-//!   only, billed above the input rate). The two never overlap.
+//!   only, billed above the input rate), of which `cache_write_1h_tokens` kept an hour
+//!   (billed higher still). Reads and writes never overlap.
 //! - `completion_tokens` is every output token billed: reasoning included. OpenAI's
 //!   `completion_tokens` already includes `reasoning_tokens`; Gemini's
 //!   `candidatesTokenCount` does not include `thoughtsTokenCount`, so its reader adds
@@ -21,7 +22,7 @@
 //! So the plain input (billed at the input rate) is `prompt_tokens - cached - writes`.
 
 use serde::Deserialize;
-use switchboard_api::snapshot::Pricing;
+use switchboard_api::snapshot::{BilledTokens, Pricing};
 
 use super::tolerant::null_as_default;
 
@@ -50,6 +51,10 @@ pub struct PromptTokensDetails {
     /// OpenAI has no such field: skipped when reading its `usage`.
     #[serde(skip)]
     pub cache_write_tokens: u64,
+    /// Of `cache_write_tokens`, kept an hour (Anthropic's
+    /// `cache_creation.ephemeral_1h_input_tokens`).
+    #[serde(skip)]
+    pub cache_write_1h_tokens: u64,
 }
 
 /// Breakdown of completion tokens: parts of `completion_tokens`.
@@ -72,6 +77,7 @@ impl Usage {
             prompt_tokens_details: (cached > 0).then_some(PromptTokensDetails {
                 cached_tokens: cached,
                 cache_write_tokens: 0,
+                cache_write_1h_tokens: 0,
             }),
             completion_tokens_details: None,
         }
@@ -83,6 +89,16 @@ impl Usage {
         if writes > 0 || self.prompt_tokens_details.is_some() {
             let details = self.prompt_tokens_details.get_or_insert_default();
             details.cache_write_tokens = writes;
+        }
+        self
+    }
+
+    /// With `writes` of the cache writes kept an hour (already counted in
+    /// `with_cache_writes`).
+    pub fn with_cache_writes_1h(mut self, writes: u64) -> Self {
+        if writes > 0 {
+            let details = self.prompt_tokens_details.get_or_insert_default();
+            details.cache_write_1h_tokens = writes;
         }
         self
     }
@@ -107,6 +123,12 @@ impl Usage {
             .map_or(0, |d| d.cache_write_tokens)
     }
 
+    /// Cache writes kept an hour.
+    pub fn cache_write_1h_tokens(&self) -> u64 {
+        self.prompt_tokens_details
+            .map_or(0, |d| d.cache_write_1h_tokens)
+    }
+
     /// Output tokens spent reasoning.
     pub fn reasoning_tokens(&self) -> u64 {
         self.completion_tokens_details
@@ -115,12 +137,13 @@ impl Usage {
 
     /// What these tokens cost at `pricing`: every kind at its own rate.
     pub fn cost_usd(&self, pricing: &Pricing) -> f64 {
-        pricing.cost_usd(
-            self.prompt_tokens,
-            self.cached_tokens(),
-            self.cache_write_tokens(),
-            self.completion_tokens,
-        )
+        pricing.cost_usd(BilledTokens {
+            input: self.prompt_tokens,
+            cache_reads: self.cached_tokens(),
+            cache_writes: self.cache_write_tokens(),
+            cache_writes_1h: self.cache_write_1h_tokens(),
+            output: self.completion_tokens,
+        })
     }
 
     /// Input tokens neither read from nor written to the prompt cache: what Anthropic

@@ -237,15 +237,19 @@ fn written_responses_read_back_the_same() {
             reason: FinishReason::ToolCalls,
             stop_sequence: None,
         },
-        usage: Usage::new(120, 30, 100).with_cache_writes(15),
+        usage: Usage::new(120, 30, 100)
+            .with_cache_writes(15)
+            .with_cache_writes_1h(10),
     };
     let written = write_response(&response);
-    // Anthropic's terms: input_tokens without cache reads and writes.
+    // Anthropic's terms: input_tokens without cache reads and writes, the writes by
+    // lifetime.
     let usage = &serde_json::from_slice::<Value>(&written).unwrap()["usage"];
     assert_eq!(
         *usage,
         json!({"input_tokens": 5, "output_tokens": 30,
-               "cache_read_input_tokens": 100, "cache_creation_input_tokens": 15})
+               "cache_read_input_tokens": 100, "cache_creation_input_tokens": 15,
+               "cache_creation": {"ephemeral_5m_input_tokens": 5, "ephemeral_1h_input_tokens": 10}})
     );
     assert_eq!(parse_response(&written).unwrap(), response);
 }
