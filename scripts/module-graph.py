@@ -20,10 +20,10 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "proxy", "
 # edges listed in SAME_LAYER. Leaves never use each other: what two leaves share is a
 # type in `ir` (or a module below).
 LAYERS = [
-    ("vocabulary", ["ir", "body", "settings", "tls", "redis", "error", "log_output"]),
+    ("vocabulary", ["ir", "body", "settings", "tls", "upstream", "redis", "error", "log_output"]),
     ("wire formats", ["sse", "formats"]),
     ("leaves", ["intake", "client_api", "auth", "routing", "cache", "quota", "plan",
-                "health", "providers", "upstream", "metrics", "access_log", "telemetry"]),
+                "health", "providers", "metrics", "access_log", "telemetry"]),
     ("config", ["runtime", "gateway"]),
     ("orchestrators", ["finish", "pipeline"]),
     ("process", ["server", "admin", "sync"]),

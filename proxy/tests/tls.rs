@@ -1,9 +1,10 @@
 //! TLS on every side of the proxy, with real handshakes on loopback.
 //!
 //! Upstream: a provider behind HTTPS with a certificate from a private CA. With the CA
-//! in the AIProvider's `tls.caBundle` the proxy reaches it; without, the handshake
-//! fails, the client gets a 502 in its format, and the proxy keeps serving. (The
-//! platform's roots are the default: a public provider needs no bundle.)
+//! in the AIProvider's `tls.caBundle` the proxy reaches it (over HTTP/2, which the
+//! provider offers by ALPN); without, the handshake fails, the client gets a 502 in
+//! its format, and the proxy keeps serving; with `insecureSkipVerify` any certificate
+//! is taken. (The platform's roots are the default: a public provider needs no bundle.)
 //!
 //! Clients (`--tls-cert`): HTTP/1.1 and HTTP/2 by ALPN; a renewed certificate is served
 //! to new connections without a restart and without breaking open ones; a bad one is
@@ -14,8 +15,8 @@
 mod support;
 
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -37,8 +38,14 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs
 const ANSWER: &str = r#"{"id":"c","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"over TLS"},"finish_reason":"stop"}],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}"#;
 
 /// An HTTPS provider on loopback with a certificate for 127.0.0.1 from a fresh private
-/// CA. Returns its `https://` endpoint, the CA's PEM and a count of requests served.
-async fn https_provider() -> (String, String, Arc<AtomicUsize>) {
+/// CA, offering HTTP/2 and HTTP/1.1 by ALPN. Returns its `https://` endpoint, the CA's
+/// PEM, a count of requests served and the HTTP version of each.
+async fn https_provider() -> (
+    String,
+    String,
+    Arc<AtomicUsize>,
+    Arc<Mutex<Vec<http::Version>>>,
+) {
     let ca_key = KeyPair::generate().unwrap();
     let mut ca_params = CertificateParams::new(Vec::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -51,13 +58,16 @@ async fn https_provider() -> (String, String, Arc<AtomicUsize>) {
         .unwrap();
 
     switchboard_proxy::install_crypto_provider();
-    let config = ServerConfig::builder()
+    let mut config = ServerConfig::builder()
         .with_no_client_auth()
         .with_single_cert(
             vec![CertificateDer::from(cert.der().to_vec())],
             PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
         )
         .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let versions = Arc::new(Mutex::new(Vec::new()));
+    let seen = versions.clone();
     let acceptor = TlsAcceptor::from(Arc::new(config));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -65,14 +75,15 @@ async fn https_provider() -> (String, String, Arc<AtomicUsize>) {
     let count = served.clone();
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            let (acceptor, count) = (acceptor.clone(), count.clone());
+            let (acceptor, count, seen) = (acceptor.clone(), count.clone(), seen.clone());
             tokio::spawn(async move {
                 // A client that does not trust the certificate fails here.
                 let Ok(stream) = acceptor.accept(stream).await else {
                     return;
                 };
-                let service = service_fn(move |_request| {
+                let service = service_fn(move |request: hyper::Request<_>| {
                     count.fetch_add(1, Ordering::SeqCst);
+                    seen.lock().unwrap().push(request.version());
                     let response = json_response(200, ANSWER);
                     async move { Ok::<_, Infallible>(response) }
                 });
@@ -82,12 +93,17 @@ async fn https_provider() -> (String, String, Arc<AtomicUsize>) {
             });
         }
     });
-    (format!("https://{addr}/v1"), ca_cert.pem(), served)
+    (
+        format!("https://{addr}/v1"),
+        ca_cert.pem(),
+        served,
+        versions,
+    )
 }
 
 #[tokio::test]
 async fn a_private_ca_in_the_provider_is_trusted_and_nothing_else_is() {
-    let (endpoint, ca_pem, served) = https_provider().await;
+    let (endpoint, ca_pem, served, versions) = https_provider().await;
     let bundle: String = ca_pem.lines().map(|l| format!("      {l}\n")).collect();
     let manifests = Manifests::new();
     manifests
@@ -130,6 +146,8 @@ async fn a_private_ca_in_the_provider_is_trusted_and_nothing_else_is() {
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["choices"][0]["message"]["content"], "over TLS");
     assert_eq!(served.load(Ordering::SeqCst), 1);
+    // The provider offered HTTP/2: it was taken.
+    assert_eq!(*versions.lock().unwrap(), [http::Version::HTTP_2]);
 
     // The same server without the CA: the handshake fails before any request is sent.
     let response = post(&proxy, "/v1/chat/completions", chat("public")).await;
@@ -144,6 +162,31 @@ async fn a_private_ca_in_the_provider_is_trusted_and_nothing_else_is() {
     // And the proxy keeps serving.
     let response = post(&proxy, "/v1/chat/completions", chat("private")).await;
     assert_eq!(response.status(), 200);
+}
+
+/// `insecureSkipVerify`: the same untrusted certificate is taken.
+#[tokio::test]
+async fn insecure_skip_verify_takes_any_certificate() {
+    let (endpoint, _, served, _) = https_provider().await;
+    let manifests = Manifests::new();
+    manifests
+        .write("consumer.yaml", &consumer_yaml("app", ""))
+        .write(
+            "p.yaml",
+            &provider_yaml(
+                "p",
+                "openai-compatible",
+                &endpoint,
+                &[("m", "m")],
+                "  tls:\n    insecureSkipVerify: true\n",
+            ),
+        )
+        .write("r.yaml", &route_yaml("r", &["r"], "p", "m", ""));
+    let proxy = proxy(&manifests).await;
+    let body = r#"{"model":"r","messages":[{"role":"user","content":"hi"}]}"#;
+    let response = post(&proxy, "/v1/chat/completions", body).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(served.load(Ordering::SeqCst), 1);
 }
 
 // === Client-facing TLS (--tls-cert, --tls-key) ===

@@ -7,6 +7,7 @@
 //! client APIs are translated through the IR.
 
 use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue};
 use switchboard_api::snapshot::Provider;
 
 use super::exchange::{self, ErrorBody};
@@ -17,6 +18,7 @@ use crate::ir::chat::StreamEvent;
 use crate::ir::reply::Reply;
 use crate::ir::{ClientApi, Operation, Usage};
 use crate::sse;
+use crate::upstream::UpstreamResponse;
 
 /// The API version header; the client's when it passes one through, else the
 /// provider's configured version.
@@ -39,11 +41,7 @@ impl Adapter for Anthropic {
         )
     }
 
-    fn authorize(
-        mut builder: reqwest::RequestBuilder,
-        call: &Call<'_>,
-        key: Option<&str>,
-    ) -> reqwest::RequestBuilder {
+    fn authorize(headers: &mut HeaderMap, call: &Call<'_>, key: Option<&str>) {
         let request = call.request;
         let mut version_sent = false;
         // A translated request is written for the provider's configured version, and
@@ -51,15 +49,16 @@ impl Adapter for Anthropic {
         if super::passes_through(call) {
             for (name, value) in &request.api_headers {
                 version_sent |= name == VERSION;
-                builder = builder.header(name, value);
+                headers.append(name, value.clone());
             }
         }
-        if !version_sent {
-            builder = builder.header(VERSION, &call.upstream.config.anthropic.version);
+        if !version_sent
+            && let Ok(version) = HeaderValue::from_str(&call.upstream.config.anthropic.version)
+        {
+            headers.insert(VERSION, version);
         }
-        match key {
-            Some(key) => builder.header("x-api-key", key),
-            None => builder,
+        if let Some(key) = key {
+            exchange::put_secret(headers, HeaderName::from_static("x-api-key"), key);
         }
     }
 
@@ -76,10 +75,10 @@ impl Adapter for Anthropic {
         Ok(Reply::Native { body, usage })
     }
 
-    fn stream(call: &Call<'_>, response: reqwest::Response) -> Reply {
+    fn stream(call: &Call<'_>, response: UpstreamResponse) -> Reply {
         if !super::passes_through(call) {
             return Reply::ChatStream(decode_stream(
-                response.bytes_stream(),
+                super::body_stream(response),
                 format::StreamDecoder::default(),
                 call.limits,
                 exchange::key(call.upstream),
@@ -136,12 +135,12 @@ impl relay::Events for Events {
 /// named in the body.
 pub(super) fn urls(config: &Provider) -> Result<UpstreamUrls, url::ParseError> {
     let mut urls = UpstreamUrls::default();
-    let messages: url::Url = format!("{}/messages", config.endpoint).parse()?;
-    let count: url::Url = format!("{}/messages/count_tokens", config.endpoint).parse()?;
+    let messages = format!("{}/messages", config.endpoint);
+    let count = format!("{}/messages/count_tokens", config.endpoint);
     for model in config.models.values() {
-        urls.insert(&model.upstream_name, Endpoint::Chat, messages.clone());
-        urls.insert(&model.upstream_name, Endpoint::ChatStream, messages.clone());
-        urls.insert(&model.upstream_name, Endpoint::CountTokens, count.clone());
+        urls.insert(&model.upstream_name, Endpoint::Chat, &messages)?;
+        urls.insert(&model.upstream_name, Endpoint::ChatStream, &messages)?;
+        urls.insert(&model.upstream_name, Endpoint::CountTokens, &count)?;
     }
     Ok(urls)
 }

@@ -3,18 +3,24 @@
 //! provider's message (never its credentials: every body is scrubbed of the key, see
 //! `scrub`).
 
-use std::time::Duration;
-
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
-use http::{HeaderValue, StatusCode, header};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
 use switchboard_api::snapshot::ApiKey;
+use tokio::time::Instant;
 
 use super::{Adapter, Call, Endpoint, Upstream, scrub};
 use crate::error::{NativeError, ProxyError};
 use crate::ir::ClientApi;
 use crate::ir::chat::StreamEvent;
 use crate::ir::reply::Reply;
+use crate::upstream::UpstreamResponse;
+
+/// What every request to a provider says of its sender.
+const USER_AGENT: HeaderValue =
+    HeaderValue::from_static(concat!("switchboard/", env!("CARGO_PKG_VERSION")));
 
 /// What a provider's error body says, as its adapter reads it.
 #[derive(Debug, Default)]
@@ -32,11 +38,17 @@ pub struct ErrorBody {
 /// from the response, whole or streamed.
 pub async fn call<A: Adapter>(call: Call<'_>) -> Result<Reply, ProxyError> {
     let body = A::request(&call)?;
-    let response = post::<A>(&call, body).await?;
+    // A whole response must arrive within the timeout, body included; a stream must
+    // start (headers) within it.
+    let deadline = Instant::now() + call.timeout;
+    let response = post::<A>(&call, body, deadline).await?;
     if call.request.stream {
         return Ok(with_model(A::stream(&call, response), call.upstream_model));
     }
-    let body = whole_body(response, call.limits.max_body_bytes, call.timeout).await?;
+    let read = whole_body(response.into_body(), call.limits.max_body_bytes);
+    let body = tokio::time::timeout_at(deadline, read)
+        .await
+        .map_err(|_| ProxyError::UpstreamTimeout(call.timeout))??;
     // JSON is UTF-8 (RFC 8259). Checked here for every adapter, not left to each
     // parser: a passed-through body is not parsed, and a parser skips the fields it
     // ignores; a stream event that is not UTF-8 fails the same way (`sse::check_utf8`).
@@ -82,81 +94,108 @@ fn with_model(reply: Reply, asked: &str) -> Reply {
 }
 
 /// A whole response's body, read as it arrives and refused (`UpstreamTooLarge`) as soon
-/// as it is known to be over `max` bytes: never more than `max` is held.
-async fn whole_body(
-    mut response: reqwest::Response,
-    max: usize,
-    timeout: Duration,
-) -> Result<Bytes, ProxyError> {
+/// as it is known to be over `max` bytes: never more than `max` is held. A body that
+/// arrives in one read is kept as read, not copied.
+async fn whole_body(mut body: Incoming, max: usize) -> Result<Bytes, ProxyError> {
+    use hyper::body::Body as _;
     let too_large = || ProxyError::UpstreamTooLarge { limit: max };
-    let announced = response.content_length();
+    let announced = body.size_hint().exact();
     if announced.is_some_and(|n| n > max as u64) {
         return Err(too_large());
     }
-    let mut body = BytesMut::with_capacity(announced.map_or(0, |n| n as usize));
-    while let Some(chunk) = response.chunk().await.map_err(|e| classify(&e, timeout))? {
-        if chunk.len() > max - body.len() {
+    let mut first: Option<Bytes> = None;
+    let mut joined = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| ProxyError::UpstreamProtocol)?;
+        let Ok(chunk) = frame.into_data() else {
+            continue; // trailers
+        };
+        let held = first.as_ref().map_or(0, Bytes::len) + joined.len();
+        if chunk.len() > max - held {
             return Err(too_large());
         }
-        body.extend_from_slice(&chunk);
+        match first.take() {
+            None if joined.is_empty() => first = Some(chunk),
+            taken => {
+                if let Some(taken) = taken {
+                    joined.reserve(announced.map_or(0, |n| n as usize).max(taken.len() * 2));
+                    joined.extend_from_slice(&taken);
+                }
+                joined.extend_from_slice(&chunk);
+            }
+        }
     }
-    Ok(body.freeze())
+    Ok(first.unwrap_or_else(|| joined.freeze()))
 }
 
 /// POSTs the JSON `body` to the call's upstream URL with the request id, trace context
-/// and the adapter's credentials, and returns the response if its status is a
-/// success; otherwise the error, as the adapter reads it.
-async fn post<A: Adapter>(call: &Call<'_>, body: Bytes) -> Result<reqwest::Response, ProxyError> {
+/// and the adapter's credentials, and returns the response, its headers in by
+/// `deadline`, if its status is a success; otherwise the error, as the adapter reads
+/// it.
+async fn post<A: Adapter>(
+    call: &Call<'_>,
+    body: Bytes,
+    deadline: Instant,
+) -> Result<UpstreamResponse, ProxyError> {
     let request = call.request;
     let upstream = call.upstream;
-    let url = upstream
+    let uri = upstream
         .urls
         .get(call.upstream_model, Endpoint::of(request))
         .cloned()
         .ok_or_else(|| ProxyError::UnknownModel(request.model.clone()))?;
-    let mut builder = upstream
-        .client
-        .post(url)
-        .header(header::CONTENT_TYPE, "application/json")
-        .header("x-request-id", call.request_id)
-        .body(body);
-    if let Some(traceparent) = &call.trace.traceparent {
-        builder = builder.header("traceparent", traceparent);
+    let mut outgoing = http::Request::new(Full::new(body));
+    *outgoing.method_mut() = http::Method::POST;
+    *outgoing.uri_mut() = uri;
+    let headers = outgoing.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(header::USER_AGENT, USER_AGENT);
+    if request.stream {
+        headers.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("text/event-stream"),
+        );
     }
-    if let Some(tracestate) = &call.trace.tracestate {
-        builder = builder.header("tracestate", tracestate);
+    if let Ok(id) = HeaderValue::from_str(call.request_id) {
+        headers.insert(HeaderName::from_static("x-request-id"), id);
+    }
+    let trace = [
+        ("traceparent", &call.trace.traceparent),
+        ("tracestate", &call.trace.tracestate),
+    ];
+    for (name, value) in trace {
+        if let Some(value) = value {
+            headers.insert(HeaderName::from_static(name), value.clone());
+        }
     }
     let key = upstream.config.api_key.as_ref();
-    let builder = A::authorize(builder, call, key.map(ApiKey::expose));
-    let response = send(builder, request.stream, call.timeout).await?;
+    A::authorize(headers, call, key.map(ApiKey::expose));
+    let response = tokio::time::timeout_at(deadline, upstream.client.send(outgoing))
+        .await
+        .map_err(|_| ProxyError::UpstreamTimeout(call.timeout))?
+        .map_err(|e| classify(&e))?;
     check_status::<A>(response, key).await
 }
 
-/// Sends `builder`. A whole response must arrive within `timeout`; a stream must
-/// start (headers) within it.
-async fn send(
-    mut builder: reqwest::RequestBuilder,
-    stream: bool,
-    timeout: Duration,
-) -> Result<reqwest::Response, ProxyError> {
-    if stream {
-        builder = builder.header(header::ACCEPT, "text/event-stream");
-    } else {
-        builder = builder.timeout(timeout);
-    }
-    tokio::time::timeout(timeout, builder.send())
-        .await
-        .map_err(|_| ProxyError::UpstreamTimeout(timeout))?
-        .map_err(|e| classify(&e, timeout))
-}
-
-fn classify(error: &reqwest::Error, timeout: Duration) -> ProxyError {
-    if error.is_timeout() {
-        ProxyError::UpstreamTimeout(timeout)
-    } else if error.is_connect() {
+/// A failed exchange: the connection could not be made, or the provider broke HTTP.
+fn classify(error: &hyper_util::client::legacy::Error) -> ProxyError {
+    if error.is_connect() {
         ProxyError::UpstreamConnect
     } else {
         ProxyError::UpstreamProtocol
+    }
+}
+
+/// Sets the header `name` to `value`, a credential: marked sensitive, so that hyper's
+/// HTTP/2 encoder never indexes it. A value a header cannot carry is not sent (the
+/// provider then answers 401, reported as the gateway's key being wrong).
+pub(super) fn put_secret(headers: &mut HeaderMap, name: HeaderName, value: &str) {
+    if let Ok(mut value) = HeaderValue::from_str(value) {
+        value.set_sensitive(true);
+        headers.insert(name, value);
     }
 }
 
@@ -171,9 +210,9 @@ const MAX_MESSAGE: usize = 1024;
 /// the provider's message. 503 and 529 mean overloaded. Other 4xx are the client's to
 /// fix and keep their status; other 5xx become 502. `Retry-After` is kept.
 async fn check_status<A: Adapter>(
-    response: reqwest::Response,
+    response: UpstreamResponse,
     key: Option<&ApiKey>,
-) -> Result<reqwest::Response, ProxyError> {
+) -> Result<UpstreamResponse, ProxyError> {
     let status = response.status();
     if status.is_success() {
         return Ok(response);
@@ -209,11 +248,16 @@ async fn check_status<A: Adapter>(
     })
 }
 
-async fn error_body(mut response: reqwest::Response) -> Bytes {
+async fn error_body(response: UpstreamResponse) -> Bytes {
+    let mut response = response.into_body();
     let mut body = BytesMut::new();
     while body.len() < MAX_ERROR_BODY {
-        match response.chunk().await {
-            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+        match response.frame().await {
+            Some(Ok(frame)) => {
+                if let Ok(chunk) = frame.into_data() {
+                    body.extend_from_slice(&chunk);
+                }
+            }
             _ => break,
         }
     }

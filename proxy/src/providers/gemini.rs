@@ -6,6 +6,7 @@
 //! way. Requests from other client APIs are translated through the IR.
 
 use bytes::Bytes;
+use http::{HeaderMap, HeaderName};
 use switchboard_api::snapshot::Provider;
 
 use super::exchange::{self, ErrorBody};
@@ -15,6 +16,7 @@ use crate::formats::gemini as format;
 use crate::ir::reply::Reply;
 use crate::ir::{ClientApi, Usage};
 use crate::sse;
+use crate::upstream::UpstreamResponse;
 
 /// Google's Generative Language API.
 pub(super) struct Gemini;
@@ -28,14 +30,9 @@ impl Adapter for Gemini {
         format::write_request(super::typed(call.request)?)
     }
 
-    fn authorize(
-        builder: reqwest::RequestBuilder,
-        _: &Call<'_>,
-        key: Option<&str>,
-    ) -> reqwest::RequestBuilder {
-        match key {
-            Some(key) => builder.header("x-goog-api-key", key),
-            None => builder,
+    fn authorize(headers: &mut HeaderMap, _: &Call<'_>, key: Option<&str>) {
+        if let Some(key) = key {
+            exchange::put_secret(headers, HeaderName::from_static("x-goog-api-key"), key);
         }
     }
 
@@ -47,10 +44,10 @@ impl Adapter for Gemini {
         Ok(Reply::Native { body, usage })
     }
 
-    fn stream(call: &Call<'_>, response: reqwest::Response) -> Reply {
+    fn stream(call: &Call<'_>, response: UpstreamResponse) -> Reply {
         if !super::passes_through(call) {
             return Reply::ChatStream(decode_stream(
-                response.bytes_stream(),
+                super::body_stream(response),
                 format::StreamDecoder::default(),
                 call.limits,
                 exchange::key(call.upstream),
@@ -97,13 +94,13 @@ pub(super) fn urls(config: &Provider) -> Result<UpstreamUrls, url::ParseError> {
         urls.insert(
             &model.upstream_name,
             Endpoint::Chat,
-            format!("{base}:generateContent").parse()?,
-        );
+            &format!("{base}:generateContent"),
+        )?;
         urls.insert(
             &model.upstream_name,
             Endpoint::ChatStream,
-            format!("{base}:streamGenerateContent?alt=sse").parse()?,
-        );
+            &format!("{base}:streamGenerateContent?alt=sse"),
+        )?;
     }
     Ok(urls)
 }

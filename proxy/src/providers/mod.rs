@@ -23,6 +23,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
+use http::{HeaderMap, Uri};
+use http_body_util::BodyDataStream;
 use switchboard_api::snapshot::{Provider, ProviderType};
 use tokio::time::Instant;
 use url::Url;
@@ -33,6 +35,7 @@ use crate::ir::chat::{ChatRequest, StreamError, StreamEvent};
 use crate::ir::reply::Reply;
 use crate::ir::stream::ChatStream;
 use crate::ir::{ClientApi, Operation, Request, TraceHeaders};
+use crate::upstream::{UpstreamClient, UpstreamResponse};
 
 /// A provider's config with what calling it takes: its pooled client and upstream URLs.
 #[derive(Debug)]
@@ -40,7 +43,7 @@ pub struct Upstream {
     /// `namespace/name`.
     pub id: String,
     pub config: Provider,
-    pub client: reqwest::Client,
+    pub client: UpstreamClient,
     pub urls: UpstreamUrls,
 }
 
@@ -95,15 +98,11 @@ trait Adapter {
     fn request(call: &Call<'_>) -> Result<Bytes, ProxyError>;
     /// The provider's credentials (and any headers its API requires, or the client
     /// sent for it) on the request.
-    fn authorize(
-        builder: reqwest::RequestBuilder,
-        call: &Call<'_>,
-        key: Option<&str>,
-    ) -> reqwest::RequestBuilder;
+    fn authorize(headers: &mut HeaderMap, call: &Call<'_>, key: Option<&str>);
     /// response: the reply in a whole response's body.
     fn response(call: &Call<'_>, body: Bytes) -> Result<Reply, ProxyError>;
     /// stream event: the reply in a streamed response.
-    fn stream(call: &Call<'_>, response: reqwest::Response) -> Reply;
+    fn stream(call: &Call<'_>, response: UpstreamResponse) -> Reply;
     /// error: what an error body says.
     fn error(body: &[u8]) -> exchange::ErrorBody;
 }
@@ -178,9 +177,9 @@ pub fn gen_ai_name(kind: ProviderType) -> &'static str {
     }
 }
 
-/// Upstream URLs of a provider by upstream model name and operation.
+/// Upstream URLs of a provider by upstream model name and operation, parsed once.
 #[derive(Debug, Default)]
-pub struct UpstreamUrls(HashMap<String, [Option<Url>; Endpoint::COUNT]>);
+pub struct UpstreamUrls(HashMap<String, [Option<Uri>; Endpoint::COUNT]>);
 
 impl UpstreamUrls {
     /// Parses every URL `config` will call; none for providers answered in-process.
@@ -195,12 +194,23 @@ impl UpstreamUrls {
         }
     }
 
-    pub fn get(&self, model: &str, endpoint: Endpoint) -> Option<&Url> {
+    pub fn get(&self, model: &str, endpoint: Endpoint) -> Option<&Uri> {
         self.0.get(model)?[endpoint as usize].as_ref()
     }
 
-    fn insert(&mut self, model: &str, endpoint: Endpoint, url: Url) {
-        self.0.entry(model.to_string()).or_default()[endpoint as usize] = Some(url);
+    /// Adds `url`, checked (and normalized: a host in Unicode is written in
+    /// punycode) as a URL first.
+    fn insert(
+        &mut self,
+        model: &str,
+        endpoint: Endpoint,
+        url: &str,
+    ) -> Result<(), url::ParseError> {
+        let url = Url::parse(url)?;
+        let uri =
+            Uri::try_from(url.as_str()).map_err(|_| url::ParseError::InvalidDomainCharacter)?;
+        self.0.entry(model.to_string()).or_default()[endpoint as usize] = Some(uri);
+        Ok(())
     }
 }
 
@@ -277,9 +287,17 @@ struct BoundedReads<S> {
     max_bytes: u64,
 }
 
+/// A response's body as a stream of its bytes.
+fn body_stream(response: UpstreamResponse) -> UpstreamBytes {
+    BodyDataStream::new(response.into_body())
+}
+
+/// What `body_stream` gives.
+type UpstreamBytes = BodyDataStream<hyper::body::Incoming>;
+
 impl<S> BoundedReads<S>
 where
-    S: Stream<Item = reqwest::Result<Bytes>> + Unpin,
+    S: Stream<Item = Result<Bytes, hyper::Error>> + Unpin,
 {
     fn new(upstream: S, limits: &UpstreamLimits) -> Self {
         let max_duration = limits.max_stream_duration;
@@ -342,7 +360,7 @@ fn decode_stream<S, D>(
     key: Option<&str>,
 ) -> ChatStream
 where
-    S: Stream<Item = reqwest::Result<Bytes>> + Send + Unpin + 'static,
+    S: Stream<Item = Result<Bytes, hyper::Error>> + Send + Unpin + 'static,
     D: DecodeStream + Send + 'static,
 {
     struct State<S, D> {

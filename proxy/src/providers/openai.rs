@@ -7,6 +7,7 @@
 //! Requests from other client APIs are translated through the IR.
 
 use bytes::Bytes;
+use http::{HeaderMap, HeaderName, header};
 use serde::Deserialize;
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use switchboard_api::snapshot::{Provider, ProviderType};
@@ -18,6 +19,7 @@ use crate::formats::openai as format;
 use crate::ir::reply::Reply;
 use crate::ir::{ClientApi, Operation, Request, Usage};
 use crate::sse;
+use crate::upstream::UpstreamResponse;
 
 /// OpenAI's API, and every API shaped like it.
 pub(super) struct OpenAI;
@@ -39,17 +41,14 @@ impl Adapter for OpenAI {
         rewrite(request, call.upstream_model, injects_usage(request))
     }
 
-    fn authorize(
-        builder: reqwest::RequestBuilder,
-        call: &Call<'_>,
-        key: Option<&str>,
-    ) -> reqwest::RequestBuilder {
-        match key {
-            Some(key) if call.upstream.config.kind == ProviderType::AzureOpenAI => {
-                builder.header("api-key", key)
-            }
-            Some(key) => builder.bearer_auth(key),
-            None => builder,
+    fn authorize(headers: &mut HeaderMap, call: &Call<'_>, key: Option<&str>) {
+        let Some(key) = key else {
+            return;
+        };
+        if call.upstream.config.kind == ProviderType::AzureOpenAI {
+            exchange::put_secret(headers, HeaderName::from_static("api-key"), key);
+        } else {
+            exchange::put_secret(headers, header::AUTHORIZATION, &format!("Bearer {key}"));
         }
     }
 
@@ -63,10 +62,10 @@ impl Adapter for OpenAI {
         Ok(Reply::Native { body, usage })
     }
 
-    fn stream(call: &Call<'_>, response: reqwest::Response) -> Reply {
+    fn stream(call: &Call<'_>, response: UpstreamResponse) -> Reply {
         if !super::passes_through(call) {
             return Reply::ChatStream(decode_stream(
-                response.bytes_stream(),
+                super::body_stream(response),
                 format::StreamDecoder::default(),
                 call.limits,
                 exchange::key(call.upstream),
@@ -167,7 +166,7 @@ pub(super) fn urls(config: &Provider) -> Result<UpstreamUrls, url::ParseError> {
                 ),
                 _ => format!("{}{}", config.endpoint, operation.path()),
             };
-            urls.insert(&model.upstream_name, endpoint, url.parse()?);
+            urls.insert(&model.upstream_name, endpoint, &url)?;
         }
     }
     Ok(urls)

@@ -11,6 +11,7 @@ use crate::ir::Usage;
 use crate::ir::chat::StreamError;
 use crate::ir::stream::{NativeChunk, NativeStream};
 use crate::sse::{self, EventSplitter};
+use crate::upstream::UpstreamResponse;
 
 /// What an API's relay does with each whole event.
 pub(super) trait Events {
@@ -22,11 +23,11 @@ pub(super) trait Events {
 /// `response`'s events relayed as they arrive, read by `events`.
 pub(super) fn stream<E: Events + Send + 'static>(
     call: &Call<'_>,
-    response: reqwest::Response,
+    response: UpstreamResponse,
     events: E,
 ) -> NativeStream {
     let relay = EventRelay {
-        upstream: BoundedReads::new(response.bytes_stream(), &call.limits),
+        upstream: BoundedReads::new(super::body_stream(response), &call.limits),
         splitter: EventSplitter::with_limit(call.limits.max_event_bytes),
         events,
         key: exchange::key(call.upstream).map(str::to_string),
@@ -55,7 +56,7 @@ struct EventRelay<S, E> {
 
 impl<S, E> EventRelay<S, E>
 where
-    S: Stream<Item = reqwest::Result<Bytes>> + Send + Unpin + 'static,
+    S: Stream<Item = Result<Bytes, hyper::Error>> + Send + Unpin + 'static,
     E: Events + Send + 'static,
 {
     fn into_stream(self) -> NativeStream {
