@@ -8,7 +8,7 @@
 //! When attempts remain after every backend was tried, the plan starts over, and a
 //! backend tried before waits an exponential, jittered backoff first.
 
-use std::sync::{Mutex, PoisonError};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use switchboard_api::snapshot::{Backend, Retry, Strategy};
@@ -116,16 +116,17 @@ pub fn backoff(base: Duration, max: Duration, tries: u32) -> Duration {
 /// budgets do: every request deposits `percent / 100` of a retry, every retry withdraws
 /// one, and a small allowance per second lets a quiet route still retry. The balance
 /// is capped at ten seconds' worth, so a long quiet spell cannot fund a retry storm.
+///
+/// Every request of a route deposits, so the budget is two atomics rather than a
+/// mutex: requests on a busy route never wait for each other here.
 #[derive(Debug)]
 pub struct RetryBudget {
     ratio: f64,
-    state: Mutex<BudgetState>,
-}
-
-#[derive(Debug)]
-struct BudgetState {
-    balance: f64,
-    refilled: Instant,
+    /// The balance in retries, as an `f64`'s bits (updated by compare-and-swap).
+    balance: AtomicU64,
+    /// Nanoseconds from `origin` to the last refill.
+    refilled: AtomicU64,
+    origin: Instant,
 }
 
 /// Retries per second a route may always make, whatever its traffic.
@@ -139,31 +140,50 @@ impl RetryBudget {
     pub fn new(policy: &Retry) -> Self {
         Self {
             ratio: f64::from(policy.budget_percent) / 100.0,
-            state: Mutex::new(BudgetState {
-                balance: MIN_RETRIES_PER_SECOND,
-                refilled: Instant::now(),
-            }),
+            balance: AtomicU64::new(MIN_RETRIES_PER_SECOND.to_bits()),
+            refilled: AtomicU64::new(0),
+            origin: Instant::now(),
         }
     }
 
     /// A request arrived.
     pub fn deposit(&self) {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        state.balance = (state.balance + self.ratio).min(self.cap());
+        let cap = self.cap();
+        self.update(|balance| ((balance + self.ratio).min(cap), ()));
     }
 
     /// True if a retry may go ahead (and pays for it).
     pub fn withdraw(&self) -> bool {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let now = Instant::now();
-        let elapsed = now.duration_since(state.refilled).as_secs_f64();
-        state.refilled = now;
-        state.balance = (state.balance + elapsed * MIN_RETRIES_PER_SECOND).min(self.cap());
-        if state.balance >= 1.0 {
-            state.balance -= 1.0;
-            true
-        } else {
-            false
+        // u64 nanoseconds last 584 years.
+        let now = self.origin.elapsed().as_nanos() as u64;
+        // Each moment is refilled once, by whichever withdrawal claims it first.
+        let last = self.refilled.fetch_max(now, Ordering::Relaxed);
+        let elapsed = Duration::from_nanos(now.saturating_sub(last)).as_secs_f64();
+        let cap = self.cap();
+        self.update(|balance| {
+            let balance = (balance + elapsed * MIN_RETRIES_PER_SECOND).min(cap);
+            match balance >= 1.0 {
+                true => (balance - 1.0, true),
+                false => (balance, false),
+            }
+        })
+    }
+
+    /// Applies `change` to the balance atomically (retried if another request changed
+    /// it meanwhile); returns what the applied change returned.
+    fn update<T>(&self, mut change: impl FnMut(f64) -> (f64, T)) -> T {
+        let mut current = self.balance.load(Ordering::Relaxed);
+        loop {
+            let (balance, result) = change(f64::from_bits(current));
+            match self.balance.compare_exchange_weak(
+                current,
+                balance.to_bits(),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return result,
+                Err(actual) => current = actual,
+            }
         }
     }
 
@@ -293,6 +313,27 @@ mod tests {
             let delay = backoff(base, max, tries);
             assert!(delay >= step / 2 && delay <= step, "{tries}: {delay:?}");
         }
+    }
+
+    /// Deposits from many threads at once all count.
+    #[test]
+    fn concurrent_deposits_all_count() {
+        let budget = RetryBudget::new(&Retry {
+            budget_percent: 20,
+            ..Retry::default()
+        });
+        std::thread::scope(|scope| {
+            for _ in 0..4 {
+                scope.spawn(|| (0..250).for_each(|_| budget.deposit()));
+            }
+        });
+        // 3 to start with, 1,000 requests at 20%, and at most a moment's allowance.
+        let mut retries = 0;
+        while budget.withdraw() {
+            retries += 1;
+            assert!(retries < 300);
+        }
+        assert!((203..=205).contains(&retries), "{retries}");
     }
 
     #[test]
