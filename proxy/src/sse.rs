@@ -108,16 +108,16 @@ pub fn join(events: impl IntoIterator<Item = Bytes>) -> Option<Bytes> {
 /// blank line, in any of the three line-ending styles SSE allows.
 fn event_end(buf: &[u8], from: usize) -> Option<usize> {
     let mut i = from;
-    while i < buf.len() {
-        match buf[i] {
-            b'\n' if buf.get(i + 1) == Some(&b'\n') => return Some(i + 2),
-            b'\n' if buf.get(i + 1) == Some(&b'\r') && buf.get(i + 2) == Some(&b'\n') => {
-                return Some(i + 3);
-            }
-            b'\r' if buf.get(i + 1) == Some(&b'\r') => return Some(i + 2),
+    // Line ends are found by a vectorized search; only they are looked at closely.
+    while let Some(found) = memchr::memchr2(b'\n', b'\r', buf.get(i..)?) {
+        let at = i + found;
+        match (buf[at], buf.get(at + 1), buf.get(at + 2)) {
+            (b'\n', Some(b'\n'), _) => return Some(at + 2),
+            (b'\n', Some(b'\r'), Some(b'\n')) => return Some(at + 3),
+            (b'\r', Some(b'\r'), _) => return Some(at + 2),
             _ => {}
         }
-        i += 1;
+        i = at + 1;
     }
     None
 }

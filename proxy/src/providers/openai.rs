@@ -111,7 +111,7 @@ impl relay::Events for Chunks {
 /// the usage-only chunk the gateway asked for on the client's behalf.
 fn stream_event(event: Bytes, injected_usage: bool, usage: &mut Option<Usage>) -> Option<Bytes> {
     // Cheap test first: most chunks carry no usage (or `"usage":null`).
-    if !contains(&event, b"\"usage\":{") && !contains(&event, b"\"usage\": {") {
+    if !has_usage_object(&event) {
         return Some(event);
     }
     let chunk = sse::data(&event)
@@ -128,8 +128,13 @@ fn stream_event(event: Bytes, injected_usage: bool, usage: &mut Option<Usage>) -
     (!(injected_usage && usage_only)).then_some(event)
 }
 
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
+/// Whether `event` has a `"usage"` key whose value is an object (whitespace allowed
+/// around the colon): a vectorized search, then a look at what follows each match.
+fn has_usage_object(event: &[u8]) -> bool {
+    memchr::memmem::find_iter(event, b"\"usage\"").any(|at| {
+        let mut rest = event[at + 7..].iter().filter(|b| !b.is_ascii_whitespace());
+        rest.next() == Some(&b':') && rest.next() == Some(&b'{')
+    })
 }
 
 #[derive(Deserialize)]
@@ -222,6 +227,34 @@ mod tests {
     use super::*;
     use crate::client_api::openai::read_request;
     use crate::ir::Operation;
+
+    #[test]
+    fn usage_objects_are_found_however_they_are_spaced() {
+        for found in [
+            &br#"data: {"usage":{"prompt_tokens":1}}"#[..],
+            br#"data: {"usage" : {"prompt_tokens":1}}"#,
+            b"data: {\"usage\":\n\t{}}",
+            br#"data: {"x":"usage","usage":{}}"#,
+        ] {
+            assert!(
+                has_usage_object(found),
+                "{}",
+                String::from_utf8_lossy(found)
+            );
+        }
+        for missing in [
+            &br#"data: {"usage":null}"#[..],
+            br#"data: {"content":"usage"}"#,
+            br#"data: {"usage""#,
+            b"",
+        ] {
+            assert!(
+                !has_usage_object(missing),
+                "{}",
+                String::from_utf8_lossy(missing)
+            );
+        }
+    }
 
     #[test]
     fn rewrite_changes_only_model_and_stream_options() {
