@@ -163,12 +163,21 @@ async fn stream_passes_through_byte_for_byte_when_client_asks_for_usage() {
 async fn stream_asks_upstream_for_usage_and_hides_the_extra_chunk() {
     let upstream = FakeProvider::start(|_| Reply::Stream(upstream_stream().0)).await;
     let (_m, proxy) = gateway(&upstream, "openai", "").await;
-    let request = r#"{"model":"smart","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    // Spacing and a field no serializer would keep as written.
+    let request = r#"{ "model" : "smart","stream":true, "x":1.0e0,"messages":[{"role":"user","content":"hi"}]}"#;
     let response = post(&proxy, "/v1/chat/completions", request).await;
     let received = read_all(response).await;
 
-    let sent = upstream.last().json();
-    assert_eq!(sent["stream_options"]["include_usage"], true);
+    // The client's bytes, the model renamed and the usage asked for in a field put
+    // first: spliced, not re-serialized.
+    let sent = upstream.last();
+    let model = sent.json()["model"].as_str().unwrap().to_string();
+    assert_eq!(
+        std::str::from_utf8(&sent.body).unwrap(),
+        format!(
+            r#"{{"stream_options":{{"include_usage":true}}, "model" : "{model}","stream":true, "x":1.0e0,"messages":[{{"role":"user","content":"hi"}}]}}"#
+        )
+    );
     let mut expected = Vec::new();
     for event in [chunk("Hel"), chunk("lo"), "[DONE]".to_string()] {
         expected.extend_from_slice(&sse(&event));

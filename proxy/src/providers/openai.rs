@@ -35,10 +35,21 @@ impl Adapter for OpenAI {
                 request.stream,
             ));
         }
-        if call.upstream_model == request.model && !injects_usage(request) {
-            return Ok(request.body.clone());
+        let inject = injects_usage(request);
+        if inject && request.fields.contains_key("stream_options") {
+            // The client's own `stream_options`, without `include_usage`: rewritten.
+            return rewrite(request, call.upstream_model, true);
         }
-        rewrite(request, call.upstream_model, injects_usage(request))
+        // Otherwise spliced: the client's bytes, the model's value replaced, the usage
+        // asked for in a field put first.
+        let body = match call.upstream_model == request.model {
+            true => request.body.clone(),
+            false => super::with_model(&request.body, call.upstream_model)?,
+        };
+        Ok(match inject {
+            true => with_usage_asked(&body),
+            false => body,
+        })
     }
 
     fn authorize(headers: &mut HeaderMap, call: &Call<'_>, key: Option<&str>) {
@@ -175,6 +186,19 @@ pub(super) fn urls(config: &Provider) -> Result<UpstreamUrls, url::ParseError> {
         }
     }
     Ok(urls)
+}
+
+/// `body`, a JSON object, with `"stream_options":{"include_usage":true}` as its first
+/// field and every other byte as it was. (The client's body is an object with no
+/// `stream_options`: `client_api` checked the one, the caller the other.)
+fn with_usage_asked(body: &Bytes) -> Bytes {
+    const FIELD: &[u8] = br#""stream_options":{"include_usage":true},"#;
+    let open = body.iter().position(|b| *b == b'{').map_or(0, |at| at + 1);
+    let mut out = Vec::with_capacity(body.len() + FIELD.len());
+    out.extend_from_slice(&body[..open]);
+    out.extend_from_slice(FIELD);
+    out.extend_from_slice(&body[open..]);
+    Bytes::from(out)
 }
 
 /// Re-serializes the request with the upstream model name and, if `inject_usage`,
