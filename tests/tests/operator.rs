@@ -556,15 +556,19 @@ async fn kubectl_applies_the_quickstart_and_lists_routes_with_their_conditions()
         applied.contains("airoute.switchboard.dev/echo"),
         "{applied}"
     );
-    // Through the operator the quickstart's public key is refused, and the status says so.
-    let refs = cluster
-        .wait_condition(
-            ("AIConsumer", "default", "quickstart"),
-            "ResolvedRefs",
-            "False",
-            Duration::from_secs(5),
-        )
-        .await;
+    // Through the operator the quickstart's public key is refused, and the status says
+    // so. (kubectl creates the objects one by one: the operator may first see the
+    // consumer without its Secret, SecretNotFound, and only then the placeholder key.)
+    let refs = eventually(
+        "the quickstart consumer's placeholder key refused",
+        Duration::from_secs(5),
+        || async {
+            cluster
+                .condition("AIConsumer", "default", "quickstart", "ResolvedRefs")
+                .filter(|c| c["status"] == "False" && c["reason"] == "PlaceholderKey")
+        },
+    )
+    .await;
     assert_eq!(refs["reason"], "PlaceholderKey", "{refs}");
     let own_key = "sk-sb-e2e-own-key-Qx8vT1mZ0rL3kP9wYb2N";
     cluster.api.apply(json!({
