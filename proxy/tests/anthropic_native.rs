@@ -153,22 +153,6 @@ fn as_sent(request: &str) -> String {
 /// = 36 + 3,750 + 600 + 750 = 5,136 per million (4,386 if writes cost as input).
 const ANSWER_COST: f64 = 0.005_136;
 
-fn cost(scrape: &Scrape) -> f64 {
-    metric_or_zero(
-        scrape,
-        "switchboard_cost_usd_total",
-        &[("route", "default/r")],
-    )
-}
-
-fn tokens(scrape: &Scrape, kind: &str) -> f64 {
-    metric_or_zero(
-        scrape,
-        "switchboard_tokens_total",
-        &[("route", "default/r"), ("gen_ai_token_type", kind)],
-    )
-}
-
 #[tokio::test]
 async fn an_agent_request_passes_through_byte_for_byte() {
     let anthropic = anthropic_fake().await;
@@ -256,14 +240,7 @@ async fn an_agent_stream_passes_through_byte_for_byte() {
     assert_eq!(sent.headers["anthropic-version"], "2023-06-01");
 
     // The stream's usage settles once the response is over.
-    let mut scrape_now = scrape(&proxy).await;
-    for _ in 0..50 {
-        if tokens(&scrape_now, "output") > 0.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        scrape_now = scrape(&proxy).await;
-    }
+    let scrape_now = settled(&proxy).await;
     assert_eq!(tokens(&scrape_now, "input"), 3012.0);
     assert_eq!(tokens(&scrape_now, "cache_read"), 2000.0);
     assert_eq!(tokens(&scrape_now, "cache_creation"), 1000.0);

@@ -127,27 +127,6 @@ async fn assert_google_error(response: reqwest::Response, code: u16, status: &st
         .to_string()
 }
 
-fn tokens(scrape: &Scrape, kind: &str) -> f64 {
-    metric_or_zero(
-        scrape,
-        "switchboard_tokens_total",
-        &[("route", "default/r"), ("gen_ai_token_type", kind)],
-    )
-}
-
-/// The scrape once the request's usage is counted (streams settle when they end).
-async fn settled(proxy: &switchboard_proxy::Proxy) -> Scrape {
-    let mut now = scrape(proxy).await;
-    for _ in 0..50 {
-        if tokens(&now, "output") > 0.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        now = scrape(proxy).await;
-    }
-    now
-}
-
 /// A request with fields no translation carries (safety settings, thinking), and
 /// spacing no serializer writes: a Gemini provider gets it as sent.
 const NATIVE_REQUEST: &str = r#"{ "contents": [{"role":"user","parts":[{"text": "Where is Google's headquarters?"}]}],

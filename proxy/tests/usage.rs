@@ -35,35 +35,6 @@ async fn gateway(
     (manifests, proxy)
 }
 
-fn tokens(scrape: &Scrape, kind: &str) -> f64 {
-    metric_or_zero(
-        scrape,
-        "switchboard_tokens_total",
-        &[("route", "default/r"), ("gen_ai_token_type", kind)],
-    )
-}
-
-fn cost(scrape: &Scrape) -> f64 {
-    metric_or_zero(
-        scrape,
-        "switchboard_cost_usd_total",
-        &[("route", "default/r")],
-    )
-}
-
-/// Scrapes until output tokens are counted: a stream settles when it is over.
-async fn settled(proxy: &switchboard_proxy::Proxy) -> Scrape {
-    let mut now = scrape(proxy).await;
-    for _ in 0..50 {
-        if tokens(&now, "output") > 0.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        now = scrape(proxy).await;
-    }
-    now
-}
-
 fn stream(events: &[&str]) -> Reply {
     Reply::Stream(
         events

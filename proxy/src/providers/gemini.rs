@@ -47,10 +47,9 @@ impl Adapter for Gemini {
     fn stream(call: &Call<'_>, response: UpstreamResponse) -> Reply {
         if !super::passes_through(call) {
             return Reply::ChatStream(decode_stream(
-                super::body_stream(response),
+                call,
+                response,
                 format::StreamDecoder::default(),
-                call.limits,
-                exchange::key(call.upstream),
             ));
         }
         Reply::NativeStream(relay::stream(call, response, Events))

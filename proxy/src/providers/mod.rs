@@ -349,22 +349,19 @@ where
     }
 }
 
-/// Decodes an upstream event stream into IR event batches as bytes arrive. Ends after
-/// `Done` or `Error`; a stream that breaks, closes early, sends an event over the size
-/// limit or goes quiet past the idle timeout ends with an `Error`. Every text the
-/// provider sent (answer, tool calls, error message) is scrubbed of `key`.
-fn decode_stream<S, D>(
-    upstream: S,
-    decoder: D,
-    limits: UpstreamLimits,
-    key: Option<&str>,
-) -> ChatStream
+/// Decodes the call's upstream event stream into IR event batches as bytes arrive, with
+/// `decoder`. Ends after `Done` or `Error`; a stream that breaks, closes early, sends an
+/// event over the size limit or goes quiet past the idle timeout ends with an `Error`.
+/// Every text the provider sent (answer, tool calls, error message) is scrubbed of the
+/// provider key.
+fn decode_stream<D>(call: &Call<'_>, response: UpstreamResponse, decoder: D) -> ChatStream
 where
-    S: Stream<Item = Result<Bytes, hyper::Error>> + Send + Unpin + 'static,
     D: DecodeStream + Send + 'static,
 {
-    struct State<S, D> {
-        upstream: BoundedReads<S>,
+    let (upstream, limits) = (body_stream(response), call.limits);
+    let key = exchange::key(call.upstream);
+    struct State<D> {
+        upstream: BoundedReads<UpstreamBytes>,
         decoder: SseDecoder<D>,
         key: Option<String>,
         ended: bool,

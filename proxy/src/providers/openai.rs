@@ -76,10 +76,9 @@ impl Adapter for OpenAI {
     fn stream(call: &Call<'_>, response: UpstreamResponse) -> Reply {
         if !super::passes_through(call) {
             return Reply::ChatStream(decode_stream(
-                super::body_stream(response),
+                call,
+                response,
                 format::StreamDecoder::default(),
-                call.limits,
-                exchange::key(call.upstream),
             ));
         }
         let events = Chunks {

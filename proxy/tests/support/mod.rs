@@ -587,6 +587,39 @@ pub fn metric_or_zero(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f
     scrape.get(name, labels).unwrap_or(0.0)
 }
 
+/// Tokens of `kind` (`gen_ai_token_type`) counted on route `default/r`, the route the
+/// usage tests send through.
+pub fn tokens(scrape: &Scrape, kind: &str) -> f64 {
+    metric_or_zero(
+        scrape,
+        "switchboard_tokens_total",
+        &[("route", "default/r"), ("gen_ai_token_type", kind)],
+    )
+}
+
+/// The cost counted on route `default/r`.
+pub fn cost(scrape: &Scrape) -> f64 {
+    metric_or_zero(
+        scrape,
+        "switchboard_cost_usd_total",
+        &[("route", "default/r")],
+    )
+}
+
+/// Scrapes until route `default/r` has output tokens counted (a stream settles when it
+/// is over), for at most a second.
+pub async fn settled(proxy: &Proxy) -> Scrape {
+    let mut now = scrape(proxy).await;
+    for _ in 0..50 {
+        if tokens(&now, "output") > 0.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        now = scrape(proxy).await;
+    }
+    now
+}
+
 /// Asserts that no sample named `name` has all of `labels`, where the exposition
 /// declares the family and some sample of `name` carries every label name asked about
 /// (so a renamed metric or label fails instead of passing).
