@@ -495,8 +495,7 @@ fn dropped_log_lines() -> prometheus::proto::MetricFamily {
     let mut family = MetricFamily::default();
     family.set_name("switchboard_log_lines_dropped_total".to_string());
     family.set_help(
-        "Log lines dropped because stdout did not keep up (the queue holds 16,384 lines)."
-            .to_string(),
+        "Log lines dropped because stdout did not keep up (the buffer holds 8 MiB).".to_string(),
     );
     family.set_field_type(MetricType::COUNTER);
     family.mut_metric().push(metric);

@@ -24,7 +24,6 @@ use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::filter::{EnvFilter, Targets};
-use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use tracing_subscriber::prelude::*;
 
 use crate::ir::TraceHeaders;
@@ -43,7 +42,7 @@ static EXPORTING: AtomicBool = AtomicBool::new(false);
 pub struct Telemetry {
     provider: Option<SdkTracerProvider>,
     /// Flushes the queued log lines when dropped (`log_output`).
-    _logs: Option<tracing_appender::non_blocking::WorkerGuard>,
+    _logs: Option<log_output::FlushGuard>,
 }
 
 /// Sets up logging, and trace export when the environment asks for it. Returns a
@@ -61,14 +60,9 @@ pub fn init(format: LogFormat) -> (Telemetry, Option<String>) {
     if let Ok(directive) = format!("{TARGET}=off").parse() {
         filter = filter.add_directive(directive);
     }
-    // Log lines go through a bounded queue to stdout, never blocking a request.
-    let (writer, guard) = log_output::install().unzip();
-    let writer = BoxMakeWriter::new(move || -> Box<dyn std::io::Write> {
-        match &writer {
-            Some(writer) => Box::new(writer.clone()),
-            None => Box::new(std::io::stdout()),
-        }
-    });
+    // Log lines go through a bounded buffer to stdout, never blocking a request.
+    let guard = log_output::install();
+    let writer = || log_output::Stdout;
     let logs = match format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
