@@ -15,6 +15,7 @@ mod echo;
 mod exchange;
 mod gemini;
 mod openai;
+mod reads;
 mod relay;
 mod scrub;
 
@@ -22,11 +23,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{Stream, StreamExt};
 use http::{HeaderMap, Uri};
-use http_body_util::BodyDataStream;
 use switchboard_api::snapshot::{Provider, ProviderType};
-use tokio::time::Instant;
 use url::Url;
 
 use crate::error::ProxyError;
@@ -36,6 +34,7 @@ use crate::ir::reply::Reply;
 use crate::ir::stream::ChatStream;
 use crate::ir::{ClientApi, Operation, Request, TraceHeaders};
 use crate::upstream::{UpstreamClient, UpstreamResponse};
+use reads::{BoundedReads, Read, UpstreamBytes, body_stream};
 
 /// A provider's config with what calling it takes: its pooled client and upstream URLs.
 #[derive(Debug)]
@@ -259,94 +258,6 @@ fn with_model(body: &Bytes, model: &str) -> Result<Bytes, ProxyError> {
     out.extend_from_slice(&name);
     out.extend_from_slice(&body[start + raw.len()..]);
     Ok(Bytes::from(out))
-}
-
-/// One read of an upstream byte stream, within its bounds (`BoundedReads`).
-enum Read {
-    Chunk(Bytes),
-    /// The stream went past a bound (quiet too long, too long, too many bytes): it
-    /// ends with this error.
-    Over(StreamError),
-    /// The connection broke.
-    Broken,
-    /// The upstream closed the stream.
-    End,
-}
-
-/// An upstream stream's bytes, read within the stream's bounds: the idle timeout
-/// between reads, and the most bytes and longest time of the whole stream (from its
-/// response headers). Shared by the relayed and the translated stream paths.
-struct BoundedReads<S> {
-    upstream: S,
-    idle: Duration,
-    /// When the stream must have ended.
-    deadline: Option<Instant>,
-    max_duration: Duration,
-    /// Bytes the stream may still send.
-    left: u64,
-    max_bytes: u64,
-}
-
-/// A response's body as a stream of its bytes.
-fn body_stream(response: UpstreamResponse) -> UpstreamBytes {
-    BodyDataStream::new(response.into_body())
-}
-
-/// What `body_stream` gives.
-type UpstreamBytes = BodyDataStream<hyper::body::Incoming>;
-
-impl<S> BoundedReads<S>
-where
-    S: Stream<Item = Result<Bytes, hyper::Error>> + Unpin,
-{
-    fn new(upstream: S, limits: &UpstreamLimits) -> Self {
-        let max_duration = limits.max_stream_duration;
-        Self {
-            upstream,
-            idle: limits.stream_idle,
-            deadline: (!max_duration.is_zero()).then(|| Instant::now() + max_duration),
-            max_duration,
-            left: limits.max_stream_bytes,
-            max_bytes: limits.max_stream_bytes,
-        }
-    }
-
-    /// The next read, or the bound it went past.
-    async fn next(&mut self) -> Read {
-        let idle = (!self.idle.is_zero()).then(|| Instant::now() + self.idle);
-        let until = match (idle, self.deadline) {
-            (Some(idle), Some(deadline)) => Some(idle.min(deadline)),
-            (idle, deadline) => idle.or(deadline),
-        };
-        let read = match until {
-            Some(until) => match tokio::time::timeout_at(until, self.upstream.next()).await {
-                Ok(read) => read,
-                Err(_) if self.deadline.is_some_and(|d| d <= Instant::now()) => {
-                    return Read::Over(StreamError::upstream(format!(
-                        "the stream went on past the limit of {:?}; it is ended",
-                        self.max_duration
-                    )));
-                }
-                Err(_) => return Read::Over(StreamError::idle(self.idle)),
-            },
-            None => self.upstream.next().await,
-        };
-        match read {
-            Some(Ok(chunk)) => {
-                let Some(left) = self.left.checked_sub(chunk.len() as u64) else {
-                    return Read::Over(StreamError::upstream(format!(
-                        "upstream provider sent more than the limit of {} bytes in one \
-                         stream; it is ended",
-                        self.max_bytes
-                    )));
-                };
-                self.left = left;
-                Read::Chunk(chunk)
-            }
-            Some(Err(_)) => Read::Broken,
-            None => Read::End,
-        }
-    }
 }
 
 /// Decodes the call's upstream event stream into IR event batches as bytes arrive, with

@@ -6,7 +6,8 @@
 use bytes::Bytes;
 use futures_util::Stream;
 
-use super::{BoundedReads, Call, Read, exchange, scrub};
+use super::reads::{self, BoundedReads, Read};
+use super::{Call, exchange, scrub};
 use crate::ir::Usage;
 use crate::ir::chat::StreamError;
 use crate::ir::stream::{NativeChunk, NativeStream};
@@ -27,7 +28,7 @@ pub(super) fn stream<E: Events + Send + 'static>(
     events: E,
 ) -> NativeStream {
     let relay = EventRelay {
-        upstream: BoundedReads::new(super::body_stream(response), &call.limits),
+        upstream: BoundedReads::new(reads::body_stream(response), &call.limits),
         splitter: EventSplitter::with_limit(call.limits.max_event_bytes),
         events,
         key: exchange::key(call.upstream).map(str::to_string),
