@@ -4,7 +4,9 @@
 Run it with bench/run.sh (which installs the tools and builds the binaries); see
 bench/README.md for what is measured, how, and the performance budget.
 
-To add a target, write a function returning a Target (see start_targets). To add a
+`--also NAME=BINARY` measures another switchboard-proxy build beside this one, in the
+same rounds (before and after a change). To add a target, write a function returning a
+Target (see start_targets). To add a
 scenario, append to SCENARIOS (latency at a rate, throughput at a concurrency) or to
 HOLD_SCENARIOS (memory with many connections held open).
 """
@@ -318,26 +320,30 @@ def start_nginx(work: Path, upstream_port: int) -> Target:
     return Target("nginx", port, service)
 
 
-def start_switchboard(work: Path, upstream_port: int) -> Target:
+def start_switchboard(work: Path, upstream_port: int, name: str = "switchboard",
+                      binary: Path | None = None) -> Target:
+    """The proxy under test; `name` and `binary` for another build beside it (`--also`)."""
     port = free_port()
-    manifests = work / "manifests"
+    manifests = work / f"manifests-{name}"
     manifests.mkdir()
     (manifests / "gateway.yaml").write_text(
         MANIFESTS.format(upstream_port=upstream_port, provider_key=PROVIDER_KEY, gateway_key=GATEWAY_KEY)
     )
     service = start(
-        "switchboard",
+        name,
         [
-            str(TARGET_DIR / "switchboard-proxy"),
+            str(binary or TARGET_DIR / "switchboard-proxy"),
             "--manifests", str(manifests),
             "--listen", f"127.0.0.1:{port}",
             "--log-format", "json",
+            # Metrics stay on; each proxy on a port of its own.
+            "--metrics-listen", f"127.0.0.1:{free_port()}",
         ],
         PROXY_CORE,
         port,
         work,
     )
-    return Target("switchboard", port, service)
+    return Target(name, port, service)
 
 
 # --- measuring ---------------------------------------------------------------------
@@ -456,6 +462,8 @@ def run_all(args: argparse.Namespace, work: Path) -> Results:
     try:
         targets.append(start_nginx(work, direct.port))
         targets.append(start_switchboard(work, direct.port))
+        for name, binary in args.also:
+            targets.append(start_switchboard(work, direct.port, name, binary))
         return measure(args, work, targets)
     finally:
         for target in targets:
@@ -705,6 +713,15 @@ def status_kib_from(path: str, key: str) -> int:
     return 0
 
 
+def also_target(value: str) -> tuple[str, Path]:
+    name, _, binary = value.partition("=")
+    if not name or not binary or name in ("direct", "nginx", "switchboard"):
+        raise argparse.ArgumentTypeError(f"expected NAME=BINARY with a new name, got {value!r}")
+    if not os.access(binary, os.X_OK):
+        raise argparse.ArgumentTypeError(f"{binary} is not an executable")
+    return name, Path(binary).resolve()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=10, help="seconds per measurement (default 10)")
@@ -715,6 +732,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a smoke run: 1 s measurements, 1/10 of the held connections")
     parser.add_argument("--save", action="store_true", help="write the report to bench/results/<date>-<revision>.md")
     parser.add_argument("--keep-work", action="store_true", help="keep the work directory (logs, configs)")
+    parser.add_argument("--also", action="append", default=[], type=also_target, metavar="NAME=BINARY",
+                        help="measure another switchboard-proxy build beside this one, in the same rounds "
+                             "(before/after a change; repeatable)")
     args = parser.parse_args()
     if args.quick:
         args.duration, args.warmup, args.hold_scale = 1, 0.5, 0.1

@@ -68,7 +68,8 @@ DROP_NOTE = 0.10
 N_SMALL = 20
 N_LARGE = 520
 
-# One tokio worker. With the default (one per core, two here), counts were 1.5-2.6%
+# One thread (--worker-threads 1: the current-thread runtime). With the default (one
+# multi-thread worker per core, two here), counts were 1.5-2.6%
 # higher and spread 0.6-0.8% over four runs instead of 0.2-0.3% (workers waking,
 # stealing and parking each other a varying number of times); the request's own work
 # is the same either way.
@@ -82,7 +83,7 @@ CONFIRM_RUNS = 2
 UPDATE_RUNS = 5
 
 # What the counts depend on besides the code; recorded with the baseline.
-SETTINGS = {"TOKIO_WORKER_THREADS": int(WORKER_THREADS), "n_small": N_SMALL, "n_large": N_LARGE}
+SETTINGS = {"SWITCHBOARD_WORKER_THREADS": int(WORKER_THREADS), "n_small": N_SMALL, "n_large": N_LARGE}
 
 # Wall-clock bounds (seconds). Under callgrind the proxy is about 50 times slower.
 START_TIMEOUT = 60
@@ -334,7 +335,7 @@ def count(
     stderr = run / "stderr"  # the proxy's panics, if any (its logs go to stdout)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SWITCHBOARD_", "OTEL_", "TOKIO_", "RUST_"))}
     env["RUST_LOG"] = "info"  # the access line is written at info
-    env["TOKIO_WORKER_THREADS"] = WORKER_THREADS
+    env["SWITCHBOARD_WORKER_THREADS"] = WORKER_THREADS
     port = free_port()
     argv = [
         "valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", f"--log-file={log}",

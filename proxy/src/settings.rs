@@ -200,6 +200,13 @@ pub struct Settings {
     #[arg(long, env = "SWITCHBOARD_MAX_STREAM_DURATION", default_value = "1h", value_parser = humantime::parse_duration)]
     pub max_stream_duration: Duration,
 
+    /// Threads serving requests. Default: the CPUs the process may use (the pod's CPU
+    /// limit included). With one, requests are served in the order they became ready
+    /// (a current-thread runtime), which keeps the tail short under load
+    /// (docs/proxy.md, "Connections and load").
+    #[arg(long, env = "SWITCHBOARD_WORKER_THREADS")]
+    pub worker_threads: Option<std::num::NonZeroUsize>,
+
     /// The most client connections served at once. Past it, up to 64 more are
     /// accepted to answer `/healthz` and `/readyz` and to give every other request 503
     /// with `Retry-After`; past those, new connections are closed at once. Lowered at
@@ -295,6 +302,7 @@ impl Settings {
             stream_idle_timeout: Duration::from_secs(120),
             max_stream_bytes: 256 * 1024 * 1024,
             max_stream_duration: Duration::from_secs(3600),
+            worker_threads: None,
             max_connections: 16_384,
             max_requests_in_flight: 4096,
             connection_first_byte_timeout: Duration::from_secs(10),

@@ -352,6 +352,8 @@ async fn a_stalled_log_pipe_costs_log_lines_not_requests() {
             &metrics.to_string(),
         ])
         .args(["--log-format", "json"])
+        // One thread, the current-thread runtime (as on a one-CPU pod).
+        .args(["--worker-threads", "1"])
         .env_remove("RUST_LOG")
         .stdin(std::process::Stdio::null())
         // Piped and never read: the pipe is full after 64 KiB.
@@ -376,7 +378,7 @@ async fn a_stalled_log_pipe_costs_log_lines_not_requests() {
     };
     assert!(ready.await, "the proxy became ready");
 
-    // 20,000 access lines of ~500 bytes: far past the pipe and the 16,384-line queue.
+    // 20,000 access lines of ~550 bytes (11 MB): past the pipe and the 8 MiB buffer.
     let started = std::time::Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for worker in 0..32 {
