@@ -39,7 +39,8 @@ static WRITER: OnceLock<LineWriter> = OnceLock::new();
 /// Starts the writer thread on stdout (once per process). The guard writes what is
 /// still buffered when dropped: keep it until the process ends.
 pub fn install() -> Option<FlushGuard> {
-    let (writer, guard) = LineWriter::start(std::io::stdout(), BUFFER_BYTES);
+    // Without its thread (none could be started), lines go straight to stdout.
+    let (writer, guard) = LineWriter::start(std::io::stdout(), BUFFER_BYTES).ok()?;
     WRITER.set(writer).ok()?;
     Some(guard)
 }
@@ -110,7 +111,10 @@ pub struct FlushGuard {
 
 impl LineWriter {
     /// A writer holding at most `capacity` bytes, drained into `sink` by a thread.
-    pub fn start(sink: impl Write + Send + 'static, capacity: usize) -> (Self, FlushGuard) {
+    pub fn start(
+        sink: impl Write + Send + 'static,
+        capacity: usize,
+    ) -> std::io::Result<(Self, FlushGuard)> {
         let shared = Arc::new(Shared {
             pending: Mutex::new(Pending::default()),
             wake: Condvar::new(),
@@ -120,13 +124,12 @@ impl LineWriter {
         let drain = shared.clone();
         let thread = std::thread::Builder::new()
             .name("switchboard-log".to_string())
-            .spawn(move || drain.drain_into(sink))
-            .ok();
+            .spawn(move || drain.drain_into(sink))?;
         let guard = FlushGuard {
             shared: shared.clone(),
-            thread,
+            thread: Some(thread),
         };
-        (LineWriter { shared }, guard)
+        Ok((LineWriter { shared }, guard))
     }
 
     /// Appends `line` whole, or drops and counts it when it does not fit.
@@ -253,7 +256,7 @@ mod tests {
     #[test]
     fn lines_arrive_whole_in_order_and_in_batches() {
         let sink = Sink::default();
-        let (writer, guard) = LineWriter::start(sink.clone(), BUFFER_BYTES);
+        let (writer, guard) = LineWriter::start(sink.clone(), BUFFER_BYTES).unwrap();
         let threads: Vec<_> = (0..4)
             .map(|t| {
                 let writer = writer.clone();
@@ -295,7 +298,7 @@ mod tests {
     fn a_stalled_sink_costs_lines_not_writers() {
         let sink = Sink::default();
         let stalled = sink.gate.lock().unwrap();
-        let (writer, guard) = LineWriter::start(sink.clone(), 4096);
+        let (writer, guard) = LineWriter::start(sink.clone(), 4096).unwrap();
         let line = [b'x'; 99]
             .iter()
             .copied()
@@ -326,7 +329,7 @@ mod tests {
     #[test]
     fn lone_lines_are_written_after_the_thread_went_to_sleep() {
         let sink = Sink::default();
-        let (writer, _guard) = LineWriter::start(sink.clone(), BUFFER_BYTES);
+        let (writer, _guard) = LineWriter::start(sink.clone(), BUFFER_BYTES).unwrap();
         let written_soon = |expected: &[u8]| {
             let deadline = std::time::Instant::now() + Duration::from_secs(5);
             while sink.written.lock().unwrap().as_slice() != expected {

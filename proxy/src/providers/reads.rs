@@ -144,6 +144,10 @@ where
     /// the stream is not ready, the task yields once to the tasks already woken (the
     /// upstream connection's, decoding its next chunk); it stops at a turn that made
     /// nothing ready. Anything but a chunk that fits is held for the next read.
+    ///
+    /// The task wakes itself rather than calling `tokio::task::yield_now`, which on the
+    /// current-thread runtime defers the task until the I/O driver has been polled: a
+    /// system call per turn.
     async fn gather(&mut self, first: Bytes) -> Bytes {
         let mut gathered: Option<BytesMut> = None;
         loop {
