@@ -18,12 +18,13 @@
 //! Every labelled family is a `switchboard_metrics::Family<_, N>`: `with([...])` takes
 //! exactly `N` values, so a wrong count does not compile instead of panicking.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 use std::time::SystemTime;
 
 use prometheus::{
-    CounterVec, Encoder, Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Counter, CounterVec, Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use switchboard_api::Snapshot;
 use switchboard_metrics::Family;
@@ -108,6 +109,53 @@ pub enum AttemptOutcome {
     /// Failed with this error type (`ProxyError::kind`).
     Failed(&'static str),
 }
+
+/// The series of one backend of one route (route, provider, upstream model name),
+/// made with the runtime for each route backend so that a request counts into them
+/// without the label lookups of a family (each hashes every label value and takes
+/// the family's lock). Each series is resolved the first time it is used, so a series
+/// appears on `/metrics` only once something was counted in it, as with `Family::with`.
+#[derive(Debug)]
+pub struct BackendSeries {
+    metrics: Arc<Metrics>,
+    /// Label values: route, provider, upstream model name.
+    labels: [Box<str>; 3],
+    histograms: [OnceLock<Histogram>; 3],
+    unpriced: OnceLock<IntCounter>,
+    attempt_succeeded: OnceLock<IntCounter>,
+    /// `gen_ai_client_token_usage` by operation (`Operation::ALL`'s order, then none)
+    /// and token type (`TOKEN_TYPES`).
+    token_usage: [[OnceLock<Histogram>; TOKEN_TYPES.len()]; Operation::ALL.len() + 1],
+    /// Tokens and cost by consumer (empty without one, or with the consumer label
+    /// off); as many as the config has consumers.
+    consumers: RwLock<HashMap<Box<str>, ConsumerSeries>>,
+}
+
+/// The histograms of a backend with no label beyond the backend's.
+#[derive(Debug, Clone, Copy)]
+enum Backend {
+    TimeToFirstToken,
+    TimePerOutputToken,
+    OutputTokensPerSecond,
+}
+
+/// A backend's series for one consumer.
+#[derive(Debug)]
+struct ConsumerSeries {
+    /// `switchboard_tokens_total` by token type (`TOKEN_TYPES`).
+    tokens: [IntCounter; TOKEN_TYPES.len()],
+    /// Made only for a priced model: an unpriced one has no cost series, not a zero.
+    cost: OnceLock<Counter>,
+}
+
+/// `gen_ai_token_type` values: input and output, then the parts of each.
+const TOKEN_TYPES: [&str; 5] = [
+    "input",
+    "output",
+    "cache_read",
+    "cache_creation",
+    "reasoning",
+];
 
 // === impl Metrics ===
 
@@ -306,9 +354,9 @@ impl Metrics {
 
     /// A request is over: counts, durations, tokens and cost (none when the answering
     /// model has no prices).
-    pub fn request(&self, log: &RequestRecord) {
+    /// `answered_by`: the series of the backend that answered, when one did.
+    pub fn request(self: &Arc<Self>, log: &RequestRecord, answered_by: Option<&BackendSeries>) {
         let latency = log.latency;
-        let cost_usd = log.cost_usd;
         let route = log.route.as_deref().unwrap_or_default();
         let provider = log.tried.provider.as_deref().unwrap_or_default();
         // The client's model name only once it matched a route: bounded by the config.
@@ -339,12 +387,19 @@ impl Metrics {
             .with([route, provider, response_model, operation, status_class])
             .observe(latency.as_secs_f64());
 
-        let backend = [route, provider, response_model];
+        // The series of the backend that answered, resolved once per config; a request
+        // that no backend answered (a cache hit) resolves them now.
+        let resolved;
+        let series = match answered_by {
+            Some(series) => series,
+            None => {
+                resolved = BackendSeries::new(self.clone(), route, provider, response_model);
+                &resolved
+            }
+        };
         let first_token = log.first_token_after();
         if let Some(first) = first_token {
-            self.time_to_first_token
-                .with(backend)
-                .observe(first.as_secs_f64());
+            series.histogram(Backend::TimeToFirstToken, first.as_secs_f64());
         }
         let Some(usage) = log.usage else {
             return;
@@ -353,59 +408,29 @@ impl Metrics {
         // Generation time: after the first token for streams, the whole request otherwise.
         let generating = latency.saturating_sub(first_token.unwrap_or_default());
         if output > 0 && !generating.is_zero() {
-            self.output_tokens_per_second
-                .with(backend)
-                .observe(output as f64 / generating.as_secs_f64());
+            let rate = output as f64 / generating.as_secs_f64();
+            series.histogram(Backend::OutputTokensPerSecond, rate);
         }
         if first_token.is_some() && output > 1 {
-            self.time_per_output_token
-                .with(backend)
-                .observe(generating.as_secs_f64() / (output - 1) as f64);
+            let per_token = generating.as_secs_f64() / (output - 1) as f64;
+            series.histogram(Backend::TimePerOutputToken, per_token);
         }
-        for (token_type, count) in [("input", usage.prompt_tokens), ("output", output)] {
-            self.token_usage
-                .with([route, provider, response_model, operation, token_type])
-                .observe(count as f64);
-        }
-        // The parts of input and output, observed only when there are some: a request
-        // without prompt caching or reasoning would otherwise fill their lowest bucket.
-        for (token_type, count) in token_parts(&usage) {
-            if count > 0 {
-                self.token_usage
-                    .with([route, provider, response_model, operation, token_type])
-                    .observe(count as f64);
+        let counts = token_counts(&usage);
+        for (token_type, count) in counts.into_iter().enumerate() {
+            // Input and output always; their parts only when there are some: a request
+            // without prompt caching or reasoning would otherwise fill their lowest
+            // bucket.
+            if token_type < 2 || count > 0 {
+                series.token_usage(log.operation, token_type, count);
             }
         }
-        let [cache_read, cache_creation, reasoning] = token_parts(&usage);
-        for (token_type, count) in [
-            ("input", usage.prompt_tokens),
-            ("output", output),
-            cache_read,
-            cache_creation,
-            reasoning,
-        ] {
-            self.tokens
-                .with([route, provider, response_model, consumer, token_type])
-                .inc_by(count);
-        }
-        match cost_usd {
-            Some(cost) => self
-                .cost
-                .with([route, provider, response_model, consumer])
-                .inc_by(cost),
-            None => self.unpriced.with(backend).inc(),
-        }
+        series.spent(consumer, counts, log.cost_usd);
     }
 
-    /// One upstream attempt ended.
-    pub fn attempt(&self, provider: &str, response_model: &str, outcome: AttemptOutcome) {
-        let outcome = match outcome {
-            AttemptOutcome::Success => "success",
-            AttemptOutcome::Failed(kind) => kind,
-        };
-        self.attempts
-            .with([provider, response_model, outcome])
-            .inc();
+    /// One upstream attempt failed, with this error type (`ProxyError::kind`).
+    /// (Successes count through `BackendSeries::attempt_succeeded`.)
+    fn attempt_failed(&self, provider: &str, response_model: &str, kind: &str) {
+        self.attempts.with([provider, response_model, kind]).inc();
     }
 
     /// A request made another attempt; `fallback` when on another backend than its
@@ -553,11 +578,14 @@ fn consumer_info(snapshot: &Snapshot) -> prometheus::proto::MetricFamily {
 /// OpenTelemetry's GenAI attributes `gen_ai.usage.cache_read.input_tokens` and
 /// `gen_ai.usage.cache_creation.input_tokens` (and `reasoning`, which they do not name
 /// yet). Parts, not extra tokens: each is already counted in `input` or `output`.
-fn token_parts(usage: &Usage) -> [(&'static str, u64); 3] {
+/// A usage's tokens in the order of `TOKEN_TYPES`.
+fn token_counts(usage: &Usage) -> [u64; TOKEN_TYPES.len()] {
     [
-        ("cache_read", usage.cached_tokens()),
-        ("cache_creation", usage.cache_write_tokens()),
-        ("reasoning", usage.reasoning_tokens()),
+        usage.prompt_tokens,
+        usage.completion_tokens,
+        usage.cached_tokens(),
+        usage.cache_write_tokens(),
+        usage.reasoning_tokens(),
     ]
 }
 
@@ -574,6 +602,118 @@ fn status_class(status: u16) -> &'static str {
         300..=399 => "3xx",
         400..=499 => "4xx",
         _ => "5xx",
+    }
+}
+
+// === impl BackendSeries ===
+
+impl BackendSeries {
+    /// The series of `provider`'s model `response_model` (its upstream name) when
+    /// `route` sends requests there.
+    pub fn new(metrics: Arc<Metrics>, route: &str, provider: &str, response_model: &str) -> Self {
+        Self {
+            metrics,
+            labels: [route.into(), provider.into(), response_model.into()],
+            histograms: Default::default(),
+            unpriced: OnceLock::new(),
+            attempt_succeeded: OnceLock::new(),
+            token_usage: Default::default(),
+            consumers: RwLock::default(),
+        }
+    }
+
+    fn backend_labels(&self) -> [&str; 3] {
+        let [route, provider, model] = &self.labels;
+        [route, provider, model]
+    }
+
+    /// An attempt on this backend ended.
+    pub fn attempt(&self, outcome: AttemptOutcome) {
+        let [_, provider, model] = self.backend_labels();
+        match outcome {
+            AttemptOutcome::Success => self
+                .attempt_succeeded
+                .get_or_init(|| self.metrics.attempts.with([provider, model, "success"]))
+                .inc(),
+            AttemptOutcome::Failed(kind) => self.metrics.attempt_failed(provider, model, kind),
+        }
+    }
+
+    fn histogram(&self, which: Backend, value: f64) {
+        let metrics = &self.metrics;
+        let family = match which {
+            Backend::TimeToFirstToken => &metrics.time_to_first_token,
+            Backend::TimePerOutputToken => &metrics.time_per_output_token,
+            Backend::OutputTokensPerSecond => &metrics.output_tokens_per_second,
+        };
+        self.histograms[which as usize]
+            .get_or_init(|| family.with(self.backend_labels()))
+            .observe(value);
+    }
+
+    /// Observes `count` tokens of `TOKEN_TYPES[token_type]` for a request of `operation`.
+    fn token_usage(&self, operation: Option<Operation>, token_type: usize, count: u64) {
+        let row = operation.map_or(Operation::ALL.len(), |o| o as usize);
+        let [route, provider, model] = self.backend_labels();
+        let operation = operation.map(Operation::name).unwrap_or_default();
+        self.token_usage[row][token_type]
+            .get_or_init(|| {
+                let labels = [route, provider, model, operation, TOKEN_TYPES[token_type]];
+                self.metrics.token_usage.with(labels)
+            })
+            .observe(count as f64);
+    }
+
+    /// Counts what a request of `consumer` spent: its tokens (in `TOKEN_TYPES` order)
+    /// and cost (`None`: the model has no prices).
+    fn spent(&self, consumer: &str, tokens: [u64; TOKEN_TYPES.len()], cost_usd: Option<f64>) {
+        let count = |series: &ConsumerSeries| {
+            for (counter, count) in series.tokens.iter().zip(tokens) {
+                counter.inc_by(count);
+            }
+            if let Some(cost) = cost_usd {
+                series
+                    .cost
+                    .get_or_init(|| self.metrics.cost.with(self.consumer_labels(consumer)))
+                    .inc_by(cost);
+            }
+        };
+        // Read-locked, not across an await: the counters are atomics.
+        let known = self
+            .consumers
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        match known.get(consumer) {
+            Some(series) => count(series),
+            None => {
+                drop(known);
+                let mut all = self
+                    .consumers
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner);
+                let series = all.entry(consumer.into()).or_insert_with(|| {
+                    let [route, provider, model, consumer] = self.consumer_labels(consumer);
+                    ConsumerSeries {
+                        tokens: TOKEN_TYPES.map(|token_type| {
+                            let labels = [route, provider, model, consumer, token_type];
+                            self.metrics.tokens.with(labels)
+                        }),
+                        cost: OnceLock::new(),
+                    }
+                });
+                count(series);
+            }
+        }
+        if cost_usd.is_none() {
+            self.unpriced
+                .get_or_init(|| self.metrics.unpriced.with(self.backend_labels()))
+                .inc();
+        }
+    }
+
+    fn consumer_labels<'a>(&'a self, consumer: &'a str) -> [&'a str; 4] {
+        let [route, provider, model] = self.backend_labels();
+        [route, provider, model, consumer]
     }
 }
 
@@ -599,5 +739,55 @@ impl Drop for InFlight {
 impl Drop for OpenStream {
     fn drop(&mut self) {
         self.0.open_streams.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exposition(metrics: &Metrics) -> String {
+        String::from_utf8(metrics.render(None)).unwrap()
+    }
+
+    #[test]
+    fn a_backends_series_are_the_familys_and_appear_once_counted_into() {
+        let metrics = Arc::new(Metrics::new(true).unwrap());
+        let series = BackendSeries::new(metrics.clone(), "ns/r", "ns/p", "m-up");
+        assert!(
+            !exposition(&metrics).contains("ns/r"),
+            "nothing before a count"
+        );
+
+        series.attempt(AttemptOutcome::Success);
+        series.attempt(AttemptOutcome::Success);
+        series.attempt(AttemptOutcome::Failed("upstream_timeout"));
+        series.spent("ns/app", [3, 4, 0, 0, 0], None);
+        let attempts = |outcome| metrics.attempts.with(["ns/p", "m-up", outcome]).get();
+        assert_eq!(attempts("success"), 2);
+        assert_eq!(attempts("upstream_timeout"), 1);
+        let tokens = |token_type| {
+            let labels = ["ns/r", "ns/p", "m-up", "ns/app", token_type];
+            metrics.tokens.with(labels).get()
+        };
+        assert_eq!((tokens("input"), tokens("output")), (3, 4));
+        assert_eq!(metrics.unpriced.with(["ns/r", "ns/p", "m-up"]).get(), 1);
+        assert!(
+            !exposition(&metrics).contains("switchboard_cost_usd_total{"),
+            "an unpriced model has no cost series"
+        );
+
+        series.spent("ns/app", [1, 1, 0, 0, 0], Some(0.5));
+        series.spent("", [1, 0, 0, 0, 0], Some(0.25));
+        let cost = |consumer| metrics.cost.with(["ns/r", "ns/p", "m-up", consumer]).get();
+        assert_eq!((cost("ns/app"), cost("")), (0.5, 0.25));
+        assert_eq!((tokens("input"), tokens("output")), (4, 5));
+        assert_eq!(metrics.unpriced.with(["ns/r", "ns/p", "m-up"]).get(), 1);
+
+        series.token_usage(Some(Operation::Embeddings), 0, 7);
+        let usage = metrics
+            .token_usage
+            .with(["ns/r", "ns/p", "m-up", "embeddings", "input"]);
+        assert_eq!((usage.get_sample_count(), usage.get_sample_sum()), (1, 7.0));
     }
 }

@@ -16,6 +16,8 @@ use switchboard_api::snapshot::{Backend, Retry, Strategy};
 /// What the plan knows about one backend.
 #[derive(Debug, Clone, Copy)]
 pub struct Candidate<'r> {
+    /// Its position in the route's backends.
+    pub index: usize,
     pub backend: &'r Backend,
     /// Requests this proxy has in flight to it.
     pub in_flight: u32,
@@ -207,6 +209,7 @@ mod tests {
 
     fn candidate(backend: &Backend) -> Candidate<'_> {
         Candidate {
+            index: 0,
             backend,
             in_flight: 0,
             latency: None,

@@ -4,9 +4,11 @@
 //! A runtime is the Snapshot and what each part of the request path prepares from it
 //! once, rather than on every request: the key index (`auth`), compiled header
 //! matches (`routing`), a pooled client and parsed URLs per provider (`providers`,
-//! `upstream`), retry budgets (`plan`) and backend health (`health`). A request loads
-//! the current runtime once and keeps that `Arc` to its end, so a swap never changes
-//! the config under an in-flight request and never waits for one.
+//! `upstream`), and for each route its retry budget (`plan`) and, for each of its
+//! backends, the provider, model, health (`health`) and metric series (`metrics`) it
+//! resolves to. A request loads the current runtime once and keeps that `Arc` to its
+//! end, so a swap never changes the config under an in-flight request and never waits
+//! for one.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,10 +16,11 @@ use std::time::Instant;
 
 use arc_swap::ArcSwapOption;
 use switchboard_api::Snapshot;
-use switchboard_api::snapshot::Backend;
+use switchboard_api::snapshot::{Backend, Model};
 
 use crate::auth::Keys;
 use crate::health::{BackendHealth, CircuitView};
+use crate::metrics::{BackendSeries, Metrics};
 use crate::plan::RetryBudget;
 use crate::providers::{Upstream, UpstreamUrls};
 use crate::routing::Routes;
@@ -32,10 +35,33 @@ pub struct Runtime {
     /// Routes' header matches, compiled.
     pub routes: Routes,
     upstreams: HashMap<String, Arc<Upstream>>,
-    /// Retry budget by route id. A reload starts each budget afresh.
-    retry_budgets: HashMap<String, RetryBudget>,
+    /// What each route resolves to, by route id.
+    prepared: HashMap<String, PreparedRoute>,
     /// Passive health by backend (`health_key`), carried over across reloads.
     health: HashMap<String, Arc<BackendHealth>>,
+}
+
+/// A route's retry budget and its backends, resolved once per config.
+#[derive(Debug)]
+pub struct PreparedRoute {
+    /// A reload starts each budget afresh.
+    pub retry_budget: RetryBudget,
+    /// In the order of the route's `backends`; `None` where the provider or its model
+    /// is not in the config (the compiler leaves none such, but a Snapshot from an
+    /// operator is only validated, not trusted).
+    pub backends: Vec<Option<PreparedBackend>>,
+}
+
+/// One backend of a route: the provider it calls, the model there, its health, and
+/// the route's metric series for it.
+#[derive(Debug)]
+pub struct PreparedBackend {
+    pub upstream: Arc<Upstream>,
+    pub model: Model,
+    /// Shared by every route with this backend.
+    pub health: Arc<BackendHealth>,
+    /// `None` with metrics off.
+    pub series: Option<Arc<BackendSeries>>,
 }
 
 /// Shared handle to the current runtime; empty until the first config loads.
@@ -46,8 +72,13 @@ pub struct RuntimeHandle(ArcSwapOption<Runtime>);
 
 impl Runtime {
     /// Builds a runtime. Clients of providers whose config is unchanged are taken from
-    /// `previous`, so a reload keeps their warm connection pools.
-    pub fn build(snapshot: Snapshot, previous: Option<&Runtime>) -> Result<Self, ClientError> {
+    /// `previous`, so a reload keeps their warm connection pools; `metrics` (when on)
+    /// makes each route backend's series.
+    pub fn build(
+        snapshot: Snapshot,
+        previous: Option<&Runtime>,
+        metrics: Option<&Arc<Metrics>>,
+    ) -> Result<Self, ClientError> {
         let mut upstreams = HashMap::new();
         for (id, config) in &snapshot.providers {
             let reused = previous
@@ -69,19 +100,44 @@ impl Runtime {
             upstreams.insert(id.clone(), upstream);
         }
 
-        let retry_budgets = snapshot
-            .routes
-            .iter()
-            .map(|(id, route)| (id.clone(), RetryBudget::new(&route.retry)))
-            .collect();
-
-        let mut health = HashMap::new();
-        for backend in snapshot.routes.values().flat_map(|r| &r.backends) {
-            let key = health_key(backend);
-            let carried = previous.and_then(|p| p.health.get(&key)).cloned();
-            health
-                .entry(key)
-                .or_insert_with(|| carried.unwrap_or_default());
+        let mut health: HashMap<String, Arc<BackendHealth>> = HashMap::new();
+        let mut prepared = HashMap::new();
+        for (route_id, route) in &snapshot.routes {
+            let backends = route
+                .backends
+                .iter()
+                .map(|backend| {
+                    let key = health_key(backend);
+                    let health = health
+                        .entry(key)
+                        .or_insert_with_key(|key| {
+                            let carried = previous.and_then(|p| p.health.get(key));
+                            carried.cloned().unwrap_or_default()
+                        })
+                        .clone();
+                    let upstream = upstreams.get(&backend.provider)?.clone();
+                    let model = upstream.config.models.get(&backend.model)?.clone();
+                    let series = metrics.map(|m| {
+                        Arc::new(BackendSeries::new(
+                            m.clone(),
+                            route_id,
+                            &backend.provider,
+                            &model.upstream_name,
+                        ))
+                    });
+                    Some(PreparedBackend {
+                        upstream,
+                        model,
+                        health,
+                        series,
+                    })
+                })
+                .collect();
+            let route_state = PreparedRoute {
+                retry_budget: RetryBudget::new(&route.retry),
+                backends,
+            };
+            prepared.insert(route_id.clone(), route_state);
         }
 
         Ok(Self {
@@ -89,18 +145,13 @@ impl Runtime {
             routes: Routes::new(&snapshot),
             snapshot: Arc::new(snapshot),
             upstreams,
-            retry_budgets,
+            prepared,
             health,
         })
     }
 
     pub fn version(&self) -> &str {
         &self.snapshot.version
-    }
-
-    /// What this proxy knows about a backend's health and load.
-    pub fn health(&self, backend: &Backend) -> Option<&Arc<BackendHealth>> {
-        self.health.get(&health_key(backend))
     }
 
     /// Every backend's circuit as (provider, upstream model name, state).
@@ -118,8 +169,9 @@ impl Runtime {
         })
     }
 
-    pub fn retry_budget(&self, route_id: &str) -> Option<&RetryBudget> {
-        self.retry_budgets.get(route_id)
+    /// A route's retry budget and backends, resolved.
+    pub fn prepared(&self, route_id: &str) -> Option<&PreparedRoute> {
+        self.prepared.get(route_id)
     }
 
     /// A provider, with its client and URLs.
@@ -196,7 +248,7 @@ mod tests {
             "{:?}",
             compiled.statuses
         );
-        let runtime = Runtime::build(compiled.snapshot, None).unwrap();
+        let runtime = Runtime::build(compiled.snapshot, None, None).unwrap();
         let debug = format!("{runtime:?}");
         assert!(debug.contains("redacted"));
         assert!(!debug.contains("sk-very-secret"), "{debug}");

@@ -523,6 +523,65 @@ async fn series_of_deleted_routes_providers_and_consumers_are_removed() {
     drop(providers);
 }
 
+/// The proxy resolves each route backend's series once per config (`BackendSeries`):
+/// after a reload, a route that stays counts on into the same series, and a route that
+/// was deleted and comes back starts from zero, as its series were removed.
+#[tokio::test]
+async fn series_count_on_across_reloads_and_start_afresh_for_a_route_that_comes_back() {
+    let (manifests, providers) = world().await;
+    let proxy = proxy(&manifests).await;
+    let input_tokens = |scrape: &Scrape, route: &str| {
+        let labels = [("route", route), ("gen_ai_token_type", "input")];
+        scrape.get("switchboard_tokens_total", &labels).unwrap()
+    };
+    let ask = |model: &'static str| {
+        let proxy = &proxy;
+        async move {
+            let response = post(proxy, "/v1/chat/completions", chat(model, false)).await;
+            assert_eq!(response.status(), StatusCode::OK);
+        }
+    };
+    ask("m").await;
+    ask("f").await;
+    let first = scrape(&proxy).await;
+    let per_request = input_tokens(&first, "default/priced");
+    assert!(per_request > 0.0);
+    assert_eq!(input_tokens(&first, "default/free"), per_request);
+
+    delete_and_reload(&proxy, &manifests, &["r2.yaml", "free.yaml"]).await;
+    ask("m").await;
+    let after_delete = scrape(&proxy).await;
+    assert_eq!(
+        input_tokens(&after_delete, "default/priced"),
+        2.0 * per_request,
+        "the route that stayed counts on into its series"
+    );
+
+    // Both back in one file: one reload.
+    let free_again = format!(
+        "{}---\n{}",
+        provider("free", &providers[0].url(), "fm", ""),
+        route_yaml("free", &["f"], "free", "fm", "")
+    );
+    reload(&proxy, || {
+        manifests.write("free-again.yaml", &free_again);
+    })
+    .await;
+    ask("f").await;
+    let back = scrape(&proxy).await;
+    assert_eq!(
+        input_tokens(&back, "default/free"),
+        per_request,
+        "the route that came back starts from zero"
+    );
+    let attempts = [("provider", "default/free"), ("outcome", "success")];
+    assert_eq!(
+        back.get("switchboard_upstream_attempts_total", &attempts),
+        Some(1.0)
+    );
+    assert_eq!(input_tokens(&back, "default/priced"), 2.0 * per_request);
+}
+
 /// Removes `files` from `manifests` and waits until the proxy serves the config without
 /// them.
 async fn delete_and_reload(
@@ -530,6 +589,16 @@ async fn delete_and_reload(
     manifests: &Manifests,
     files: &[&str],
 ) {
+    reload(proxy, || {
+        for file in files {
+            std::fs::remove_file(manifests.path().join(file)).unwrap();
+        }
+    })
+    .await;
+}
+
+/// Makes `change` to the manifests and waits until the proxy serves another config.
+async fn reload(proxy: &switchboard_proxy::Proxy, change: impl FnOnce()) {
     let old = proxy
         .gateway
         .runtime
@@ -537,9 +606,7 @@ async fn delete_and_reload(
         .unwrap()
         .version()
         .to_string();
-    for file in files {
-        std::fs::remove_file(manifests.path().join(file)).unwrap();
-    }
+    change();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while proxy.gateway.runtime.current().unwrap().version() == old {
         assert!(

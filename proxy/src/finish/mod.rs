@@ -33,7 +33,7 @@ use crate::ir::Request;
 use crate::ir::record::{CacheResult, LoggedBody, RequestRecord};
 use crate::ir::reply::Reply;
 use crate::ir::stream::StreamEnd;
-use crate::metrics::{InFlight, Metrics, OpenStream};
+use crate::metrics::{BackendSeries, InFlight, Metrics, OpenStream};
 use crate::quota::{RateLimits, Reservation};
 use crate::telemetry;
 
@@ -77,6 +77,8 @@ struct Held {
     in_flight: InFlight,
     open_stream: Option<OpenStream>,
     reservation: Option<Reservation>,
+    /// The metric series of the backend that answered.
+    answered_by: Option<Arc<BackendSeries>>,
 }
 
 /// A request whose response is being made. Dropped before the response is ready (the
@@ -211,7 +213,7 @@ impl RequestEnd {
         drop(held.in_flight);
         telemetry::record_request(&self.inner.span, &record);
         if let Some(metrics) = &gateway.metrics {
-            metrics.request(&record);
+            metrics.request(&record, held.answered_by.as_deref());
         }
         access_log::write(gateway.settings.log_format, &record);
     }
@@ -220,6 +222,12 @@ impl RequestEnd {
 // === impl Pending ===
 
 impl Pending {
+    /// The backend whose answer this is, for the request's metrics (a cache hit has
+    /// none).
+    pub fn answered_by(&mut self, series: Option<Arc<BackendSeries>>) {
+        self.held.answered_by = series;
+    }
+
     /// Holds the request's quota reservation until it is settled at the end.
     pub fn hold(&mut self, reservation: Option<Reservation>) {
         self.held.reservation = reservation;

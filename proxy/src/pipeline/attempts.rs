@@ -19,22 +19,22 @@ use tracing::Instrument;
 use crate::client_api;
 use crate::error::ProxyError;
 use crate::gateway::Gateway;
-use crate::health::{self, BackendHealth, CircuitView};
+use crate::health::{self, CircuitView};
 use crate::ir::Request;
 use crate::ir::chat::{StreamError, StreamErrorKind, StreamEvent};
 use crate::ir::record::Tried;
 use crate::ir::reply::Reply;
 use crate::ir::stream::NativeChunk;
-use crate::metrics::AttemptOutcome;
-use crate::plan::{self, Candidate, RetryBudget};
+use crate::metrics::{AttemptOutcome, BackendSeries};
+use crate::plan::{self, Candidate};
 use crate::providers::{self, Call, Upstream, UpstreamLimits};
 use crate::routing::Selected;
-use crate::runtime::Runtime;
+use crate::runtime::{PreparedBackend, PreparedRoute, Runtime};
 use crate::telemetry;
 
 /// Tries `route`'s backends for `request` until one answers; each attempt is counted
 /// in `tried` as it begins (so a request whose client leaves mid-attempt still says
-/// where it was).
+/// where it was). The answer comes with the metric series of the backend that gave it.
 pub async fn run(
     gateway: &Gateway,
     runtime: &Runtime,
@@ -42,7 +42,7 @@ pub async fn run(
     request: &mut Request,
     request_id: &str,
     tried: &mut Tried,
-) -> Result<Reply, ProxyError> {
+) -> Result<(Reply, Option<Arc<BackendSeries>>), ProxyError> {
     let mut attempts = Attempts::plan(runtime, route, request, request_id)?;
     while let Some(next) = attempts.next(tried.attempts).await {
         tried.attempt(
@@ -60,8 +60,9 @@ pub async fn run(
             request.chat = Some(client_api::typed(request)?);
         }
         let result = attempt(gateway, &attempts, &next, request, tried.attempts).await;
+        let series = next.prepared.series.clone();
         if let Some(done) = attempts.judge(next, result, tried.attempts) {
-            return done;
+            return done.map(|reply| (reply, series));
         }
     }
     Err(attempts.failure())
@@ -69,8 +70,9 @@ pub async fn run(
 
 /// Where a request stands among its route's backends.
 struct Attempts<'r> {
-    runtime: &'r Runtime,
     route: Selected<'r>,
+    /// The route's retry budget and resolved backends.
+    prepared: &'r PreparedRoute,
     request_id: &'r str,
     plan: Vec<Entry<'r>>,
     /// Every backend is ejected: the plan holds the one ejected longest ago; try it.
@@ -89,6 +91,7 @@ struct Attempts<'r> {
 /// A backend of the plan, and when it may be tried again.
 struct Entry<'r> {
     backend: &'r Backend,
+    prepared: &'r PreparedBackend,
     /// Not before this instant (its Retry-After).
     not_before: Option<Instant>,
     /// Not again at all (it asked for longer than `maxBackoff`).
@@ -99,6 +102,7 @@ struct Entry<'r> {
 struct Next<'r> {
     index: usize,
     backend: &'r Backend,
+    prepared: &'r PreparedBackend,
     upstream: &'r Arc<Upstream>,
     model: &'r Model,
     /// Counts the attempt in flight on the backend; takes its outcome.
@@ -116,7 +120,11 @@ impl<'r> Attempts<'r> {
         request_id: &'r str,
     ) -> Result<Self, ProxyError> {
         let operation = request.operation;
-        let plan = plan::attempt_order(route.route.strategy, candidates(runtime, route, request));
+        let Some(prepared) = runtime.prepared(route.id) else {
+            return Err(ProxyError::UnknownModel(request.model.clone()));
+        };
+        let candidates = candidates(prepared, route, request);
+        let plan = plan::attempt_order(route.route.strategy, candidates);
         if plan.is_empty() {
             let known = route
                 .route
@@ -133,20 +141,22 @@ impl<'r> Attempts<'r> {
                 false => ProxyError::UnknownModel(request.model.clone()),
             });
         }
-        if let Some(budget) = runtime.retry_budget(route.id) {
-            budget.deposit();
-        }
+        prepared.retry_budget.deposit();
         Ok(Self {
-            runtime,
             route,
+            prepared,
             request_id,
             forced: plan.iter().all(|c| c.ejected_since.is_some()),
             plan: plan
                 .into_iter()
-                .map(|c| Entry {
-                    backend: c.backend,
-                    not_before: None,
-                    given_up: false,
+                .filter_map(|c| {
+                    Some(Entry {
+                        backend: c.backend,
+                        // Every candidate has one (`candidates`).
+                        prepared: prepared.backends.get(c.index)?.as_ref()?,
+                        not_before: None,
+                        given_up: false,
+                    })
                 })
                 .collect(),
             step: 0,
@@ -168,17 +178,13 @@ impl<'r> Attempts<'r> {
             self.step += 1;
             let entry = &self.plan[index];
             let backend = entry.backend;
-            let found = self.runtime.upstream(&backend.provider).and_then(|u| {
-                let model = u.config.models.get(&backend.model)?;
-                Some((u, model, self.runtime.health(backend)?))
-            });
-            let (Some((upstream, model, health)), false) = (found, entry.given_up) else {
+            let prepared = entry.prepared;
+            if entry.given_up {
                 self.refused_in_a_row += 1;
                 continue;
-            };
+            }
             if self.last_error.is_some() {
-                let budget = self.runtime.retry_budget(self.route.id);
-                if !budget.is_none_or(RetryBudget::withdraw) {
+                if !self.prepared.retry_budget.withdraw() {
                     tracing::debug!(route = self.route.id, "retry budget spent; not retrying");
                     return None;
                 }
@@ -189,7 +195,7 @@ impl<'r> Attempts<'r> {
                 }
                 tokio::time::sleep(delay).await;
             }
-            let Some(tracked) = health.begin(self.forced) else {
+            let Some(tracked) = prepared.health.begin(self.forced) else {
                 self.refused_in_a_row += 1;
                 continue;
             };
@@ -198,8 +204,9 @@ impl<'r> Attempts<'r> {
             return Some(Next {
                 index,
                 backend,
-                upstream,
-                model,
+                prepared,
+                upstream: &prepared.upstream,
+                model: &prepared.model,
                 tracked,
             });
         }
@@ -354,8 +361,8 @@ async fn attempt(
             AttemptOutcome::Failed(error.kind())
         }
     };
-    if let Some(metrics) = &gateway.metrics {
-        metrics.attempt(&next.backend.provider, model, outcome);
+    if let Some(series) = &next.prepared.series {
+        series.attempt(outcome);
     }
     result
 }
@@ -439,25 +446,30 @@ async fn first_event(reply: Reply, within: Option<Duration>) -> Result<Reply, Pr
 }
 
 /// The route's backends that can serve the request, with what the plan weighs them by.
-fn candidates<'r>(runtime: &Runtime, route: Selected<'r>, request: &Request) -> Vec<Candidate<'r>> {
+fn candidates<'r>(
+    prepared: &PreparedRoute,
+    route: Selected<'r>,
+    request: &Request,
+) -> Vec<Candidate<'r>> {
     let now = Instant::now();
     route
         .route
         .backends
         .iter()
-        .filter_map(|backend| {
-            let upstream = runtime.upstream(&backend.provider)?;
-            if !providers::supports(upstream.config.kind, request.operation) {
+        .zip(&prepared.backends)
+        .enumerate()
+        .filter_map(|(index, (backend, resolved))| {
+            let resolved = resolved.as_ref()?;
+            if !providers::supports(resolved.upstream.config.kind, request.operation) {
                 return None;
             }
-            let health: &BackendHealth = runtime.health(backend)?;
-            let price = upstream
-                .config
-                .models
-                .get(&backend.model)
-                .and_then(|m| m.pricing)
+            let health = &resolved.health;
+            let price = resolved
+                .model
+                .pricing
                 .map(|p| p.input_per_million + p.output_per_million);
             Some(Candidate {
+                index,
                 backend,
                 in_flight: health.in_flight(),
                 latency: health.latency(),

@@ -158,7 +158,7 @@ async fn proxy(
     let recorder = recorder.filter(|_| admitted.route.id == asked.id);
 
     let record = &mut pending.record;
-    let reply = attempts::run(
+    let (reply, answered_by) = attempts::run(
         gateway,
         runtime,
         admitted.route,
@@ -167,6 +167,8 @@ async fn proxy(
         &mut record.tried,
     )
     .await?;
+    pending.answered_by(answered_by);
+    let record = &pending.record;
     let recorder = recorder.map(|r| r.priced(record.tried.pricing));
     Ok(pending.answer(reply, &request, Taps { budget, recorder }))
 }
@@ -185,7 +187,7 @@ async fn count_tokens(
 ) -> Result<Response<Body>, ProxyError> {
     pending.record.route = Some(route.id.to_string());
     let record = &mut pending.record;
-    let reply = attempts::run(
+    let (reply, answered_by) = attempts::run(
         gateway,
         runtime,
         route,
@@ -194,6 +196,7 @@ async fn count_tokens(
         &mut record.tried,
     )
     .await?;
+    pending.answered_by(answered_by);
     Ok(pending.answer(reply, &request, Taps::default()))
 }
 

@@ -291,7 +291,7 @@ pub fn start(dir: PathBuf, gateway: Arc<Gateway>) -> anyhow::Result<WatchGuard> 
     })?;
     log_problems(&compiled);
     let serving = accepted(&compiled);
-    let runtime = Runtime::build(compiled.snapshot, None)?;
+    let runtime = Runtime::build(compiled.snapshot, None, gateway.metrics.as_ref())?;
     tracing::info!(
         version = %runtime.version(),
         providers = runtime.snapshot.providers.len(),
@@ -475,7 +475,11 @@ fn reload(
         return;
     }
     let accepted_now = accepted(&compiled);
-    match Runtime::build(compiled.snapshot, current.as_deref()) {
+    match Runtime::build(
+        compiled.snapshot,
+        current.as_deref(),
+        gateway.metrics.as_ref(),
+    ) {
         Ok(runtime) => {
             let version = runtime.version().to_string();
             gateway.install(runtime);

@@ -243,7 +243,8 @@ fn accept(body: &Bytes, gateway: &Gateway) -> Result<Runtime, String> {
         serde_json::from_slice(body).map_err(|e| format!("not a Snapshot: {e}"))?;
     snapshot.validate()?;
     let current = gateway.runtime.current();
-    Runtime::build(snapshot, current.as_deref()).map_err(|e| e.to_string())
+    Runtime::build(snapshot, current.as_deref(), gateway.metrics.as_ref())
+        .map_err(|e| e.to_string())
 }
 
 /// Writes the Snapshot to `path` atomically (temporary file, then rename), readable by
