@@ -190,7 +190,8 @@ class Service:
                 self.process.wait()
 
 
-def start(name: str, argv: list[str], core: str, port: int, work: Path) -> Service:
+def start(name: str, argv: list[str], core: str, port: int, work: Path,
+          env: dict[str, str] | None = None) -> Service:
     log = open(work / f"{name}.log", "wb")
     process = subprocess.Popen(
         ["taskset", "-c", core, *argv],
@@ -199,7 +200,7 @@ def start(name: str, argv: list[str], core: str, port: int, work: Path) -> Servi
         preexec_fn=raise_fd_limit,
         cwd=work,
         # Production settings, not the developer's: no RUST_BACKTRACE or RUST_LOG.
-        env={k: v for k, v in os.environ.items() if not k.startswith("RUST_")},
+        env={k: v for k, v in os.environ.items() if not k.startswith("RUST_")} | (env or {}),
     )
     wait_for_port(port, process, name)
     return Service(name, process)
@@ -346,6 +347,47 @@ def start_switchboard(work: Path, upstream_port: int, name: str = "switchboard",
     return Target(name, port, service)
 
 
+AGENTGATEWAY_CONF = """\
+# agentgateway as an AI gateway in front of the fake upstream: its OpenAI provider for
+# every model (it reads the model, the usage and streams), one worker thread, request
+# log on (JSON, to the log file), metrics on their own port as always.
+config:
+  enableIpv6: false
+  adminAddr: 127.0.0.1:{admin_port}
+  statsAddr: 127.0.0.1:{stats_port}
+  readinessAddr: 127.0.0.1:{readiness_port}
+  workerThreads: 1
+  logging:
+    level: info
+gateways:
+  default:
+    port: {port}
+llm:
+  models:
+  - name: "*"
+    provider: openAI
+    params:
+      baseUrl: http://127.0.0.1:{upstream_port}
+      apiKey: {provider_key}
+"""
+
+
+def start_agentgateway(work: Path, upstream_port: int, binary: Path) -> Target:
+    """agentgateway, built from source outside this repository (`--agentgateway`). It
+    binds its gateway port on every address (it has no listen-address setting); the
+    load still comes from 127.0.0.1. It checks no client key: Switchboard's
+    authentication is work agentgateway does not do here."""
+    port = free_port()
+    conf = work / "agentgateway.yaml"
+    conf.write_text(AGENTGATEWAY_CONF.format(
+        port=port, upstream_port=upstream_port, provider_key=PROVIDER_KEY,
+        admin_port=free_port(), stats_port=free_port(), readiness_port=free_port(),
+    ))
+    env = {"WORKER_THREADS": "1", "LOG_FORMAT": "json"}
+    service = start("agentgateway", [str(binary), "-f", str(conf)], PROXY_CORE, port, work, env)
+    return Target("agentgateway", port, service)
+
+
 # --- measuring ---------------------------------------------------------------------
 
 @dataclass
@@ -464,6 +506,8 @@ def run_all(args: argparse.Namespace, work: Path) -> Results:
         targets.append(start_switchboard(work, direct.port))
         for name, binary in args.also:
             targets.append(start_switchboard(work, direct.port, name, binary))
+        if args.agentgateway:
+            targets.append(start_agentgateway(work, direct.port, args.agentgateway))
         return measure(args, work, targets)
     finally:
         for target in targets:
@@ -717,9 +761,13 @@ def also_target(value: str) -> tuple[str, Path]:
     name, _, binary = value.partition("=")
     if not name or not binary or name in ("direct", "nginx", "switchboard"):
         raise argparse.ArgumentTypeError(f"expected NAME=BINARY with a new name, got {value!r}")
-    if not os.access(binary, os.X_OK):
-        raise argparse.ArgumentTypeError(f"{binary} is not an executable")
-    return name, Path(binary).resolve()
+    return name, executable(binary)
+
+
+def executable(path: str) -> Path:
+    if not os.access(path, os.X_OK):
+        raise argparse.ArgumentTypeError(f"{path} is not an executable")
+    return Path(path).resolve()
 
 
 def main() -> None:
@@ -735,6 +783,9 @@ def main() -> None:
     parser.add_argument("--also", action="append", default=[], type=also_target, metavar="NAME=BINARY",
                         help="measure another switchboard-proxy build beside this one, in the same rounds "
                              "(before/after a change; repeatable)")
+    parser.add_argument("--agentgateway", type=executable, metavar="BINARY",
+                        help="also measure agentgateway, built from source outside this repository "
+                             "(see bench/README.md)")
     args = parser.parse_args()
     if args.quick:
         args.duration, args.warmup, args.hold_scale = 1, 0.5, 0.1
