@@ -481,7 +481,7 @@ async fn the_anthropic_python_sdk_gets_thinking_through() {
     let (_m, proxy) = gateway(&anthropic, &other).await;
     let script = r#"
 import os, anthropic
-client = anthropic.Anthropic(base_url=os.environ["GATEWAY"], api_key=os.environ["KEY"], max_retries=0)
+client = anthropic.Anthropic(base_url=os.environ["SWITCHBOARD_URL"].rstrip("/"), api_key=os.environ["SWITCHBOARD_KEY"], max_retries=0)
 args = dict(
     model="m", max_tokens=16000,
     thinking={"type": "enabled", "budget_tokens": 10000},
@@ -496,22 +496,7 @@ with client.messages.stream(**args) as stream:
 print("stream", final.content[0].type, final.content[0].signature, final.content[1].text, final.usage.output_tokens)
 print("count", client.messages.count_tokens(model="m", messages=[{"role": "user", "content": "hi"}]).input_tokens)
 "#;
-    let output = tokio::process::Command::new("python3")
-        .args(["-c", script])
-        .env("GATEWAY", url(&proxy, ""))
-        .env("KEY", KEY)
-        .env("NO_PROXY", "127.0.0.1")
-        .env("no_proxy", "127.0.0.1")
-        .env_remove("ANTHROPIC_BASE_URL")
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "stdout:\n{stdout}\nstderr:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let stdout = sdk_script(&proxy, script).await;
     let signature = "EqQBCgIYAhIM1gbcDa9GJwZA2b3hGgxBdjrkzLoky3dl1pkiMOYds";
     assert!(
         stdout.contains(&format!("whole thinking {signature} 2000")),

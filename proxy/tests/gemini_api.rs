@@ -570,33 +570,7 @@ except genai.errors.ClientError as error:
     .await;
     let (_m, proxy) = gateway(&upstream, "openai-compatible").await;
 
-    let mut command = tokio::process::Command::new("python3");
-    command
-        .args(["-c", SCRIPT])
-        .env("SWITCHBOARD_URL", url(&proxy, "/"))
-        .env("SWITCHBOARD_KEY", KEY)
-        .env("NO_PROXY", "127.0.0.1,localhost")
-        .env("no_proxy", "127.0.0.1,localhost")
-        .env_remove("GOOGLE_API_KEY")
-        .env_remove("GEMINI_API_KEY")
-        .env_remove("GOOGLE_GENAI_USE_VERTEXAI")
-        .kill_on_drop(true);
-    let output = match tokio::time::timeout(Duration::from_secs(90), command.output()).await {
-        Ok(Ok(output)) => output,
-        Ok(Err(error)) if error.kind() == std::io::ErrorKind::NotFound => {
-            eprintln!("skipped: no python3");
-            return;
-        }
-        Ok(Err(error)) => panic!("python3: {error}"),
-        Err(_) => panic!("the SDK script did not end within 90s"),
-    };
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "the SDK script failed (install the SDK with: python3 -m pip install \
-         \"google-genai>=1.0,<4\"):\nstdout:\n{stdout}\nstderr:\n{stderr}"
-    );
+    let stdout = sdk_script(&proxy, SCRIPT).await;
     assert!(
         stdout.contains("reply: It is 21 degrees in Paris. STOP 50"),
         "{stdout}"

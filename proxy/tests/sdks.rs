@@ -6,7 +6,6 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::StatusCode;
@@ -99,34 +98,7 @@ async fn every_official_sdk_works_with_every_provider_api() {
     }
     let proxy = proxy(&manifests).await;
 
-    let mut command = tokio::process::Command::new("python3");
-    command
-        .args(["-c", SCRIPT])
-        .env("SWITCHBOARD_URL", url(&proxy, "/"))
-        .env("SWITCHBOARD_KEY", KEY)
-        .env("NO_PROXY", "127.0.0.1,localhost")
-        .env("no_proxy", "127.0.0.1,localhost")
-        .env_remove("OPENAI_API_KEY")
-        .env_remove("ANTHROPIC_API_KEY")
-        .env_remove("GOOGLE_API_KEY")
-        .env_remove("GEMINI_API_KEY")
-        .env_remove("GOOGLE_GENAI_USE_VERTEXAI")
-        .kill_on_drop(true);
-    let output = match tokio::time::timeout(Duration::from_secs(120), command.output()).await {
-        Ok(Ok(output)) => output,
-        Ok(Err(error)) if error.kind() == std::io::ErrorKind::NotFound => {
-            eprintln!("skipped: no python3");
-            return;
-        }
-        Ok(Err(error)) => panic!("python3: {error}"),
-        Err(_) => panic!("the SDK script did not end within 120s"),
-    };
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "the SDK script failed (scripts/test.sh installs the SDKs):\nstdout:\n{stdout}\nstderr:\n{stderr}"
-    );
+    let stdout = sdk_script(&proxy, SCRIPT).await;
     let read: BTreeMap<String, String> = serde_json::from_str(stdout.trim()).unwrap();
     let expected = [
         ("oai", "Hello! How can I assist you today?", "Hello there!"),
@@ -148,5 +120,5 @@ async fn every_official_sdk_works_with_every_provider_api() {
             }
         }
     }
-    assert!(wrong.is_empty(), "{}\nstderr:\n{stderr}", wrong.join("\n"));
+    assert!(wrong.is_empty(), "{}\nstdout:\n{stdout}", wrong.join("\n"));
 }

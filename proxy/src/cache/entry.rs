@@ -208,7 +208,8 @@ impl Entry {
         let events = match self.api {
             ClientApi::Anthropic => anthropic_format::message_as_stream(&self.body)?,
             ClientApi::Gemini => gemini_format::response_as_stream(&self.body)?,
-            ClientApi::OpenAI => return None,
+            // Responses are never stored (`key::NotCacheable::Stateful`).
+            ClientApi::OpenAI | ClientApi::Responses => return None,
         };
         let chunk = NativeChunk::Events { events, usage };
         Some(Reply::NativeStream(Box::pin(futures_util::stream::iter([

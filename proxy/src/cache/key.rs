@@ -48,6 +48,10 @@ pub enum NotCacheable {
     NotDeterministic,
     /// More than one choice (`n` > 1): a stream replay could not give them all.
     SeveralChoices,
+    /// A Responses API request: each answer has its own id, which the client may
+    /// store and continue from (`previous_response_id`); a replayed one would not be
+    /// a response the provider knows.
+    Stateful,
 }
 
 /// The key of `request` on `route` from `consumer`; `Err` when the route's policy or
@@ -63,6 +67,9 @@ pub fn of(
     // The body parsed when the client sent it; what the pipeline reads was checked.
     let body: Value = serde_json::from_slice(&request.body).unwrap_or(Value::Null);
     let field = |name: &str| body.get(name);
+    if request.operation == Operation::Responses {
+        return Err(NotCacheable::Stateful);
+    }
     if request.operation == Operation::ChatCompletions {
         if field("n").and_then(Value::as_u64).is_some_and(|n| n > 1) {
             return Err(NotCacheable::SeveralChoices);

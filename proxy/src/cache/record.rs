@@ -70,7 +70,8 @@ impl Recorder {
             }
             ClientApi::Gemini => Collector::Gemini(gemini_format::StreamAssembler::new(max)),
             // OpenAI's events are read into the IR and stored in OpenAI's format anyway.
-            ClientApi::OpenAI => return self,
+            // Responses are never stored (`key::NotCacheable::Stateful`).
+            ClientApi::OpenAI | ClientApi::Responses => return self,
         };
         self
     }

@@ -16,6 +16,7 @@ use crate::body::{self, Body};
 use crate::error::ProxyError;
 use crate::formats::{
     self, anthropic as anthropic_format, gemini as gemini_format, openai as openai_format,
+    responses as responses_format,
 };
 use crate::ir::chat::{ChatRequest, ChatResponse, StreamEvent};
 use crate::ir::{ClientApi, Operation, Request, TraceHeaders};
@@ -26,7 +27,7 @@ const MAX_MODEL_NAME: usize = 256;
 /// A client API endpoint the gateway proxies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
-    /// `/v1/chat/completions` or `/v1/embeddings`.
+    /// `/v1/chat/completions`, `/v1/embeddings` or `/v1/responses`.
     OpenAI(Operation),
     /// `/v1/messages`.
     AnthropicMessages,
@@ -45,6 +46,7 @@ impl Endpoint {
         match path {
             "/v1/chat/completions" => Some(Endpoint::OpenAI(Operation::ChatCompletions)),
             "/v1/embeddings" => Some(Endpoint::OpenAI(Operation::Embeddings)),
+            "/v1/responses" => Some(Endpoint::OpenAI(Operation::Responses)),
             "/v1/messages" => Some(Endpoint::AnthropicMessages),
             "/v1/messages/count_tokens" => Some(Endpoint::AnthropicCountTokens),
             _ => crate::ir::request::gemini_method(path)
@@ -82,6 +84,11 @@ pub fn typed(request: &Request) -> Result<ChatRequest, ProxyError> {
         ClientApi::OpenAI => openai_format::parse_request(&request.body),
         ClientApi::Anthropic => anthropic_format::parse_request(&request.body),
         ClientApi::Gemini => gemini_format::parse_request(&request.body),
+        // Only providers that speak the Responses API serve it (`providers::supports`)
+        // until it is translated (issue 24).
+        ClientApi::Responses => Err(bad(
+            "the Responses API is not translated to this provider's API yet",
+        )),
     }
 }
 
@@ -170,7 +177,7 @@ pub fn error_response(api: ClientApi, error: &ProxyError) -> Response<Body> {
             ..
         } if native.api == api => body::json(*status, native.body.clone()),
         _ => match api {
-            ClientApi::OpenAI => openai::error_response(error),
+            ClientApi::OpenAI | ClientApi::Responses => openai::error_response(error),
             ClientApi::Anthropic => anthropic::error_response(error),
             ClientApi::Gemini => gemini::error_response(error),
         },
@@ -189,6 +196,7 @@ pub fn write_response(api: ClientApi, response: &ChatResponse) -> Response<Body>
         ClientApi::OpenAI => openai_format::write_response(response, formats::unix_now()),
         ClientApi::Anthropic => anthropic_format::write_response(response),
         ClientApi::Gemini => gemini_format::write_response(response),
+        ClientApi::Responses => responses_format::write_response(response, formats::unix_now()),
     };
     body::json(StatusCode::OK, body)
 }
@@ -199,6 +207,7 @@ pub enum StreamEncoder {
     OpenAI(openai_format::StreamEncoder),
     Anthropic(anthropic_format::StreamEncoder),
     Gemini(gemini_format::StreamEncoder),
+    Responses(responses_format::StreamEncoder),
 }
 
 // === impl StreamEncoder ===
@@ -215,6 +224,9 @@ impl StreamEncoder {
                 StreamEncoder::Anthropic(anthropic_format::StreamEncoder::default())
             }
             ClientApi::Gemini => StreamEncoder::Gemini(gemini_format::StreamEncoder::default()),
+            ClientApi::Responses => {
+                StreamEncoder::Responses(responses_format::StreamEncoder::new(formats::unix_now()))
+            }
         }
     }
 
@@ -224,6 +236,7 @@ impl StreamEncoder {
             StreamEncoder::OpenAI(encoder) => encoder.encode(event, out),
             StreamEncoder::Anthropic(encoder) => encoder.encode(event, out),
             StreamEncoder::Gemini(encoder) => encoder.encode(event, out),
+            StreamEncoder::Responses(encoder) => encoder.encode(event, out),
         }
     }
 }

@@ -42,6 +42,9 @@ pub fn read_request(operation: Operation, body: Bytes) -> Result<Request, ProxyE
             }
         }
         Operation::CountTokens => return Err(bad("OpenAI's API has no token count")),
+        // Liberal: `input` may be left out (a `previous_response_id`, a prompt
+        // template); the provider says what it lacks.
+        Operation::Responses => {}
         Operation::Embeddings => {
             if stream {
                 return Err(bad("embeddings do not support 'stream'"));
@@ -53,7 +56,10 @@ pub fn read_request(operation: Operation, body: Bytes) -> Result<Request, ProxyE
     }
 
     Ok(Request {
-        api: ClientApi::OpenAI,
+        api: match operation {
+            Operation::Responses => ClientApi::Responses,
+            _ => ClientApi::OpenAI,
+        },
         operation,
         model,
         stream,

@@ -21,6 +21,7 @@ use crate::client_api::{self, StreamEncoder};
 use crate::formats::SseDecoder;
 use crate::formats::{
     anthropic as anthropic_format, gemini as gemini_format, openai as openai_format,
+    responses as responses_format,
 };
 use crate::ir::chat::{StreamError, StreamEvent};
 use crate::ir::reply::Reply;
@@ -65,8 +66,13 @@ pub fn response(reply: Reply, request: &Request, taps: Taps, end: &RequestEnd) -
             Source::Native {
                 events,
                 api: request.api,
-                // Reading the events is only needed to meter or record them.
-                tap: (budget.is_some() || recorder.is_some()).then(|| Tap::new(request.api)),
+                // Reading the events is only needed to meter or record them, and for
+                // the Responses API, whose events are numbered: an event the gateway
+                // adds (an error) takes the number after the provider's last.
+                tap: (budget.is_some()
+                    || recorder.is_some()
+                    || request.api == ClientApi::Responses)
+                    .then(|| Tap::new(request.api)),
             }
         }
         Reply::ChatStream(events) => Source::Translated {
@@ -125,6 +131,7 @@ enum Tap {
     OpenAI(SseDecoder<openai_format::StreamDecoder>),
     Anthropic(SseDecoder<anthropic_format::StreamDecoder>),
     Gemini(SseDecoder<gemini_format::StreamDecoder>),
+    Responses(SseDecoder<responses_format::StreamDecoder>),
 }
 
 // === impl Tap ===
@@ -135,6 +142,7 @@ impl Tap {
             ClientApi::OpenAI => Tap::OpenAI(SseDecoder::default()),
             ClientApi::Anthropic => Tap::Anthropic(SseDecoder::default()),
             ClientApi::Gemini => Tap::Gemini(SseDecoder::default()),
+            ClientApi::Responses => Tap::Responses(SseDecoder::default()),
         }
     }
 
@@ -143,6 +151,7 @@ impl Tap {
             Tap::OpenAI(tap) => tap.decode_event(event, out),
             Tap::Anthropic(tap) => tap.decode_event(event, out),
             Tap::Gemini(tap) => tap.decode_event(event, out),
+            Tap::Responses(tap) => tap.decode_event(event, out),
         }
     }
 
@@ -160,6 +169,9 @@ impl Tap {
                 anthropic_format::StreamEncoder::continuing(tap.decoder().open_block()),
             ),
             Tap::Gemini(_) => StreamEncoder::Gemini(gemini_format::StreamEncoder::default()),
+            Tap::Responses(tap) => StreamEncoder::Responses(
+                responses_format::StreamEncoder::continuing(tap.decoder().head()),
+            ),
         }
     }
 }

@@ -17,6 +17,7 @@
 pub mod anthropic;
 pub mod gemini;
 pub mod openai;
+pub mod responses;
 
 use serde_json::{Map, Value};
 
@@ -183,6 +184,15 @@ impl DecodeStream for openai::StreamDecoder {
 impl DecodeStream for anthropic::StreamDecoder {
     fn decode(&mut self, data: &str, out: &mut Vec<StreamEvent>) {
         anthropic::StreamDecoder::decode(self, data, out);
+    }
+}
+
+impl DecodeStream for responses::StreamDecoder {
+    fn decode(&mut self, data: &str, out: &mut Vec<StreamEvent>) {
+        responses::StreamDecoder::decode(self, data, out);
+    }
+    fn end(&mut self, out: &mut Vec<StreamEvent>) {
+        responses::StreamDecoder::end(self, out);
     }
 }
 

@@ -23,6 +23,9 @@ pub enum ClientApi {
     /// Google's Gemini API: `/v1beta/models/{model}:generateContent` and
     /// `:streamGenerateContent`.
     Gemini,
+    /// OpenAI's Responses API, `/v1/responses`: its own answers and stream events,
+    /// OpenAI's error format.
+    Responses,
 }
 
 /// The API operation a request asks for.
@@ -33,6 +36,8 @@ pub enum Operation {
     /// Anthropic's `count_tokens`: how many input tokens a Messages request would
     /// take. Spends no tokens itself.
     CountTokens,
+    /// OpenAI's Responses API: a model response to `input` items.
+    Responses,
 }
 
 /// A client's request, read and checked.
@@ -95,6 +100,7 @@ impl ClientApi {
     pub fn of_path(path: &str) -> Self {
         match path {
             "/v1/messages" | "/v1/messages/count_tokens" => ClientApi::Anthropic,
+            "/v1/responses" => ClientApi::Responses,
             // Everything under Gemini's beta version, unknown methods included: a
             // Gemini SDK reads errors only in Google's format. Under `/v1`, only the
             // methods served: `/v1/models/{id}` is also OpenAI's.
@@ -110,24 +116,31 @@ impl ClientApi {
             ClientApi::OpenAI => "openai",
             ClientApi::Anthropic => "anthropic",
             ClientApi::Gemini => "gemini",
+            ClientApi::Responses => "responses",
         }
     }
 
     /// The API `name` names.
     pub fn from_name(name: &str) -> Option<Self> {
-        [ClientApi::OpenAI, ClientApi::Anthropic, ClientApi::Gemini]
-            .into_iter()
-            .find(|api| api.name() == name)
+        [
+            ClientApi::OpenAI,
+            ClientApi::Anthropic,
+            ClientApi::Gemini,
+            ClientApi::Responses,
+        ]
+        .into_iter()
+        .find(|api| api.name() == name)
     }
 }
 
 // === impl Operation ===
 
 impl Operation {
-    pub const ALL: [Operation; 3] = [
+    pub const ALL: [Operation; 4] = [
         Operation::ChatCompletions,
         Operation::Embeddings,
         Operation::CountTokens,
+        Operation::Responses,
     ];
 
     /// `gen_ai.operation.name` in the OpenTelemetry GenAI conventions.
@@ -137,6 +150,7 @@ impl Operation {
             Operation::Embeddings => "embeddings",
             // Not in the GenAI conventions.
             Operation::CountTokens => "count_tokens",
+            Operation::Responses => "responses",
         }
     }
 
@@ -146,6 +160,7 @@ impl Operation {
             Operation::ChatCompletions => "/chat/completions",
             Operation::Embeddings => "/embeddings",
             Operation::CountTokens => "/messages/count_tokens",
+            Operation::Responses => "/responses",
         }
     }
 }

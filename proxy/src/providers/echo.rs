@@ -29,6 +29,10 @@ pub(super) async fn call(call: Call<'_>) -> Result<Reply, ProxyError> {
         Operation::Embeddings => embeddings(call.request, call.upstream_model),
         // Estimated before any provider is called (`super::call`).
         Operation::CountTokens => Ok(Reply::TokenEstimate(0)),
+        // Not offered (`super::supports`).
+        Operation::Responses => Err(ProxyError::BadRequest(
+            "the echo provider has no Responses API".into(),
+        )),
         Operation::ChatCompletions => {
             let answer = answer(call.request, call.upstream_model)?;
             if call.request.stream {

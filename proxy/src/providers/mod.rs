@@ -127,9 +127,10 @@ pub async fn call(call: Call<'_>) -> Result<Reply, ProxyError> {
 /// the model and credentials rewritten) and answers in `api`'s own format.
 pub fn speaks(kind: ProviderType, api: ClientApi) -> bool {
     match kind {
-        ProviderType::OpenAI | ProviderType::AzureOpenAI | ProviderType::OpenAICompatible => {
-            api == ClientApi::OpenAI
+        ProviderType::OpenAI | ProviderType::AzureOpenAI => {
+            matches!(api, ClientApi::OpenAI | ClientApi::Responses)
         }
+        ProviderType::OpenAICompatible => api == ClientApi::OpenAI,
         ProviderType::Anthropic => api == ClientApi::Anthropic,
         ProviderType::Gemini => api == ClientApi::Gemini,
         // Echo answers from the IR.
@@ -161,6 +162,8 @@ pub fn supports(kind: ProviderType, operation: Operation) -> bool {
         Operation::Embeddings => !matches!(kind, ProviderType::Anthropic | ProviderType::Gemini),
         // Counted by Anthropic, estimated for the others.
         Operation::CountTokens => true,
+        // Passed through to the providers that have it; translation comes with issue 24.
+        Operation::Responses => matches!(kind, ProviderType::OpenAI | ProviderType::AzureOpenAI),
     }
 }
 
@@ -220,10 +223,11 @@ pub enum Endpoint {
     ChatStream,
     Embeddings,
     CountTokens,
+    Responses,
 }
 
 impl Endpoint {
-    const COUNT: usize = 4;
+    const COUNT: usize = 5;
 
     pub fn of(request: &Request) -> Self {
         match (request.operation, request.stream) {
@@ -231,6 +235,7 @@ impl Endpoint {
             (Operation::ChatCompletions, true) => Endpoint::ChatStream,
             (Operation::Embeddings, _) => Endpoint::Embeddings,
             (Operation::CountTokens, _) => Endpoint::CountTokens,
+            (Operation::Responses, _) => Endpoint::Responses,
         }
     }
 }

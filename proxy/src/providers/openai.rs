@@ -15,7 +15,7 @@ use switchboard_api::snapshot::{Provider, ProviderType};
 use super::exchange::{self, ErrorBody};
 use super::{Adapter, Call, Endpoint, UpstreamUrls, decode_stream, relay};
 use crate::error::ProxyError;
-use crate::formats::openai as format;
+use crate::formats::{openai as format, responses};
 use crate::ir::reply::Reply;
 use crate::ir::{ClientApi, Operation, Request, Usage};
 use crate::sse;
@@ -67,9 +67,12 @@ impl Adapter for OpenAI {
         if !super::passes_through(call) {
             return Ok(Reply::Chat(format::parse_response(&body)?));
         }
-        let usage = serde_json::from_slice::<UsageOnly>(&body)
-            .ok()
-            .and_then(|u| u.usage);
+        let usage = match call.request.api {
+            ClientApi::Responses => responses::usage_of_response(&body),
+            _ => serde_json::from_slice::<UsageOnly>(&body)
+                .ok()
+                .and_then(|u| u.usage),
+        };
         Ok(Reply::Native { body, usage })
     }
 
@@ -80,6 +83,9 @@ impl Adapter for OpenAI {
                 response,
                 format::StreamDecoder::default(),
             ));
+        }
+        if call.request.api == ClientApi::Responses {
+            return Reply::NativeStream(relay::stream(call, response, ResponsesEvents));
         }
         let events = Chunks {
             inject_usage: injects_usage(call.request),
@@ -102,7 +108,27 @@ impl Adapter for OpenAI {
 /// Whether the gateway asks for the stream's usage on the client's behalf (to meter
 /// it); the usage-only chunk this adds is taken out before the client sees it.
 fn injects_usage(request: &Request) -> bool {
-    request.stream && !request.client_wants_usage
+    // A Responses stream always ends with its usage (in its final response).
+    request.api == ClientApi::OpenAI && request.stream && !request.client_wants_usage
+}
+
+/// Reads usage from a Responses stream's final event (`response.completed`,
+/// `.incomplete` or `.failed`); every event passes.
+struct ResponsesEvents;
+
+impl relay::Events for ResponsesEvents {
+    fn read(&mut self, event: Bytes, usage: &mut Option<Usage>) -> Option<Bytes> {
+        // Cheap test first: only the final events carry a usage object.
+        if has_usage_object(&event)
+            && let Some(found) = sse::data(&event)
+                .ok()
+                .flatten()
+                .and_then(|data| responses::usage_of_event(&data))
+        {
+            *usage = Some(found);
+        }
+        Some(event)
+    }
 }
 
 /// Reads usage from OpenAI's stream chunks.
@@ -169,8 +195,14 @@ pub(super) fn urls(config: &Provider) -> Result<UpstreamUrls, url::ParseError> {
             (Endpoint::Chat, Operation::ChatCompletions),
             (Endpoint::ChatStream, Operation::ChatCompletions),
             (Endpoint::Embeddings, Operation::Embeddings),
+            (Endpoint::Responses, Operation::Responses),
         ] {
             let url = match config.kind {
+                // Azure serves the Responses API on its v1 API, the deployment named
+                // in the body's `model` (the upstream name, as for OpenAI).
+                ProviderType::AzureOpenAI if operation == Operation::Responses => {
+                    format!("{}/openai/v1/responses", config.endpoint)
+                }
                 ProviderType::AzureOpenAI => format!(
                     "{}/openai/deployments/{}{}?api-version={}",
                     config.endpoint,

@@ -417,12 +417,13 @@ impl<'a> Demand<'a> {
     }
 }
 
-/// `max_completion_tokens` or `max_tokens`, as the client set it.
+/// `max_completion_tokens` or `max_tokens` (the Responses API's `max_output_tokens`),
+/// as the client set it.
 fn max_output_tokens(request: &Request) -> Option<u64> {
     if let Some(chat) = &request.chat {
         return chat.max_tokens;
     }
-    ["max_completion_tokens", "max_tokens"]
+    ["max_completion_tokens", "max_tokens", "max_output_tokens"]
         .iter()
         .find_map(|field| request.fields.get(*field))
         .and_then(|raw| raw.get().parse().ok())

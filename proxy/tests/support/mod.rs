@@ -359,6 +359,44 @@ pub fn url(proxy: &Proxy, path: &str) -> String {
     format!("http://{}{}", proxy.addr, path)
 }
 
+/// Runs a Python `script` that uses the official SDKs (scripts/test.sh installs them)
+/// against `proxy`, and returns what it printed. The script finds the gateway in
+/// `SWITCHBOARD_URL` and the test key in `SWITCHBOARD_KEY`; the SDKs' own key and
+/// base-URL variables are cleared, and loopback bypasses any HTTP proxy. Fails the test
+/// if the script fails or runs past two minutes.
+pub async fn sdk_script(proxy: &Proxy, script: &str) -> String {
+    let mut command = tokio::process::Command::new("python3");
+    command
+        .args(["-c", script])
+        .env("SWITCHBOARD_URL", url(proxy, "/"))
+        .env("SWITCHBOARD_KEY", KEY)
+        .env("NO_PROXY", "127.0.0.1,localhost")
+        .env("no_proxy", "127.0.0.1,localhost")
+        .kill_on_drop(true);
+    for variable in [
+        "OPENAI_API_KEY",
+        "OPENAI_BASE_URL",
+        "ANTHROPIC_API_KEY",
+        "ANTHROPIC_BASE_URL",
+        "GOOGLE_API_KEY",
+        "GEMINI_API_KEY",
+        "GOOGLE_GENAI_USE_VERTEXAI",
+    ] {
+        command.env_remove(variable);
+    }
+    let output = tokio::time::timeout(Duration::from_secs(120), command.output())
+        .await
+        .expect("the SDK script ends within 120 s")
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "the SDK script failed (scripts/test.sh installs the SDKs):\nstdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
 /// POSTs `body` to `path` with the test key.
 pub async fn post(proxy: &Proxy, path: &str, body: impl Into<reqwest::Body>) -> reqwest::Response {
     client()
