@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use switchboard_api::snapshot::{Backend, Model};
+use switchboard_api::snapshot::Backend;
 use tracing::Instrument;
 
 use crate::client_api;
@@ -27,7 +27,7 @@ use crate::ir::reply::Reply;
 use crate::ir::stream::NativeChunk;
 use crate::metrics::{AttemptOutcome, BackendSeries};
 use crate::plan::{self, Candidate};
-use crate::providers::{self, Call, Upstream, UpstreamLimits};
+use crate::providers::{self, Call, UpstreamLimits};
 use crate::routing::Selected;
 use crate::runtime::{PreparedBackend, PreparedRoute, Runtime};
 use crate::telemetry;
@@ -47,15 +47,17 @@ pub async fn run(
     while let Some(next) = attempts.next(tried.attempts).await {
         tried.attempt(
             &next.backend.provider,
-            &next.model.upstream_name,
-            next.model.pricing,
+            &next.prepared.model.upstream_name,
+            next.prepared.model.pricing,
         );
         if tried.attempts > 1
             && let Some(metrics) = &gateway.metrics
         {
             metrics.retry(route.id, attempts.is_fallback(next.index));
         }
-        if request.chat.is_none() && providers::translates(next.upstream.config.kind, request) {
+        if request.chat.is_none()
+            && providers::translates(next.prepared.upstream.config.kind, request)
+        {
             // Requests arrive untyped; they are typed when translated.
             request.chat = Some(client_api::typed(request)?);
         }
@@ -102,9 +104,8 @@ struct Entry<'r> {
 struct Next<'r> {
     index: usize,
     backend: &'r Backend,
+    /// Its provider, model, health and metric series.
     prepared: &'r PreparedBackend,
-    upstream: &'r Arc<Upstream>,
-    model: &'r Model,
     /// Counts the attempt in flight on the backend; takes its outcome.
     tracked: health::Attempt,
 }
@@ -205,8 +206,6 @@ impl<'r> Attempts<'r> {
                 index,
                 backend,
                 prepared,
-                upstream: &prepared.upstream,
-                model: &prepared.model,
                 tracked,
             });
         }
@@ -311,8 +310,8 @@ async fn attempt(
     number: u32,
 ) -> Result<Reply, ProxyError> {
     let route = attempts.route.route;
-    let upstream = next.upstream;
-    let model = &next.model.upstream_name;
+    let upstream = &next.prepared.upstream;
+    let model = &next.prepared.model.upstream_name;
     let mut timeout = Duration::from_millis(
         route
             .request_timeout_ms
